@@ -1,0 +1,1 @@
+"""Learning: parameter sets (theta), losses, the outer loop, experiments."""

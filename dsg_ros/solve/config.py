@@ -1,0 +1,71 @@
+"""Solver configuration: one frozen dataclass, hashable so it can be static under jit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Any, Literal, Mapping
+
+Method = Literal["lm", "gn", "gd"]
+LinearSolver = Literal["auto", "dense", "sparse"]
+DiffMode = Literal["implicit", "unroll", "truncated"]
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """How the inner problem is solved and differentiated.
+
+    Tolerances follow GTSAM's meaning: a step whose relative cost decrease is
+    below ``relative_tolerance`` (or absolute decrease below
+    ``absolute_tolerance``) ends the solve as converged.
+    """
+
+    method: Method = "lm"
+    max_iterations: int = 100
+    relative_tolerance: float = 1e-5
+    absolute_tolerance: float = 0.0
+    gradient_tolerance: float = 1e-10
+    step_tolerance: float = 1e-10
+    lambda_initial: float = 1e-7
+    lambda_max: float = 1e12
+    # Linear solver: dense reduced pose system after Schur-eliminating points,
+    # or a host sparse factorization for large pose graphs. "auto" picks dense
+    # up to ``dense_max_poses`` pose slots.
+    linear_solver: LinearSolver = "auto"
+    dense_max_poses: int = 400
+    # Gradient descent (seed parity): x ← x ⊕ (−lr ∇f), fixed iteration count.
+    gd_learning_rate: float = 0.05
+    gd_iterations: int = 80
+    # Differentiation of the solution w.r.t. the graph's float leaves.
+    diff: DiffMode = "implicit"
+    unroll_iterations: int = 10
+    truncated_iterations: int = 3
+    implicit_iterations: int = 30
+    implicit_tolerance: float = 1e-12
+
+    def __post_init__(self) -> None:
+        _choice("method", self.method, ("lm", "gn", "gd"))
+        _choice("linear_solver", self.linear_solver, ("auto", "dense", "sparse"))
+        _choice("diff", self.diff, ("implicit", "unroll", "truncated"))
+        for name in ("max_iterations", "gd_iterations", "unroll_iterations", "truncated_iterations", "implicit_iterations"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"SolverConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("relative_tolerance", "absolute_tolerance", "gradient_tolerance", "step_tolerance", "implicit_tolerance"):
+            if not float(getattr(self, name)) >= 0.0:
+                raise ValueError(f"SolverConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not (0.0 < self.lambda_initial < self.lambda_max):
+            raise ValueError("SolverConfig needs 0 < lambda_initial < lambda_max")
+        if self.gd_learning_rate <= 0.0:
+            raise ValueError("SolverConfig.gd_learning_rate must be > 0")
+
+    def updated(self, overrides: Mapping[str, Any]) -> SolverConfig:
+        """A copy with ``overrides`` applied; unknown keys are an error."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ValueError(f"unknown solver option(s) {unknown}; known: {sorted(known)}")
+        return replace(self, **dict(overrides))
+
+
+def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ValueError(f"SolverConfig.{name}={value!r}: expected one of {allowed}")

@@ -1,0 +1,162 @@
+"""Levenberg–Marquardt and Gauss–Newton on the manifold.
+
+One step function serves three drivers: ``lax.while_loop`` with tolerances
+(the forward solve), ``lax.scan`` over a fixed count (unrolled, reverse-mode
+differentiable), and a few always-accepted Gauss–Newton steps from a solved
+state (truncated differentiation).
+
+Damping is Marquardt's ``λ·diag(H)`` (clamped), updated by Nielsen's rule;
+the predicted decrease has the closed form ``½(λ δᵀDδ − gᵀδ)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import jax_dataclasses as jdc
+
+from dsg_ros.solve import report as rp
+from dsg_ros.solve import schur, sparse
+from dsg_ros.solve.config import SolverConfig
+from dsg_ros.solve.normal import NormalSystem, linearize
+from dsg_ros.world.graph import Graph, State, Tangent, cost
+
+
+def uses_dense(graph: Graph, config: SolverConfig) -> bool:
+    """Whether the dense Schur path handles this graph (static: depends on shapes)."""
+    if config.linear_solver == "dense":
+        return True
+    if config.linear_solver == "sparse":
+        return False
+    return graph.pose_active.shape[0] <= config.dense_max_poses
+
+
+def linear_solver(graph: Graph, system: NormalSystem, lam: jax.Array, dense: bool) -> Callable[[Tangent], Tangent]:
+    """``rhs ↦ (H + λD)⁻¹ rhs``; the dense path factorizes once for many rhs."""
+    if dense:
+        fac = schur.factor(system, lam)
+        return lambda rhs: schur.apply(system, fac, rhs)
+    return lambda rhs: sparse.solve(graph, system, lam, rhs)
+
+
+@jdc.pytree_dataclass
+class Carry:
+    state: State
+    cost: jax.Array
+    initial_cost: jax.Array
+    gradient_max: jax.Array
+    lam: jax.Array
+    nu: jax.Array
+    iteration: jax.Array
+    rejected: jax.Array
+    status: jax.Array
+
+    def report(self) -> rp.SolveReport:
+        return rp.SolveReport(
+            iterations=self.iteration,
+            initial_cost=self.initial_cost,
+            final_cost=self.cost,
+            rejected_steps=self.rejected,
+            status=self.status,
+            gradient_max=self.gradient_max,
+        )
+
+
+def init(graph: Graph, x0: State, config: SolverConfig) -> Carry:
+    c0 = cost(graph, x0)
+    dtype = c0.dtype
+    return Carry(
+        state=x0,
+        cost=c0,
+        initial_cost=c0,
+        gradient_max=jnp.asarray(jnp.inf, dtype),
+        lam=jnp.asarray(0.0 if config.method == "gn" else config.lambda_initial, dtype),
+        nu=jnp.asarray(2.0, dtype),
+        iteration=jnp.zeros((), jnp.int32),
+        rejected=jnp.zeros((), jnp.int32),
+        status=jnp.where(jnp.isfinite(c0), rp.RUNNING, rp.NON_FINITE).astype(jnp.int32),
+    )
+
+
+def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool) -> Carry:
+    """Linearize at the current state, try one damped (or plain Gauss–Newton) step.
+
+    The linearization is recomputed after a rejected step rather than carried:
+    rejections are rare, and one linearization in the loop body halves what
+    XLA has to compile.
+    """
+    system, _ = linearize(graph, c.state, dense)
+    grad = system.grad
+    grad_max = grad.max_abs()
+    lam = jnp.zeros_like(c.lam) if gauss_newton else jax.lax.stop_gradient(c.lam)
+    delta = linear_solver(graph, system, lam, dense)(grad.scale(-1.0)) * system.free
+    new_state = c.state.retract(delta)
+    new_cost = cost(graph, new_state)
+    finite = jnp.isfinite(new_cost) & jnp.isfinite(delta.max_abs())
+    actual = c.cost - new_cost
+    predicted = 0.5 * (lam * (delta * delta).dot(system.diag) - grad.dot(delta))
+    grad_done = grad_max <= config.gradient_tolerance
+    accept = ~grad_done & (finite if gauss_newton else finite & (actual > 0.0))
+    state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_state, c.state)
+
+    # Nielsen's damping update (a numerical device: never differentiated).
+    rho = jax.lax.stop_gradient(actual / jnp.where(predicted > 0.0, predicted, 1.0))
+    lam_accept = c.lam * jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
+    lam_next = jnp.where(accept, jnp.maximum(lam_accept, 1e-20), c.lam * c.nu)
+    nu_next = jnp.where(accept, 2.0, 2.0 * c.nu)
+
+    rel = actual / jnp.maximum(jnp.abs(c.cost), jnp.finfo(c.cost.dtype).tiny)
+    conv_cost = accept & ((rel <= config.relative_tolerance) | (actual <= config.absolute_tolerance))
+    conv_step = accept & (delta.max_abs() <= config.step_tolerance)
+    iteration = c.iteration + jnp.where(grad_done, 0, 1).astype(jnp.int32)
+    status = jnp.select(
+        [
+            grad_done,
+            conv_cost,
+            conv_step,
+            gauss_newton & ~finite,
+            ~accept & (lam_next > config.lambda_max),
+            iteration >= config.max_iterations,
+        ],
+        [rp.CONVERGED_GRADIENT, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
+        rp.RUNNING,
+    ).astype(jnp.int32)
+    return Carry(
+        state=state,
+        cost=jnp.where(accept, new_cost, c.cost),
+        initial_cost=c.initial_cost,
+        gradient_max=grad_max,
+        lam=lam_next,
+        nu=nu_next,
+        iteration=iteration,
+        rejected=c.rejected + (~accept & ~grad_done).astype(jnp.int32),
+        status=status,
+    )
+
+
+def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport]:
+    """Forward solve to convergence (not reverse-differentiable; see ``diff``)."""
+    dense = uses_dense(graph, config)
+    gn = config.method == "gn"
+    carry = jax.lax.while_loop(
+        lambda c: c.status == rp.RUNNING,
+        lambda c: step(graph, config, dense, c, gn),
+        init(graph, x0, config),
+    )
+    return carry.state, carry.report()
+
+
+def run_fixed(graph: Graph, x0: State, config: SolverConfig, iterations: int, gauss_newton: bool) -> tuple[State, rp.SolveReport]:
+    """Exactly ``iterations`` scan steps (no-ops once finished); differentiable."""
+    dense = uses_dense(graph, config)
+    gn = gauss_newton or config.method == "gn"
+
+    def body(c: Carry, _: None) -> tuple[Carry, None]:
+        return jax.lax.cond(c.status == rp.RUNNING, lambda: step(graph, config, dense, c, gn), lambda: c), None
+
+    carry, _ = jax.lax.scan(body, init(graph, x0, config), None, length=iterations)
+    status = jnp.where(carry.status == rp.RUNNING, rp.MAX_ITERATIONS, carry.status).astype(jnp.int32)
+    carry = jdc.replace(carry, status=status)
+    return carry.state, carry.report()

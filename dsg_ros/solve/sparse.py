@@ -1,0 +1,166 @@
+"""Sparse solve of the damped normal equations on the host (SuperLU).
+
+For pose graphs with thousands of poses a dense (6P, 6P) system is too big.
+JAX computes every factor's JᵀJ blocks; a host callback scatters them into a
+CSC matrix whose pattern (and scatter map) is cached per graph layout, and
+factorizes it with a fill-reducing ordering. The call sits inside the jitted
+LM loop through ``jax.pure_callback``, so both paths share one loop.
+
+Not differentiable by unrolling (the callback has no JAX derivative); the
+implicit mode works, using this solve as its preconditioner.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.sparse as sp
+import scipy.sparse.linalg as spla
+
+from dsg_ros.solve.normal import NormalSystem, SparseBlocks
+from dsg_ros.world.factors import TANGENT_DIM
+from dsg_ros.world.graph import Graph, Tangent
+
+
+@dataclass(frozen=True)
+class _Pattern:
+    """Scatter map from flat block values (+ diagonal) to CSC data."""
+
+    n: int
+    target: np.ndarray  # (n_values,) index into CSC data per value
+    indices: np.ndarray
+    indptr: np.ndarray
+
+
+class _PatternCache:
+    def __init__(self, size: int = 4) -> None:
+        self._items: OrderedDict[bytes, _Pattern] = OrderedDict()
+        self._size = size
+
+    def get(self, key: bytes, build) -> _Pattern:
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        pattern = build()
+        self._items[key] = pattern
+        if len(self._items) > self._size:
+            self._items.popitem(last=False)
+        return pattern
+
+
+_CACHE = _PatternCache()
+
+
+def _offsets(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
+    return 6 * slots if kind == "pose" else 6 * P + 3 * slots
+
+
+def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
+    n = 6 * P + 3 * V
+    rows, cols = [], []
+    mirrored_rows, mirrored_cols = [], []
+    for kinds, slots in zip(kinds_per_slab, slots_per_slab):
+        for a in range(len(kinds)):
+            for b in range(a, len(kinds)):
+                da, db = TANGENT_DIM[kinds[a]], TANGENT_DIM[kinds[b]]
+                ra = _offsets(kinds[a], slots[:, a], P)[:, None, None] + np.arange(da)[None, :, None]
+                cb = _offsets(kinds[b], slots[:, b], P)[:, None, None] + np.arange(db)[None, None, :]
+                r = np.broadcast_to(ra, (slots.shape[0], da, db)).reshape(slots.shape[0], -1)
+                c = np.broadcast_to(cb, (slots.shape[0], da, db)).reshape(slots.shape[0], -1)
+                rows.append(r)
+                cols.append(c)
+                # Off-diagonal blocks appear twice (H is stored whole for SuperLU).
+                mirrored_rows.append(c if a != b else np.zeros((slots.shape[0], 0), np.int64))
+                mirrored_cols.append(r if a != b else np.zeros((slots.shape[0], 0), np.int64))
+    # Values arrive per slab as (F, Σ blocks) row-major; match that order.
+    row_parts, col_parts = [], []
+    index = 0
+    for kinds in kinds_per_slab:
+        n_pairs = len(kinds) * (len(kinds) + 1) // 2
+        row_parts.append(np.concatenate(rows[index : index + n_pairs], axis=1).reshape(-1))
+        col_parts.append(np.concatenate(cols[index : index + n_pairs], axis=1).reshape(-1))
+        index += n_pairs
+    index = 0
+    for kinds in kinds_per_slab:
+        n_pairs = len(kinds) * (len(kinds) + 1) // 2
+        row_parts.append(np.concatenate(mirrored_rows[index : index + n_pairs], axis=1).reshape(-1))
+        col_parts.append(np.concatenate(mirrored_cols[index : index + n_pairs], axis=1).reshape(-1))
+        index += n_pairs
+    row_parts.append(np.arange(n))
+    col_parts.append(np.arange(n))
+    all_rows = np.concatenate(row_parts).astype(np.int64)
+    all_cols = np.concatenate(col_parts).astype(np.int64)
+    keys = all_cols * n + all_rows  # CSC order: by column, then row
+    unique, target = np.unique(keys, return_inverse=True)
+    indices = (unique % n).astype(np.int32)
+    counts = np.bincount((unique // n).astype(np.int64), minlength=n)
+    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
+    return _Pattern(n=n, target=target, indices=indices, indptr=indptr)
+
+
+def _mirror_values(kinds_per_slab, values) -> list[np.ndarray]:
+    """The off-diagonal block values again, in the mirrored-entry order."""
+    out = []
+    for kinds, vals in zip(kinds_per_slab, values):
+        parts, col = [], 0
+        for a in range(len(kinds)):
+            for b in range(a, len(kinds)):
+                width = TANGENT_DIM[kinds[a]] * TANGENT_DIM[kinds[b]]
+                if a != b:
+                    parts.append(vals[:, col : col + width])
+                col += width
+        out.append(np.concatenate(parts, axis=1).reshape(-1) if parts else np.zeros(0))
+    return out
+
+
+def _host_solve(kinds_per_slab, P: int, V: int, diag_add, rhs, *slots_and_values):
+    n_slabs = len(kinds_per_slab)
+    slots = [np.asarray(s) for s in slots_and_values[:n_slabs]]
+    values = [np.asarray(v, np.float64) for v in slots_and_values[n_slabs:]]
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((kinds_per_slab, P, V)).encode())
+    for s in slots:
+        digest.update(np.ascontiguousarray(s).tobytes())
+    pattern = _CACHE.get(digest.digest(), lambda: _build_pattern(kinds_per_slab, slots, P, V))
+    weights = np.concatenate(
+        [v.reshape(-1) for v in values] + _mirror_values(kinds_per_slab, values) + [np.asarray(diag_add, np.float64)]
+    )
+    data = np.bincount(pattern.target, weights=weights, minlength=pattern.indices.shape[0])
+    H = sp.csc_matrix((data, pattern.indices, pattern.indptr), shape=(pattern.n, pattern.n))
+    try:
+        lu = spla.splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
+        sol = lu.solve(np.asarray(rhs, np.float64))
+    except RuntimeError:  # singular: report NaN, the LM loop rejects the step
+        sol = np.full(pattern.n, np.nan)
+    return sol.astype(np.asarray(rhs).dtype)
+
+
+def solve(graph: Graph, system: NormalSystem, lam: jax.Array, rhs: Tangent) -> Tangent:
+    """(H + λ D) δ = rhs through the host sparse factorization."""
+    blocks = system.blocks
+    assert isinstance(blocks, SparseBlocks)
+    P, V = rhs.poses.shape[0], rhs.points.shape[0]
+    kinds = tuple(slab.ftype.var_kinds for slab in graph.slabs)
+    # Damping plus an identity diagonal for variables that are held fixed
+    # (their Jacobian columns are zero, so H has nothing there).
+    diag_add = jnp.concatenate(
+        [(lam * system.diag.poses + 1.0 - system.free.poses).reshape(-1),
+         (lam * system.diag.points + 1.0 - system.free.points).reshape(-1)]
+    )
+    flat_rhs = jnp.concatenate([rhs.poses.reshape(-1), rhs.points.reshape(-1)])
+    out = jax.pure_callback(
+        lambda d, r, *sv: _host_solve(kinds, P, V, d, r, *sv),
+        jax.ShapeDtypeStruct(flat_rhs.shape, flat_rhs.dtype),
+        diag_add,
+        flat_rhs,
+        *blocks.slots,
+        *blocks.values,
+        vmap_method="sequential",
+    )
+    return Tangent(out[: 6 * P].reshape(P, 6), out[6 * P :].reshape(V, 3))
+

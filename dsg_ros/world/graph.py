@@ -1,0 +1,219 @@
+"""Device-side factor graph: fixed-capacity slabs that cross ``jit``.
+
+``Graph`` holds one ``FactorSlab`` per factor type and the variables' active
+masks; ``State`` holds every variable slot's value. All shapes are set by the
+capacities, so adding factors or editing measurements changes array contents
+only: one compilation per capacity configuration.
+
+Inactive factor rows are masked to zero residual; inactive or unreferenced
+variables are held fixed by the solver.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import jax_dataclasses as jdc
+import jaxlie
+
+from dsg_ros.world.factors import FactorType
+from dsg_ros.world.noise import robust_rho, robust_weight
+
+
+@jdc.pytree_dataclass
+class State:
+    """Values of every variable slot.
+
+    poses:  (P, 7) ``wxyz_xyz`` of ``T_world_body``; identity in unused slots.
+    points: (V, 3) ``p_world``; zero in unused slots.
+    """
+
+    poses: jax.Array
+    points: jax.Array
+
+    def pose(self, slot: int) -> jaxlie.SE3:
+        return jaxlie.SE3(self.poses[slot])
+
+    def retract(self, delta: Tangent) -> State:
+        """Right-perturbation update ``T·Exp(δ)``, ``v + δ``."""
+        poses = (jaxlie.SE3(self.poses) @ jaxlie.SE3.exp(delta.poses)).wxyz_xyz
+        return State(poses=poses, points=self.points + delta.points)
+
+
+@jdc.pytree_dataclass
+class Tangent:
+    """A tangent vector (or gradient) of a ``State``: poses (P, 6), points (V, 3)."""
+
+    poses: jax.Array
+    points: jax.Array
+
+    @staticmethod
+    def zeros_like(state: State) -> Tangent:
+        P, V = state.poses.shape[0], state.points.shape[0]
+        dtype = state.points.dtype
+        return Tangent(jnp.zeros((P, 6), dtype), jnp.zeros((V, 3), dtype))
+
+    def dot(self, other: Tangent) -> jax.Array:
+        return jnp.vdot(self.poses, other.poses) + jnp.vdot(self.points, other.points)
+
+    def scale(self, a: jax.Array | float) -> Tangent:
+        return Tangent(a * self.poses, a * self.points)
+
+    def __add__(self, other: Tangent) -> Tangent:
+        return Tangent(self.poses + other.poses, self.points + other.points)
+
+    def __sub__(self, other: Tangent) -> Tangent:
+        return Tangent(self.poses - other.poses, self.points - other.points)
+
+    def __mul__(self, other: Tangent) -> Tangent:
+        return Tangent(self.poses * other.poses, self.points * other.points)
+
+    def max_abs(self) -> jax.Array:
+        parts = [jnp.max(jnp.abs(x), initial=0.0) for x in (self.poses, self.points)]
+        return jnp.maximum(parts[0], parts[1])
+
+
+@jdc.pytree_dataclass
+class FactorSlab:
+    """All factors of one type, in fixed-capacity rows.
+
+    slots:        (F, k) int32 variable slot per connected variable.
+    measurement:  (F, *measurement_shape).
+    sqrt_info:    (F, d, d).
+    robust_code:  (F,) int32 (0 none, 1 Huber, 2 Cauchy); robust_scale (F,).
+    active:       (F,) bool.
+    """
+
+    ftype: jdc.Static[FactorType]
+    slots: jax.Array
+    measurement: jax.Array
+    sqrt_info: jax.Array
+    robust_code: jax.Array
+    robust_scale: jax.Array
+    active: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return int(self.active.shape[0])
+
+    def values(self, state: State) -> tuple[jaxlie.SE3 | jax.Array, ...]:
+        """Gathered variable values per connected position, batched over rows."""
+        out = []
+        for pos, kind in enumerate(self.ftype.var_kinds):
+            idx = self.slots[:, pos]
+            out.append(jaxlie.SE3(state.poses[idx]) if kind == "pose" else state.points[idx])
+        return tuple(out)
+
+
+@jdc.pytree_dataclass
+class Graph:
+    """Everything a solve needs besides the state; a pytree of fixed shapes."""
+
+    pose_active: jax.Array
+    point_active: jax.Array
+    slabs: tuple[FactorSlab, ...]
+
+    def slab(self, name: str) -> FactorSlab:
+        for slab in self.slabs:
+            if slab.ftype.name == name:
+                return slab
+        raise KeyError(f"graph has no slab of factor type {name!r}; it has {[s.ftype.name for s in self.slabs]}")
+
+    def with_measurements(self, name: str, rows: jax.Array, measurements: jax.Array) -> Graph:
+        """A copy with ``measurements`` (n, *shape) written at slab ``rows`` (n,).
+
+        This is how learnable parameters enter a solve: differentiable in
+        ``measurements``, no change of shapes.
+        """
+        return self._replace_slab(name, lambda s: jdc.replace(s, measurement=s.measurement.at[rows].set(measurements)))
+
+    def with_sqrt_info(self, name: str, rows: jax.Array, sqrt_info: jax.Array) -> Graph:
+        """A copy with sqrt-information (n, d, d) written at slab ``rows`` (n,)."""
+        return self._replace_slab(name, lambda s: jdc.replace(s, sqrt_info=s.sqrt_info.at[rows].set(sqrt_info)))
+
+    def _replace_slab(self, name: str, fn) -> Graph:
+        self.slab(name)  # raises a clear error for unknown names
+        return jdc.replace(self, slabs=tuple(fn(s) if s.ftype.name == name else s for s in self.slabs))
+
+    def __iter__(self) -> Iterator[FactorSlab]:
+        return iter(self.slabs)
+
+
+def free_mask(graph: Graph) -> Tangent:
+    """1.0 where a variable is active and touched by an active factor, else 0.0.
+
+    Shapes (P, 6) and (V, 3) so it multiplies tangents directly. Variables that
+    are not free are held fixed: nothing constrains them.
+    """
+    P, V = graph.pose_active.shape[0], graph.point_active.shape[0]
+    pose_refs = jnp.zeros(P, jnp.int32)
+    point_refs = jnp.zeros(V, jnp.int32)
+    for slab in graph.slabs:
+        act = slab.active.astype(jnp.int32)
+        for pos, kind in enumerate(slab.ftype.var_kinds):
+            if kind == "pose":
+                pose_refs = pose_refs.at[slab.slots[:, pos]].add(act)
+            else:
+                point_refs = point_refs.at[slab.slots[:, pos]].add(act)
+    dtype = slab_dtype(graph)
+    pose_free = (graph.pose_active & (pose_refs > 0)).astype(dtype)
+    point_free = (graph.point_active & (point_refs > 0)).astype(dtype)
+    return Tangent(jnp.broadcast_to(pose_free[:, None], (P, 6)), jnp.broadcast_to(point_free[:, None], (V, 3)))
+
+
+def slab_dtype(graph: Graph) -> jnp.dtype:
+    for slab in graph.slabs:
+        return slab.measurement.dtype
+    return jnp.dtype(jnp.float64)
+
+
+def _whiten(slab: FactorSlab, residuals: jax.Array) -> jax.Array:
+    e = jnp.einsum("fij,fj->fi", slab.sqrt_info, residuals)
+    return jnp.where(slab.active[:, None], e, 0.0)
+
+
+def slab_whitened(slab: FactorSlab, state: State) -> jax.Array:
+    """Whitened residuals ``L r`` (F, d); zero on inactive rows."""
+    r = jax.vmap(slab.ftype.residual)(slab.values(state), slab.measurement)
+    return _whiten(slab, r)
+
+
+def slab_costs(slab: FactorSlab, state: State) -> jax.Array:
+    """Per-factor cost ``½ ρ(‖L r‖²)`` (F,)."""
+    e = slab_whitened(slab, state)
+    s = jnp.sum(e * e, axis=1)
+    return 0.5 * jnp.where(slab.active, robust_rho(s, slab.robust_code, slab.robust_scale), 0.0)
+
+
+def cost(graph: Graph, state: State) -> jax.Array:
+    """Total cost ``½ Σ ρ(‖whitened residual‖²)``: GTSAM's ``error()`` convention."""
+    total = jnp.zeros((), slab_dtype(graph))
+    for slab in graph.slabs:
+        total = total + jnp.sum(slab_costs(slab, state))
+    return total
+
+
+@jdc.pytree_dataclass
+class SlabLinearization:
+    """IRLS-weighted whitened residuals (F, d) and Jacobians, one (F, d, dof) per position."""
+
+    slab: FactorSlab
+    residual: jax.Array
+    jacobians: tuple[jax.Array, ...]
+
+
+def linearize_slab(slab: FactorSlab, state: State) -> tuple[SlabLinearization, jax.Array]:
+    """Linearize one slab at ``state``; also returns its cost (scalar)."""
+    r, jacs = jax.vmap(slab.ftype.linearize)(slab.values(state), slab.measurement)
+    e = _whiten(slab, r)
+    s = jnp.sum(e * e, axis=1)
+    slab_cost = 0.5 * jnp.sum(jnp.where(slab.active, robust_rho(s, slab.robust_code, slab.robust_scale), 0.0))
+    # sqrt of the IRLS weight scales residual and Jacobian alike.
+    root_w = jnp.sqrt(robust_weight(s, slab.robust_code, slab.robust_scale))
+    root_w = jnp.where(slab.active, root_w, 0.0)
+    whitened_jacs = tuple(
+        root_w[:, None, None] * jnp.einsum("fij,fjk->fik", slab.sqrt_info, j) for j in jacs
+    )
+    return SlabLinearization(slab, root_w[:, None] * e, whitened_jacs), slab_cost

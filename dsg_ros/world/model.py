@@ -1,0 +1,382 @@
+"""WorldModel: the host-side, mutable factor graph of poses and voxels.
+
+Variables and factors get stable integer ids; each lives in a slot of a
+fixed-capacity slab. ``graph()`` and ``pack_state()`` hand the solver device
+arrays of those fixed shapes; ``unpack_state()`` writes a solution back.
+Measurements are read from the slabs at every solve, never captured in a
+closure, so editing one always changes the next answer without recompiling.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
+
+import jax.numpy as jnp
+import jaxlie
+import numpy as np
+
+from dsg_ros import runtime
+from dsg_ros.world.factors import DEFAULT_REGISTRY, VALUE_DIM, FactorRegistry, FactorType
+from dsg_ros.world.graph import FactorSlab, Graph, State
+from dsg_ros.world.noise import Noise, Robust
+
+_IDENTITY_WXYZ_XYZ = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+
+
+@dataclass(frozen=True)
+class Capacity:
+    """Slot counts: poses, points, and rows per factor type (missing type = 0)."""
+
+    poses: int
+    points: int = 0
+    factors: Mapping[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for what, n in [("poses", self.poses), ("points", self.points), *self.factors.items()]:
+            if int(n) < 0:
+                raise ValueError(f"capacity for {what} must be >= 0, got {n}")
+
+
+class _Slots:
+    """Slot allocator: lowest free slot first, so layouts are deterministic."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._free = list(range(capacity))
+
+    def take(self) -> int | None:
+        return heapq.heappop(self._free) if self._free else None
+
+    def give_back(self, slot: int) -> None:
+        heapq.heappush(self._free, slot)
+
+    @property
+    def used(self) -> int:
+        return self.capacity - len(self._free)
+
+
+class _HostSlab:
+    def __init__(self, ftype: FactorType, capacity: int) -> None:
+        k, d = len(ftype.var_kinds), ftype.residual_dim
+        self.ftype = ftype
+        self.alloc = _Slots(capacity)
+        self.slots = np.zeros((capacity, k), np.int32)
+        self.measurement = np.zeros((capacity, *ftype.measurement_shape))
+        if ftype.se3_measurement:
+            self.measurement[:] = _IDENTITY_WXYZ_XYZ  # keeps inactive rows finite
+        self.sqrt_info = np.broadcast_to(np.eye(d), (capacity, d, d)).copy()
+        self.robust_code = np.zeros(capacity, np.int32)
+        self.robust_scale = np.ones(capacity)
+        self.active = np.zeros(capacity, bool)
+        self.var_ids = np.full((capacity, k), -1, np.int64)
+        self.factor_ids = np.full(capacity, -1, np.int64)
+
+
+class WorldModel:
+    """A factor graph of SE(3) poses and R³ points (voxels) with fixed capacities.
+
+    >>> wm = WorldModel(Capacity(poses=2, factors={"prior_se3": 1, "odom_se3": 1}))
+    >>> a = wm.add_pose(jaxlie.SE3.identity()); b = wm.add_pose(jaxlie.SE3.identity())
+    >>> _ = wm.add_factor("prior_se3", [a], jaxlie.SE3.identity(), Noise.isotropic(1e-3, 6))
+    """
+
+    def __init__(self, capacity: Capacity, registry: FactorRegistry | None = None, dtype: Any = None) -> None:
+        self.capacity = capacity
+        self.registry = registry or DEFAULT_REGISTRY
+        self.dtype = jnp.dtype(dtype) if dtype is not None else runtime.default_dtype()
+        self._var_alloc = {"pose": _Slots(capacity.poses), "point": _Slots(capacity.points)}
+        self._values = {
+            "pose": np.broadcast_to(_IDENTITY_WXYZ_XYZ, (capacity.poses, 7)).copy(),
+            "point": np.zeros((capacity.points, 3)),
+        }
+        self._active = {"pose": np.zeros(capacity.poses, bool), "point": np.zeros(capacity.points, bool)}
+        self._slot_owner = {"pose": np.full(capacity.poses, -1, np.int64), "point": np.full(capacity.points, -1, np.int64)}
+        self._vars: dict[int, tuple[str, int]] = {}
+        self._factors: dict[int, tuple[str, int]] = {}
+        self._removed_vars: set[int] = set()
+        self._removed_factors: set[int] = set()
+        self._next_var_id = 0
+        self._next_factor_id = 0
+        self._slabs: dict[str, _HostSlab] = {}
+        for name, n in sorted(capacity.factors.items()):
+            ftype = self.registry.get(name)
+            if int(n) > 0:
+                self._slabs[name] = _HostSlab(ftype, int(n))
+
+    # ------------------------------------------------------------------ variables
+
+    def add_pose(self, T_world_body: Any) -> int:
+        """Add an SE(3) pose (``jaxlie.SE3``, ``wxyz_xyz`` (7,) or a (4, 4) matrix); returns its id."""
+        return self._add_var("pose", _as_pose(T_world_body, "pose value"))
+
+    def add_point(self, p_world: Any) -> int:
+        """Add an R³ point (voxel); returns its id."""
+        return self._add_var("point", _as_point(p_world, "point value"))
+
+    def _add_var(self, kind: str, value: np.ndarray) -> int:
+        slot = self._var_alloc[kind].take()
+        if slot is None:
+            raise RuntimeError(
+                f"{kind} capacity ({self._var_alloc[kind].capacity}) exhausted; raise Capacity.{kind}s"
+            )
+        vid = self._next_var_id
+        self._next_var_id += 1
+        self._vars[vid] = (kind, slot)
+        self._values[kind][slot] = value
+        self._active[kind][slot] = True
+        self._slot_owner[kind][slot] = vid
+        return vid
+
+    def set_value(self, var_id: int, value: Any) -> None:
+        kind, slot = self._var(var_id)
+        self._values[kind][slot] = _as_pose(value, "pose value") if kind == "pose" else _as_point(value, "point value")
+
+    def value(self, var_id: int) -> jaxlie.SE3 | np.ndarray:
+        """Current value: ``jaxlie.SE3`` for poses, (3,) array for points."""
+        kind, slot = self._var(var_id)
+        val = self._values[kind][slot].copy()
+        return jaxlie.SE3(jnp.asarray(val)) if kind == "pose" else val
+
+    def kind(self, var_id: int) -> str:
+        return self._var(var_id)[0]
+
+    def slot(self, var_id: int) -> int:
+        """The variable's row in ``State.poses`` / ``State.points``."""
+        return self._var(var_id)[1]
+
+    def remove_variable(self, var_id: int, cascade: bool = False) -> None:
+        """Remove a variable. Factors still using it are an error unless ``cascade``."""
+        kind, slot = self._var(var_id)
+        users = self.factors_of(var_id)
+        if users and not cascade:
+            raise ValueError(
+                f"variable {var_id} is still used by factor(s) {users}; remove them first or pass cascade=True"
+            )
+        for fid in users:
+            self.remove_factor(fid)
+        del self._vars[var_id]
+        self._removed_vars.add(var_id)
+        self._active[kind][slot] = False
+        self._slot_owner[kind][slot] = -1
+        self._values[kind][slot] = _IDENTITY_WXYZ_XYZ if kind == "pose" else 0.0
+        self._var_alloc[kind].give_back(slot)
+
+    def pose_ids(self) -> list[int]:
+        return sorted(v for v, (k, _) in self._vars.items() if k == "pose")
+
+    def point_ids(self) -> list[int]:
+        return sorted(v for v, (k, _) in self._vars.items() if k == "point")
+
+    def _var(self, var_id: int) -> tuple[str, int]:
+        try:
+            return self._vars[int(var_id)]
+        except KeyError:
+            if int(var_id) in self._removed_vars:
+                raise KeyError(f"variable {var_id} was removed") from None
+            raise KeyError(f"no variable with id {var_id}") from None
+
+    # -------------------------------------------------------------------- factors
+
+    def add_factor(
+        self,
+        type_name: str,
+        var_ids: Sequence[int],
+        measurement: Any,
+        noise: Noise | None = None,
+        robust: Robust | None = None,
+    ) -> int:
+        """Add a factor of a registered type; returns its id.
+
+        ``noise`` defaults to unit sqrt-information; ``robust`` to none.
+        """
+        ftype = self.registry.get(type_name)
+        host = self._slabs.get(type_name)
+        if host is None:
+            raise RuntimeError(f"no capacity for factor type {type_name!r}; set Capacity.factors[{type_name!r}]")
+        var_ids = [int(v) for v in var_ids]
+        if len(var_ids) != len(ftype.var_kinds):
+            raise ValueError(f"{type_name} connects {len(ftype.var_kinds)} variable(s) {ftype.var_kinds}, got {len(var_ids)}")
+        slots = []
+        for pos, (vid, want) in enumerate(zip(var_ids, ftype.var_kinds)):
+            kind, slot = self._var(vid)
+            if kind != want:
+                raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
+            slots.append(slot)
+        meas = self._measurement(ftype, measurement)
+        sqrt_info = self._sqrt_info(ftype, noise)
+        row = host.alloc.take()
+        if row is None:
+            raise RuntimeError(
+                f"{type_name} capacity ({host.alloc.capacity}) exhausted; raise Capacity.factors[{type_name!r}]"
+            )
+        fid = self._next_factor_id
+        self._next_factor_id += 1
+        self._factors[fid] = (type_name, row)
+        host.slots[row] = slots
+        host.var_ids[row] = var_ids
+        host.factor_ids[row] = fid
+        host.measurement[row] = meas
+        host.sqrt_info[row] = sqrt_info
+        robust = robust or Robust()
+        host.robust_code[row] = robust.code
+        host.robust_scale[row] = robust.scale
+        host.active[row] = True
+        return fid
+
+    def set_measurement(self, factor_id: int, measurement: Any) -> None:
+        name, row = self._factor(factor_id)
+        host = self._slabs[name]
+        host.measurement[row] = self._measurement(host.ftype, measurement)
+
+    def set_noise(self, factor_id: int, noise: Noise) -> None:
+        name, row = self._factor(factor_id)
+        host = self._slabs[name]
+        host.sqrt_info[row] = self._sqrt_info(host.ftype, noise)
+
+    def remove_factor(self, factor_id: int) -> None:
+        name, row = self._factor(factor_id)
+        host = self._slabs[name]
+        del self._factors[int(factor_id)]
+        self._removed_factors.add(int(factor_id))
+        host.active[row] = False
+        host.slots[row] = 0
+        host.var_ids[row] = -1
+        host.factor_ids[row] = -1
+        host.measurement[row] = _IDENTITY_WXYZ_XYZ if host.ftype.se3_measurement else 0.0
+        host.alloc.give_back(row)
+
+    def factor_row(self, factor_id: int) -> tuple[str, int]:
+        """(type name, row in that type's slab) of a factor."""
+        return self._factor(factor_id)
+
+    def factor_ids(self, type_name: str | None = None) -> list[int]:
+        return sorted(f for f, (n, _) in self._factors.items() if type_name is None or n == type_name)
+
+    def factors_of(self, var_id: int) -> list[int]:
+        """Ids of the active factors connected to a variable."""
+        self._var(var_id)
+        out: list[int] = []
+        for host in self._slabs.values():
+            rows = np.nonzero(host.active & np.any(host.var_ids == int(var_id), axis=1))[0]
+            out.extend(int(f) for f in host.factor_ids[rows])
+        return sorted(out)
+
+    def _factor(self, factor_id: int) -> tuple[str, int]:
+        try:
+            return self._factors[int(factor_id)]
+        except KeyError:
+            if int(factor_id) in self._removed_factors:
+                raise KeyError(f"factor {factor_id} was removed") from None
+            raise KeyError(f"no factor with id {factor_id}") from None
+
+    @staticmethod
+    def _measurement(ftype: FactorType, measurement: Any) -> np.ndarray:
+        if isinstance(measurement, jaxlie.SE3):
+            measurement = measurement.wxyz_xyz
+        meas = np.asarray(measurement, dtype=np.float64)
+        if ftype.se3_measurement:
+            return _as_pose(meas, f"{ftype.name} measurement")
+        if meas.shape != ftype.measurement_shape:
+            raise ValueError(f"{ftype.name} measurement must have shape {ftype.measurement_shape}, got {meas.shape}")
+        if not np.all(np.isfinite(meas)):
+            raise ValueError(f"{ftype.name} measurement has non-finite values: {meas.tolist()}")
+        return meas
+
+    @staticmethod
+    def _sqrt_info(ftype: FactorType, noise: Noise | None) -> np.ndarray:
+        d = ftype.residual_dim
+        if noise is None:
+            return np.eye(d)
+        if noise.dim != d:
+            raise ValueError(f"{ftype.name} residuals are {d}-dimensional; noise model is {noise.dim}-dimensional")
+        return noise.sqrt_info
+
+    # ------------------------------------------------------------ device views
+
+    def pack_state(self) -> State:
+        """Every slot's value as device arrays: poses (P, 7), points (V, 3)."""
+        return State(
+            poses=jnp.asarray(self._values["pose"], self.dtype),
+            points=jnp.asarray(self._values["point"], self.dtype),
+        )
+
+    def unpack_state(self, state: State) -> dict[int, jaxlie.SE3 | np.ndarray]:
+        """Write a solved state back into the active variables; returns id → value."""
+        poses = np.asarray(state.poses, np.float64)
+        points = np.asarray(state.points, np.float64)
+        if poses.shape != self._values["pose"].shape or points.shape != self._values["point"].shape:
+            raise ValueError(
+                f"state shapes {poses.shape}/{points.shape} do not match capacities "
+                f"{self._values['pose'].shape}/{self._values['point'].shape}"
+            )
+        out: dict[int, jaxlie.SE3 | np.ndarray] = {}
+        for vid, (kind, slot) in self._vars.items():
+            if kind == "pose":
+                q = poses[slot]
+                q = np.concatenate([q[:4] / np.linalg.norm(q[:4]), q[4:]])
+                self._values["pose"][slot] = q
+                out[vid] = jaxlie.SE3(jnp.asarray(q))
+            else:
+                self._values["point"][slot] = points[slot]
+                out[vid] = points[slot].copy()
+        return out
+
+    def graph(self) -> Graph:
+        """The factor graph as fixed-shape device arrays (a jit-able pytree)."""
+        slabs = tuple(
+            FactorSlab(
+                ftype=h.ftype,
+                slots=jnp.asarray(h.slots),
+                measurement=jnp.asarray(h.measurement, self.dtype),
+                sqrt_info=jnp.asarray(h.sqrt_info, self.dtype),
+                robust_code=jnp.asarray(h.robust_code),
+                robust_scale=jnp.asarray(h.robust_scale, self.dtype),
+                active=jnp.asarray(h.active),
+            )
+            for _, h in sorted(self._slabs.items())
+        )
+        return Graph(
+            pose_active=jnp.asarray(self._active["pose"]),
+            point_active=jnp.asarray(self._active["point"]),
+            slabs=slabs,
+        )
+
+    def counts(self) -> dict[str, int]:
+        """Used slots: poses, points, and each factor type."""
+        out = {"poses": self._var_alloc["pose"].used, "points": self._var_alloc["point"].used}
+        out.update({name: h.alloc.used for name, h in sorted(self._slabs.items())})
+        return out
+
+
+def _as_pose(value: Any, what: str) -> np.ndarray:
+    """A unit-quaternion ``wxyz_xyz`` (7,) from an SE3, a 7-vector or a 4×4 matrix."""
+    if isinstance(value, jaxlie.SE3):
+        value = value.wxyz_xyz
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape == (4, 4):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"{what}: matrix has non-finite entries")
+        R = arr[:3, :3]
+        if not np.allclose(R.T @ R, np.eye(3), atol=1e-6) or np.linalg.det(R) <= 0:
+            raise ValueError(f"{what}: the 3×3 block is not a rotation")
+        arr = np.asarray(jaxlie.SE3.from_matrix(jnp.asarray(arr)).wxyz_xyz, np.float64)
+    if arr.shape != (VALUE_DIM["pose"],):
+        raise ValueError(f"{what} must be a jaxlie.SE3, wxyz_xyz (7,) or a (4, 4) matrix; got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} has non-finite values: {arr.tolist()}")
+    norm = np.linalg.norm(arr[:4])
+    if abs(norm - 1.0) > 1e-3:
+        raise ValueError(f"{what} quaternion {arr[:4].tolist()} has norm {norm:.6g}; expected a unit quaternion")
+    return np.concatenate([arr[:4] / norm, arr[4:]])
+
+
+def _as_point(value: Any, what: str) -> np.ndarray:
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.shape != (3,):
+        raise ValueError(f"{what} must have shape (3,), got {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{what} has non-finite values: {arr.tolist()}")
+    return arr.copy()
+
