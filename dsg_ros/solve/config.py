@@ -8,6 +8,7 @@ from typing import Any, Literal, Mapping
 Method = Literal["lm", "gn", "gd"]
 LinearSolver = Literal["auto", "dense", "sparse"]
 DiffMode = Literal["implicit", "unroll", "truncated"]
+ImplicitHessian = Literal["gauss_newton", "exact"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,11 @@ class SolverConfig:
     diff: DiffMode = "implicit"
     unroll_iterations: int = 10
     truncated_iterations: int = 3
+    # Implicit mode's Hessian: "gauss_newton" reuses the solver's JᵀJ
+    # factorization (one solve; exact when residuals vanish at the optimum);
+    # "exact" runs conjugate gradients on exact Hessian-vector products,
+    # preconditioned by that factorization.
+    implicit_hessian: ImplicitHessian = "gauss_newton"
     implicit_iterations: int = 30
     implicit_tolerance: float = 1e-12
 
@@ -46,6 +52,7 @@ class SolverConfig:
         _choice("method", self.method, ("lm", "gn", "gd"))
         _choice("linear_solver", self.linear_solver, ("auto", "dense", "sparse"))
         _choice("diff", self.diff, ("implicit", "unroll", "truncated"))
+        _choice("implicit_hessian", self.implicit_hessian, ("gauss_newton", "exact"))
         for name in ("max_iterations", "gd_iterations", "unroll_iterations", "truncated_iterations", "implicit_iterations"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"SolverConfig.{name} must be >= 1, got {getattr(self, name)}")

@@ -7,10 +7,12 @@ from θ (``Graph.with_measurements`` …), solve, and let JAX chain the rest.
 Modes (``SolverConfig.diff``):
 
 * ``implicit`` (default): implicit function theorem at the optimum x*. With
-  g(δ, G) = ∇_δ f(x* ⊕ δ; G) = 0, the adjoint v solves H v = ∂L/∂δ with the
-  exact Hessian H (Hessian-vector products by autodiff), by conjugate
-  gradients preconditioned with the solver's own Gauss–Newton factorization;
-  then ∂L/∂G = −(∂g/∂G)ᵀ v. Memory does not grow with iterations.
+  g(δ, G) = ∇_δ f(x* ⊕ δ; G) = 0, the adjoint v solves H v = ∂L/∂δ and
+  ∂L/∂G = −(∂g/∂G)ᵀ v, with ∂g/∂G exact (autodiff). H is the Gauss–Newton
+  JᵀJ, solved with the solver's own factorization (``implicit_hessian=
+  "gauss_newton"``: exact when residuals vanish at x*), or the exact Hessian
+  by conjugate gradients on autodiff Hessian-vector products preconditioned
+  by that factorization (``"exact"``). Memory does not grow with iterations.
 * ``unroll``: backpropagate through ``unroll_iterations`` solver steps.
 * ``truncated``: solve without gradients, then backpropagate through
   ``truncated_iterations`` Gauss–Newton steps from that solution.
@@ -104,8 +106,11 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
 
     dense = lm.uses_dense(graph, config)
     system, _ = linearize(graph, x_star, dense)
-    precond = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
-    adjoint = pcg(hessian_vp, rhs, precond, config.implicit_iterations, config.implicit_tolerance)
+    gn_solve = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
+    if config.implicit_hessian == "exact":
+        adjoint = pcg(hessian_vp, rhs, gn_solve, config.implicit_iterations, config.implicit_tolerance)
+    else:
+        adjoint = gn_solve(rhs) * free
     _, pull_graph = jax.vjp(lambda g: grad_at(g, zero), graph)
     (graph_bar,) = pull_graph(adjoint.scale(-1.0))
     x0_bar = jax.tree.map(jnp.zeros_like, x_star)

@@ -12,6 +12,9 @@ Two storage layouts, chosen once per graph shape:
   Schur complement (``dsg_ros.solve.schur``).
 * sparse: every block of every factor, flat; assembled and factorized on the
   host (``dsg_ros.solve.sparse``) for pose graphs too large for a dense system.
+
+Contributions of all slabs are gathered first and scattered once per target
+array: each scatter is costly for XLA to compile.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
 
-from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, free_mask, linearize_slab
+from dsg_ros.world.factors import TANGENT_DIM
+from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, free_mask, linearize_slab
 
 # Marquardt damping scales each diagonal entry; clamping keeps unconstrained
 # directions damped and huge ones finite (GTSAM clamps the same way).
@@ -39,7 +43,7 @@ class DenseBlocks:
 
 @jdc.pytree_dataclass
 class SparseBlocks:
-    """Per slab: slots (F, k) and every (a, b) block of JᵀJ flattened (F, n)."""
+    """Per slab: slots (F, k) and every (a ≤ b) block of JᵀJ flattened (F, n)."""
 
     slots: tuple[jax.Array, ...]
     values: tuple[jax.Array, ...]
@@ -60,30 +64,26 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
     free = free_mask(graph)
     P, V = state.poses.shape[0], state.points.shape[0]
     dtype = state.points.dtype
-    g_p = jnp.zeros((P, 6), dtype)
-    g_l = jnp.zeros((V, 3), dtype)
     total = jnp.zeros((), dtype)
-    lins: list[SlabLinearization] = []
+    grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
+    grams: list[tuple[SlabLinearization, jax.Array]] = []
     for slab in graph.slabs:
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
-        jacs = tuple(
-            j * _free_of(free, kind, slab.slots[:, pos])[:, None, :]
-            for pos, (kind, j) in enumerate(zip(slab.ftype.var_kinds, lin.jacobians))
+        kinds, offsets = slab.ftype.var_kinds, lin.offsets()
+        column_free = jnp.concatenate(
+            [_free_of(free, kind, slab.slots[:, pos]) for pos, kind in enumerate(kinds)], axis=1
         )
-        lin = jdc.replace(lin, jacobians=jacs)
-        lins.append(lin)
-        for pos, kind in enumerate(slab.ftype.var_kinds):
-            g = jnp.einsum("fdk,fd->fk", jacs[pos], lin.residual)
-            if kind == "pose":
-                g_p = g_p.at[slab.slots[:, pos]].add(g)
-            else:
-                g_l = g_l.at[slab.slots[:, pos]].add(g)
-    grad = Tangent(g_p, g_l)
+        jac = lin.jacobian * column_free[:, None, :]
+        g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
+        for pos, kind in enumerate(kinds):
+            grads[kind].append((slab.slots[:, pos], g[:, offsets[pos] : offsets[pos] + TANGENT_DIM[kind]]))
+        grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
+    grad = Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype))
     if dense:
-        blocks, diag = _dense_blocks(lins, free, P, V, dtype)
+        blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
-        blocks, diag = _sparse_blocks(lins, free, P, V, dtype)
+        blocks, diag = _sparse_blocks(grams, free, P, V, dtype)
     return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks), total
 
 
@@ -91,32 +91,44 @@ def _free_of(free: Tangent, kind: str, slots: jax.Array) -> jax.Array:
     return free.poses[slots] if kind == "pose" else free.points[slots]
 
 
-def _pairs(lin: SlabLinearization):
-    """Ordered position pairs (a ≤ b) and their JᵀJ blocks (F, dof_a, dof_b)."""
-    kinds = lin.slab.ftype.var_kinds
+def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:
+    """Sum ``values`` into a zero array at ``indices``, one scatter for all parts."""
+    out = jnp.zeros(shape, dtype)
+    if not parts:
+        return out
+    index = tuple(jnp.concatenate([p[i] for p in parts]) for i in range(len(parts[0]) - 1))
+    values = jnp.concatenate([p[-1] for p in parts])
+    return out.at[index].add(values)
+
+
+def _blocks(lin: SlabLinearization, gram: jax.Array):
+    """(a, b, block (F, dof_a, dof_b)) for every position pair a ≤ b."""
+    kinds, offsets = lin.slab.ftype.var_kinds, lin.offsets()
     for a in range(len(kinds)):
         for b in range(a, len(kinds)):
-            yield a, b, jnp.einsum("fdk,fdl->fkl", lin.jacobians[a], lin.jacobians[b])
+            oa, ob = offsets[a], offsets[b]
+            yield a, b, gram[:, oa : oa + TANGENT_DIM[kinds[a]], ob : ob + TANGENT_DIM[kinds[b]]]
 
 
-def _dense_blocks(lins: list[SlabLinearization], free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlocks, Tangent]:
-    H_pp = jnp.zeros((P, P, 6, 6), dtype)
-    H_pl = jnp.zeros((P, V, 6, 3), dtype)
-    H_ll = jnp.zeros((V, 3, 3), dtype)
-    for lin in lins:
+def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlocks, Tangent]:
+    pose_pose, pose_point, point_point = [], [], []
+    for lin, gram in grams:
         kinds, slots = lin.slab.ftype.var_kinds, lin.slab.slots
-        for a, b, blk in _pairs(lin):
+        for a, b, blk in _blocks(lin, gram):
             sa, sb = slots[:, a], slots[:, b]
             if kinds[a] == "pose" and kinds[b] == "pose":
-                H_pp = H_pp.at[sa, sb].add(blk)
+                pose_pose.append((sa, sb, blk))
                 if a != b:
-                    H_pp = H_pp.at[sb, sa].add(jnp.swapaxes(blk, 1, 2))
+                    pose_pose.append((sb, sa, jnp.swapaxes(blk, 1, 2)))
             elif kinds[a] == "pose":
-                H_pl = H_pl.at[sa, sb].add(blk)
+                pose_point.append((sa, sb, blk))
             elif kinds[b] == "pose":
-                H_pl = H_pl.at[sb, sa].add(jnp.swapaxes(blk, 1, 2))
+                pose_point.append((sb, sa, jnp.swapaxes(blk, 1, 2)))
             else:
-                H_ll = H_ll.at[sa].add(blk)
+                point_point.append((sa, blk))
+    H_pp = _scatter_rows((P, P, 6, 6), pose_pose, dtype)
+    H_pl = _scatter_rows((P, V, 6, 3), pose_point, dtype)
+    H_ll = _scatter_rows((V, 3, 3), point_point, dtype)
     H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P)
     H_pp = H_pp + jnp.diag(1.0 - free.poses.reshape(-1))
     H_ll = H_ll + (1.0 - free.points)[:, :, None] * jnp.eye(3, dtype=dtype)
@@ -124,24 +136,23 @@ def _dense_blocks(lins: list[SlabLinearization], free: Tangent, P: int, V: int, 
     return DenseBlocks(H_pp, H_pl, H_ll), _clamp(diag)
 
 
-def _sparse_blocks(lins: list[SlabLinearization], free: Tangent, P: int, V: int, dtype) -> tuple[SparseBlocks, Tangent]:
-    diag_p = 1.0 - free.poses
-    diag_l = 1.0 - free.points
+def _sparse_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[SparseBlocks, Tangent]:
+    diag_parts: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
     values = []
-    for lin in lins:
+    for lin, gram in grams:
         kinds, slots = lin.slab.ftype.var_kinds, lin.slab.slots
         flat = []
-        for a, b, blk in _pairs(lin):
+        for a, b, blk in _blocks(lin, gram):
             flat.append(blk.reshape(blk.shape[0], -1))
             if a == b:
-                d = jnp.diagonal(blk, axis1=1, axis2=2)
-                if kinds[a] == "pose":
-                    diag_p = diag_p.at[slots[:, a]].add(d)
-                else:
-                    diag_l = diag_l.at[slots[:, a]].add(d)
+                diag_parts[kinds[a]].append((slots[:, a], jnp.diagonal(blk, axis1=1, axis2=2)))
         values.append(jnp.concatenate(flat, axis=1))
-    blocks = SparseBlocks(slots=tuple(lin.slab.slots for lin in lins), values=tuple(values))
-    return blocks, _clamp(Tangent(diag_p, diag_l))
+    diag = Tangent(
+        1.0 - free.poses + _scatter_rows((P, 6), diag_parts["pose"], dtype),
+        1.0 - free.points + _scatter_rows((V, 3), diag_parts["point"], dtype),
+    )
+    blocks = SparseBlocks(slots=tuple(lin.slab.slots for lin, _ in grams), values=tuple(values))
+    return blocks, _clamp(diag)
 
 
 def _clamp(diag: Tangent) -> Tangent:

@@ -28,6 +28,9 @@ VALUE_DIM: dict[str, int] = {"pose": 7, "point": 3}
 Value = jaxlie.SE3 | jax.Array
 ResidualFn = Callable[[tuple[Value, ...], jax.Array], jax.Array]
 JacobianFn = Callable[[tuple[Value, ...], jax.Array], tuple[jax.Array, tuple[jax.Array, ...]]]
+# Whole-slab kernels: (poses (P, 7), points (V, 3), slots (F, k), measurements (F, …)).
+BatchedResidualFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.Array]
+BatchedLinearizeFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, ...]]]
 
 
 @dataclass(frozen=True, eq=False)
@@ -41,6 +44,11 @@ class FactorType:
     residual: ResidualFn
     jacobian: JacobianFn | None = None
     se3_measurement: bool = False  # measurement is an SE(3) ``wxyz_xyz`` (7,)
+    # Optional whole-slab versions of ``residual``/``linearize`` for hot
+    # factor types: they can compute per-variable quantities (a pose's
+    # rotation matrix) once instead of once per factor.
+    batched_residual: BatchedResidualFn | None = None
+    batched_linearize: BatchedLinearizeFn | None = None
 
     def linearize(self, values: tuple[Value, ...], measurement: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """Residual (d,) and one Jacobian (d, tangent_dim) per variable, at δ = 0."""
@@ -92,6 +100,16 @@ def _jlog(err: jaxlie.SE3) -> jax.Array:
     return jax.jacfwd(lambda d: (err @ jaxlie.SE3.exp(d)).log())(jnp.zeros(6, err.wxyz_xyz.dtype))
 
 
+def _jlog(err: jaxlie.SE3) -> jax.Array:
+    """∂ Log(E·Exp(δ)) / ∂δ at δ = 0 (6, 6): the SE(3) right-Jacobian inverse.
+
+    Taken by forward-mode through jaxlie's safe exp/log rather than from
+    ``SE3.jlog()``, whose reverse-mode derivative is NaN at zero rotation; the
+    unrolled and truncated differentiation modes differentiate this Jacobian.
+    """
+    return jax.jacfwd(lambda d: (err @ jaxlie.SE3.exp(d)).log())(jnp.zeros(6, err.wxyz_xyz.dtype))
+
+
 def _prior_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     (T_world_body,) = values
     return (jaxlie.SE3(z).inverse() @ T_world_body).log()
@@ -128,6 +146,40 @@ def _prior_point_jac(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array
     return p_world - z, (jnp.eye(3, dtype=p_world.dtype),)
 
 
+def _obs_frames(poses: jax.Array, slots: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """R_world_body (F, 3, 3) and t_world_body (F, 3) per row: matrices built per pose, then gathered."""
+    R_world_body = jaxlie.SO3(poses[:, :4]).as_matrix()
+    return R_world_body[slots[:, 0]], poses[slots[:, 0], 4:]
+
+
+def _voxel_point_obs_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, p_body: jax.Array) -> jax.Array:
+    R, t = _obs_frames(poses, slots)
+    d = points[slots[:, 1]] - t
+    return jnp.sum(R * d[:, :, None], axis=1) - p_body  # Rᵀ (v − t) − p
+
+
+def _voxel_point_obs_batched_jac(
+    poses: jax.Array, points: jax.Array, slots: jax.Array, p_body: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    R, t = _obs_frames(poses, slots)
+    d = points[slots[:, 1]] - t
+    q_body = jnp.sum(R * d[:, :, None], axis=1)
+    minus_eye = jnp.broadcast_to(-jnp.eye(3, dtype=q_body.dtype), R.shape)
+    jac_pose = jnp.concatenate([minus_eye, jax.vmap(_skew)(q_body)], axis=2)
+    return q_body - p_body, (jac_pose, jnp.swapaxes(R, 1, 2))
+
+
+def _prior_point_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
+    return points[slots[:, 0]] - z
+
+
+def _prior_point_batched_jac(
+    poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    r = points[slots[:, 0]] - z
+    return r, (jnp.broadcast_to(jnp.eye(3, dtype=r.dtype), (r.shape[0], 3, 3)),)
+
+
 def _voxel_point_obs(values: tuple[Value, ...], p_body: jax.Array) -> jax.Array:
     T_world_body, v_world = values
     return T_world_body.inverse() @ v_world - p_body
@@ -145,8 +197,14 @@ def _voxel_point_obs_jac(values: tuple[Value, ...], p_body: jax.Array) -> tuple[
 BUILTIN_TYPES: tuple[FactorType, ...] = (
     FactorType("prior_se3", ("pose",), 6, (7,), _prior_se3, _prior_se3_jac, se3_measurement=True),
     FactorType("odom_se3", ("pose", "pose"), 6, (7,), _odom_se3, _odom_se3_jac, se3_measurement=True),
-    FactorType("prior_point", ("point",), 3, (3,), _prior_point, _prior_point_jac),
-    FactorType("voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_jac),
+    FactorType(
+        "prior_point", ("point",), 3, (3,), _prior_point, _prior_point_jac,
+        batched_residual=_prior_point_batched, batched_linearize=_prior_point_batched_jac,
+    ),
+    FactorType(
+        "voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_jac,
+        batched_residual=_voxel_point_obs_batched, batched_linearize=_voxel_point_obs_batched_jac,
+    ),
 )
 
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import jax_dataclasses as jdc
 import jaxlie
 
-from dsg_ros.world.factors import FactorType
+from dsg_ros.world.factors import TANGENT_DIM, FactorType
 from dsg_ros.world.noise import robust_rho, robust_weight
 
 
@@ -169,15 +169,34 @@ def slab_dtype(graph: Graph) -> jnp.dtype:
     return jnp.dtype(jnp.float64)
 
 
+def batched_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
+    """(F, m, d) @ (F, d, n) with the short contraction unrolled.
+
+    For d ≤ 6 this is several times faster on CPU than a batched dot (which
+    XLA runs as F tiny GEMMs) and close to memory-bound.
+    """
+    out = A[:, :, 0:1] * B[:, 0:1, :]
+    for j in range(1, A.shape[2]):
+        out = out + A[:, :, j : j + 1] * B[:, j : j + 1, :]
+    return out
+
+
 def _whiten(slab: FactorSlab, residuals: jax.Array) -> jax.Array:
-    e = jnp.einsum("fij,fj->fi", slab.sqrt_info, residuals)
+    e = batched_matmul(slab.sqrt_info, residuals[:, :, None])[:, :, 0]
     return jnp.where(slab.active[:, None], e, 0.0)
 
 
 def slab_whitened(slab: FactorSlab, state: State) -> jax.Array:
     """Whitened residuals ``L r`` (F, d); zero on inactive rows."""
-    r = jax.vmap(slab.ftype.residual)(slab.values(state), slab.measurement)
-    return _whiten(slab, r)
+    return _whiten(slab, slab_residuals(slab, state))
+
+
+def slab_residuals(slab: FactorSlab, state: State) -> jax.Array:
+    """Raw residuals (F, d), through the type's batched kernel when it has one."""
+    ftype = slab.ftype
+    if ftype.batched_residual is not None:
+        return ftype.batched_residual(state.poses, state.points, slab.slots, slab.measurement)
+    return jax.vmap(ftype.residual)(slab.values(state), slab.measurement)
 
 
 def slab_costs(slab: FactorSlab, state: State) -> jax.Array:
@@ -197,23 +216,37 @@ def cost(graph: Graph, state: State) -> jax.Array:
 
 @jdc.pytree_dataclass
 class SlabLinearization:
-    """IRLS-weighted whitened residuals (F, d) and Jacobians, one (F, d, dof) per position."""
+    """IRLS-weighted whitened residuals (F, d) and the Jacobian (F, d, n).
+
+    The Jacobian's columns hold each connected variable's tangent block in
+    position order (n = Σ tangent dims); ``offsets()`` gives where each starts.
+    """
 
     slab: FactorSlab
     residual: jax.Array
-    jacobians: tuple[jax.Array, ...]
+    jacobian: jax.Array
+
+    def offsets(self) -> tuple[int, ...]:
+        out, start = [], 0
+        for kind in self.slab.ftype.var_kinds:
+            out.append(start)
+            start += TANGENT_DIM[kind]
+        return tuple(out)
 
 
 def linearize_slab(slab: FactorSlab, state: State) -> tuple[SlabLinearization, jax.Array]:
     """Linearize one slab at ``state``; also returns its cost (scalar)."""
-    r, jacs = jax.vmap(slab.ftype.linearize)(slab.values(state), slab.measurement)
+    ftype = slab.ftype
+    if ftype.batched_linearize is not None:
+        r, jacs = ftype.batched_linearize(state.poses, state.points, slab.slots, slab.measurement)
+    else:
+        r, jacs = jax.vmap(ftype.linearize)(slab.values(state), slab.measurement)
     e = _whiten(slab, r)
     s = jnp.sum(e * e, axis=1)
     slab_cost = 0.5 * jnp.sum(jnp.where(slab.active, robust_rho(s, slab.robust_code, slab.robust_scale), 0.0))
     # sqrt of the IRLS weight scales residual and Jacobian alike.
     root_w = jnp.sqrt(robust_weight(s, slab.robust_code, slab.robust_scale))
     root_w = jnp.where(slab.active, root_w, 0.0)
-    whitened_jacs = tuple(
-        root_w[:, None, None] * jnp.einsum("fij,fjk->fik", slab.sqrt_info, j) for j in jacs
-    )
-    return SlabLinearization(slab, root_w[:, None] * e, whitened_jacs), slab_cost
+    jac = jnp.concatenate(jacs, axis=2) if len(jacs) > 1 else jacs[0]
+    jac = batched_matmul(root_w[:, None, None] * slab.sqrt_info, jac)
+    return SlabLinearization(slab, root_w[:, None] * e, jac), slab_cost
