@@ -50,3 +50,20 @@ def default_dtype() -> jnp.dtype:
     if forced:
         raise ValueError(f"DSG_ROS_DTYPE={forced!r}: expected 'float32' or 'float64'")
     return jnp.dtype(jnp.float64 if backend() == "cpu" else jnp.float32)
+
+
+def enable_compile_cache(path: str | None = None) -> str | None:
+    """Persist XLA executables across processes (a warm start skips compiling).
+
+    ``path`` defaults to ``$DSG_ROS_COMPILE_CACHE`` or ``~/.cache/dsg_ros/xla``;
+    ``DSG_ROS_COMPILE_CACHE=off`` disables it. Returns the directory used.
+    """
+    setting = path or os.environ.get("DSG_ROS_COMPILE_CACHE", "")
+    if setting.strip().lower() in ("off", "0", "none", "false"):
+        return None
+    directory = os.path.expanduser(setting or os.path.join("~", ".cache", "dsg_ros", "xla"))
+    os.makedirs(directory, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    return directory

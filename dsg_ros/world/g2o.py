@@ -156,3 +156,21 @@ def _pose(xyz_qxyzw: np.ndarray, where: str) -> np.ndarray:
         raise G2OError(f"{where}: quaternion norm {norm:.4g} is far from 1")
     q = q_xyzw / norm
     return np.array([q[3], q[0], q[1], q[2], *t])
+
+
+def write_g2o(path: str | Path, g2o: G2OGraph, poses: np.ndarray) -> None:
+    """Write ``g2o`` with vertex poses replaced by ``poses`` (N, 7) ``wxyz_xyz`` in file order."""
+    poses = np.asarray(poses, np.float64)
+    if poses.shape != g2o.poses.shape:
+        raise ValueError(f"expected poses of shape {g2o.poses.shape}, got {poses.shape}")
+    lines = []
+    for vid, p in zip(g2o.vertex_ids, poses):
+        w, x, y, z = p[:4]
+        lines.append(f"VERTEX_SE3:QUAT {vid} " + " ".join(f"{v:.9g}" for v in (*p[4:], x, y, z, w)))
+    for (a, b), m, info in zip(g2o.edges, g2o.measurements, g2o.information):
+        w, x, y, z = m[:4]
+        fields = [*m[4:], x, y, z, w, *info[_UPPER]]
+        lines.append(f"EDGE_SE3:QUAT {a} {b} " + " ".join(f"{v:.9g}" for v in fields))
+    if g2o.fixed:
+        lines.append("FIX " + " ".join(str(v) for v in g2o.fixed))
+    Path(path).write_text("\n".join(lines) + "\n")

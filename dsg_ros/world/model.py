@@ -296,10 +296,14 @@ class WorldModel:
     # ------------------------------------------------------------ device views
 
     def pack_state(self) -> State:
-        """Every slot's value as device arrays: poses (P, 7), points (V, 3)."""
+        """Every slot's value as device arrays: poses (P, 7), points (V, 3).
+
+        Always copies: on CPU ``jnp.asarray`` may alias the host buffers that
+        later edits write into.
+        """
         return State(
-            poses=jnp.asarray(self._values["pose"], self.dtype),
-            points=jnp.asarray(self._values["point"], self.dtype),
+            poses=jnp.array(self._values["pose"], self.dtype),
+            points=jnp.array(self._values["point"], self.dtype),
         )
 
     def unpack_state(self, state: State) -> dict[int, jaxlie.SE3 | np.ndarray]:
@@ -328,18 +332,18 @@ class WorldModel:
         slabs = tuple(
             FactorSlab(
                 ftype=h.ftype,
-                slots=jnp.asarray(h.slots),
-                measurement=jnp.asarray(h.measurement, self.dtype),
-                sqrt_info=jnp.asarray(h.sqrt_info, self.dtype),
-                robust_code=jnp.asarray(h.robust_code),
-                robust_scale=jnp.asarray(h.robust_scale, self.dtype),
-                active=jnp.asarray(h.active),
+                slots=jnp.array(h.slots),
+                measurement=jnp.array(h.measurement, self.dtype),
+                sqrt_info=jnp.array(h.sqrt_info, self.dtype),
+                robust_code=jnp.array(h.robust_code),
+                robust_scale=jnp.array(h.robust_scale, self.dtype),
+                active=jnp.array(h.active),
             )
             for _, h in sorted(self._slabs.items())
         )
         return Graph(
-            pose_active=jnp.asarray(self._active["pose"]),
-            point_active=jnp.asarray(self._active["point"]),
+            pose_active=jnp.array(self._active["pose"]),
+            point_active=jnp.array(self._active["point"]),
             slabs=slabs,
         )
 

@@ -1,0 +1,65 @@
+"""Machine description and the RESULTS.md writer shared by every bench suite."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from dsg_ros import runtime
+
+
+def machine() -> dict[str, Any]:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        match = re.search(r"^model name\s*:\s*(.+)$", text, re.M)
+        if match:
+            cpu = match.group(1).strip()
+    except OSError:
+        pass
+    devices = jax.devices()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": runtime.backend(),
+        "device": str(devices[0].device_kind) if devices else "none",
+        "dtype": str(runtime.default_dtype()),
+        "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    }
+
+
+def write(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
+    """Write ``results/<suite>.json`` and replace the suite's section of RESULTS.md."""
+    out = Path(output_dir)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    json_path = out / "results" / f"{suite}.json"
+    tmp = json_path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2) + "\n")
+    tmp.replace(json_path)
+    md_path = out / "RESULTS.md"
+    start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
+    section = f"{start}\n{markdown.strip()}\n{end}"
+    text = md_path.read_text() if md_path.exists() else "# Benchmark results\n\nWritten by `dsg-ros bench <suite>`; each section is replaced when its suite reruns.\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    md_path.write_text(text)
+    return json_path, md_path
+
+
+def machine_line(info: dict[str, Any]) -> str:
+    return (
+        f"Machine: {info['cpu']}, {info['cores']} cores; JAX {info['jax']} on {info['backend']} "
+        f"({info['device']}), {info['dtype']}; Python {info['python']}; {info['date']}."
+    )
