@@ -52,7 +52,12 @@ def solve(graph: Graph, x0: State, config: SolverConfig = SolverConfig()) -> tup
         tail = SolverConfig(gd_learning_rate=config.gd_learning_rate, gd_iterations=config.truncated_iterations)
         x, tail_report = gd.run(graph, x_pre, tail)
     else:
-        x, tail_report = lm.run_fixed(graph, x_pre, config, config.truncated_iterations, gauss_newton=True)
+        # Every tail step must run (each one refines the derivative), so the
+        # convergence tests are switched off for them.
+        tail = config.updated(
+            {"relative_tolerance": 0.0, "absolute_tolerance": 0.0, "gradient_tolerance": 0.0, "step_tolerance": 0.0}
+        )
+        x, tail_report = lm.run_fixed(graph, x_pre, tail, config.truncated_iterations, gauss_newton=True)
     merged = SolveReport(
         iterations=report.iterations + tail_report.iterations,
         initial_cost=report.initial_cost,
