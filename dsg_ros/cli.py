@@ -60,11 +60,12 @@ def _cmd_hero(args: argparse.Namespace) -> int:
     from dsg_ros.learn import hero
 
     say = _progress(not args.quiet)
+    defaults = hero.HeroConfig()
     config = hero.HeroConfig(
         inner=args.inner,
         outer_steps=args.steps,
-        learning_rate=args.learning_rate,
-        momentum=args.momentum,
+        learning_rate=defaults.learning_rate if args.learning_rate is None else args.learning_rate,
+        momentum=defaults.momentum if args.momentum is None else args.momentum,
     )
     say(f"HERO: 6 poses + 6 voxels, inner solver {args.inner}, {args.steps} outer steps (first step compiles)")
     result = hero.run(config, progress=lambda k, loss: say(f"  step {k + 1:3d}/{args.steps}  loss {loss:.3e}"))
@@ -150,8 +151,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--inner", choices=("lm", "gd"), default="lm", help="inner solver: Levenberg-Marquardt (implicit gradients) or the seed's gradient descent (unrolled); default lm")
     p.add_argument("--steps", type=int, default=30, help="outer learning steps (default 30)")
-    p.add_argument("--learning-rate", type=float, default=0.03, help="outer learning rate (default 0.03)")
-    p.add_argument("--momentum", type=float, default=0.85, help="outer Nesterov momentum (default 0.85)")
+    p.add_argument("--learning-rate", type=float, default=None, help="outer learning rate (default 0.035)")
+    p.add_argument("--momentum", type=float, default=None, help="outer Nesterov momentum (default 0.88)")
     p.add_argument("--quiet", action="store_true", help="no per-step progress on stderr")
     _common(p)
     p.set_defaults(handler=_cmd_hero)

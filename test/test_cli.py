@@ -1,0 +1,49 @@
+"""The dsg-ros console script: help, JSON contract, exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from conftest import DATA
+
+CLI = [sys.executable, "-m", "dsg_ros.cli"]
+
+
+@pytest.mark.parametrize("args", [["--help"], ["hero", "--help"], ["solve-g2o", "--help"], ["bench", "core", "--help"]])
+def test_every_subcommand_teaches_with_help(args):
+    out = subprocess.run(CLI + args, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "usage: dsg-ros" in out.stdout
+
+
+def test_solve_g2o_prints_json_last(tmp_path):
+    src = (DATA / "posegraphs" / "parking-garage.g2o").read_text().splitlines()
+    # A small prefix of the garage: the first 60 vertices and the edges among them.
+    keep = [l for l in src if l.startswith("VERTEX") and int(l.split()[1]) < 60]
+    keep += [l for l in src if l.startswith("EDGE") and int(l.split()[1]) < 60 and int(l.split()[2]) < 60]
+    path = tmp_path / "small.g2o"
+    path.write_text("\n".join(keep) + "\n")
+    out_path = tmp_path / "solved.g2o"
+    out = subprocess.run(
+        CLI + ["solve-g2o", str(path), "--json", "--output", str(out_path), "--compile-cache", "off"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    for key in ("iterations", "initial_cost", "final_cost", "seconds_compile", "seconds_solve"):
+        assert key in result
+    assert result["converged"] and result["final_cost"] < result["initial_cost"]
+    assert result["linear_solver"] == "dense" and result["poses"] == 60
+    assert out_path.read_text().count("VERTEX_SE3:QUAT") == 60
+
+
+def test_solve_g2o_reports_a_bad_line_and_exits_2(tmp_path):
+    path = tmp_path / "bad.g2o"
+    path.write_text("VERTEX_SE3:QUAT 0 0 0 0 0 0 0 1\nEDGE_SE3:QUAT 0 1 2\n")
+    out = subprocess.run(CLI + ["solve-g2o", str(path), "--compile-cache", "off"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "bad.g2o:2: EDGE_SE3:QUAT expects 30 fields, got 3" in out.stderr
