@@ -93,21 +93,14 @@ def build_problem(dtype: Any = None) -> HeroProblem:
         ),
         dtype=dtype,
     )
-    poses = []
-    for i in range(N_POSES):
-        T_world_body = jaxlie.SE3.exp(jnp.array([float(i), 0, 0, 0, 0, 0]) + _POSE_JITTER[i])
-        poses.append(wm.add_pose(T_world_body))
+    poses = [wm.add_pose(_se3_exp(np.array([float(i), 0, 0, 0, 0, 0]) + _POSE_JITTER[i])) for i in range(N_POSES)]
     voxels = [wm.add_point([i + _VOXEL_ERROR_XY[i, 0], _VOXEL_ERROR_XY[i, 1], 0.0]) for i in range(N_POSES)]
-    wm.add_factor("prior_se3", [poses[0]], jaxlie.SE3.identity(), Noise.isotropic(0.3, 6))
+    identity = np.array([1.0, 0, 0, 0, 0, 0, 0])
+    wm.add_factor("prior_se3", [poses[0]], identity, Noise.isotropic(0.3, 6))
     wm.add_factor("prior_point", [voxels[0]], np.zeros(3), Noise.isotropic(3.0, 3))
-    odom = [
-        wm.add_factor("odom_se3", [poses[i], poses[i + 1]], jaxlie.SE3.exp(theta0()["odom"][i]), Noise.isotropic(1.0, 6))
-        for i in range(N_POSES - 1)
-    ]
-    obs = [
-        wm.add_factor("voxel_point_obs", [poses[i], voxels[i]], theta0()["obs"][i], Noise.isotropic(1.0, 3))
-        for i in range(N_POSES)
-    ]
+    # Measurement slots start at identity/zero: inject() writes theta into them.
+    odom = [wm.add_factor("odom_se3", [poses[i], poses[i + 1]], identity, Noise.isotropic(1.0, 6)) for i in range(N_POSES - 1)]
+    obs = [wm.add_factor("voxel_point_obs", [poses[i], voxels[i]], np.zeros(3), Noise.isotropic(1.0, 3)) for i in range(N_POSES)]
     return HeroProblem(
         graph=wm.graph(),
         x0=wm.pack_state(),
@@ -118,10 +111,16 @@ def build_problem(dtype: Any = None) -> HeroProblem:
     )
 
 
-def theta0() -> dict[str, jax.Array]:
+def theta0() -> dict[str, np.ndarray]:
     """Initial learnable parameters: biased odometry twists, miscalibrated points."""
-    odom = jnp.zeros((N_POSES - 1, 6)).at[:, 0].set(jnp.array(ODOM_X0))
-    return {"odom": odom, "obs": jnp.asarray(_OBS0)}
+    odom = np.zeros((N_POSES - 1, 6))
+    odom[:, 0] = ODOM_X0
+    return {"odom": odom, "obs": _OBS0.copy()}
+
+
+def _se3_exp(twist: np.ndarray) -> np.ndarray:
+    """Host-side SE(3) exp as ``wxyz_xyz`` (no JAX dispatch while building)."""
+    return np.asarray(jaxlie.SE3.exp(twist).wxyz_xyz)
 
 
 def inject(problem: HeroProblem, theta: dict[str, jax.Array]) -> Graph:
@@ -164,22 +163,17 @@ def run(config: HeroConfig = HeroConfig(), progress=None) -> HeroResult:
     problem = build_problem()
     solver = config.inner_solver()
 
-    def solve_theta(theta: dict[str, jax.Array]) -> State:
+    def loss_fn(theta: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
         x, _ = solve(inject(problem, theta), problem.x0, solver)
-        return x
-
-    def loss_fn(theta: dict[str, jax.Array]) -> jax.Array:
-        return supervised_loss(problem, solve_theta(theta))
+        return supervised_loss(problem, x), x.points[problem.voxel_slots]
 
     optimizer = optax.sgd(config.learning_rate, momentum=config.momentum, nesterov=True)
-    theta, losses = fit(loss_fn, theta0(), optimizer, config.outer_steps, progress=progress)
-    x = jax.jit(solve_theta)(theta)
-    voxels = np.asarray(x.points[problem.voxel_slots])
+    theta, losses, voxels = fit(loss_fn, theta0(), optimizer, config.outer_steps, progress=progress)
+    voxels = np.asarray(voxels)
     targets = np.stack([np.arange(N_POSES), np.zeros(N_POSES), np.zeros(N_POSES)], axis=1)
-    final_loss = float(supervised_loss(problem, x))
     return HeroResult(
-        losses=losses + [final_loss],
-        final_loss=final_loss,
+        losses=losses,
+        final_loss=losses[-1],
         max_voxel_error=float(np.max(np.linalg.norm(voxels - targets, axis=1))),
         seconds_total=time.perf_counter() - start,
         theta={k: np.asarray(v) for k, v in theta.items()},

@@ -15,25 +15,35 @@ Params = Any
 
 
 def fit(
-    loss_fn: Callable[[Params], jax.Array],
+    loss_fn: Callable[[Params], tuple[jax.Array, Any]],
     theta0: Params,
     optimizer: optax.GradientTransformation,
     steps: int,
     progress: Callable[[int, float], None] | None = None,
-) -> tuple[Params, list[float]]:
-    """Run ``steps`` optimizer updates; returns final params and the loss before each step."""
+) -> tuple[Params, list[float], Any]:
+    """Run ``steps`` optimizer updates of ``loss_fn(theta) -> (loss, aux)``.
+
+    Returns the final parameters, the loss before each step plus the loss at
+    the final parameters (``steps + 1`` values), and the final ``aux``. The
+    final evaluation reuses the compiled step (its update is discarded), so
+    reporting costs no second compilation.
+    """
 
     @jax.jit
-    def step(theta: Params, opt_state: Any) -> tuple[Params, Any, jax.Array]:
-        loss, grads = jax.value_and_grad(loss_fn)(theta)
+    def step(theta: Params, opt_state: Any) -> tuple[Params, Any, jax.Array, Any]:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(theta)
         updates, opt_state = optimizer.update(grads, opt_state, theta)
-        return optax.apply_updates(theta, updates), opt_state, loss
+        return optax.apply_updates(theta, updates), opt_state, loss, aux
 
     theta, opt_state = theta0, optimizer.init(theta0)
     losses: list[float] = []
-    for k in range(steps):
-        theta, opt_state, loss = step(theta, opt_state)
+    aux = None
+    for k in range(steps + 1):
+        new_theta, new_state, loss, aux = step(theta, opt_state)
         losses.append(float(loss))
+        if k == steps:
+            break
+        theta, opt_state = new_theta, new_state
         if progress is not None:
             progress(k, losses[-1])
-    return theta, losses
+    return theta, losses, aux
