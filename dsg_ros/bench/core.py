@@ -164,5 +164,24 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| {h['seconds_compile']:.2f} | {h['ms_per_iteration_median']:.2f} | {h['ms_per_iteration_best']:.2f} |",
         "",
         f"Goal: under {GOALS['hybrid_ms_per_iteration']:.0f} ms per LM iteration.",
+        "",
+        "### Goals",
+        "",
     ]
+    lines += [f"- {name}: {verdict}" for name, verdict in _verdicts(r)]
     return "\n".join(lines)
+
+
+def _verdicts(r: dict[str, Any]) -> list[tuple[str, str]]:
+    out = []
+    for h in r["hero"]:
+        ok = h["seconds_total"] < GOALS["hero_seconds"] and h["final_loss"] < 1e-4 and h["max_voxel_error"] < 0.01
+        out.append((f"HERO {h['inner']} ({h['start']} cache)", f"{'met' if ok else 'missed'}: {h['seconds_total']:.2f} s, loss {h['final_loss']:.1e}"))
+    for g in r["pose_graphs"]:
+        if g["gtsam"] and g["graph"] == "sphere2500":
+            ok = g["time_ratio"] <= GOALS["sphere2500_ratio"] and g["cost_relative_difference"] < 1e-3
+            out.append(("sphere2500 vs GTSAM", f"{'met' if ok else 'missed'}: {g['time_ratio']:.2f}× its time, cost off by {g['cost_relative_difference']:.1e}"))
+    h = r["hybrid_window"]
+    ok = h["ms_per_iteration_median"] < GOALS["hybrid_ms_per_iteration"]
+    out.append(("hybrid window", f"{'met' if ok else 'missed'}: {h['ms_per_iteration_median']:.2f} ms per LM iteration"))
+    return out
