@@ -62,9 +62,11 @@ def _offsets(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
 
 def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
     n = 6 * P + 3 * V
-    rows, cols = [], []
-    mirrored_rows, mirrored_cols = [], []
+    # Values arrive per slab as (F, Σ blocks) row-major, then the off-diagonal
+    # blocks again mirrored (H is stored whole for SuperLU), then the diagonal.
+    direct_rows, direct_cols, mirror_rows, mirror_cols = [], [], [], []
     for kinds, slots in zip(kinds_per_slab, slots_per_slab):
+        rows, cols, m_rows, m_cols = [], [], [], []
         for a in range(len(kinds)):
             for b in range(a, len(kinds)):
                 da, db = TANGENT_DIM[kinds[a]], TANGENT_DIM[kinds[b]]
@@ -74,27 +76,16 @@ def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
                 c = np.broadcast_to(cb, (slots.shape[0], da, db)).reshape(slots.shape[0], -1)
                 rows.append(r)
                 cols.append(c)
-                # Off-diagonal blocks appear twice (H is stored whole for SuperLU).
-                mirrored_rows.append(c if a != b else np.zeros((slots.shape[0], 0), np.int64))
-                mirrored_cols.append(r if a != b else np.zeros((slots.shape[0], 0), np.int64))
-    # Values arrive per slab as (F, Σ blocks) row-major; match that order.
-    row_parts, col_parts = [], []
-    index = 0
-    for kinds in kinds_per_slab:
-        n_pairs = len(kinds) * (len(kinds) + 1) // 2
-        row_parts.append(np.concatenate(rows[index : index + n_pairs], axis=1).reshape(-1))
-        col_parts.append(np.concatenate(cols[index : index + n_pairs], axis=1).reshape(-1))
-        index += n_pairs
-    index = 0
-    for kinds in kinds_per_slab:
-        n_pairs = len(kinds) * (len(kinds) + 1) // 2
-        row_parts.append(np.concatenate(mirrored_rows[index : index + n_pairs], axis=1).reshape(-1))
-        col_parts.append(np.concatenate(mirrored_cols[index : index + n_pairs], axis=1).reshape(-1))
-        index += n_pairs
-    row_parts.append(np.arange(n))
-    col_parts.append(np.arange(n))
-    all_rows = np.concatenate(row_parts).astype(np.int64)
-    all_cols = np.concatenate(col_parts).astype(np.int64)
+                if a != b:
+                    m_rows.append(c)
+                    m_cols.append(r)
+        direct_rows.append(np.concatenate(rows, axis=1).reshape(-1))
+        direct_cols.append(np.concatenate(cols, axis=1).reshape(-1))
+        if m_rows:
+            mirror_rows.append(np.concatenate(m_rows, axis=1).reshape(-1))
+            mirror_cols.append(np.concatenate(m_cols, axis=1).reshape(-1))
+    all_rows = np.concatenate(direct_rows + mirror_rows + [np.arange(n)]).astype(np.int64)
+    all_cols = np.concatenate(direct_cols + mirror_cols + [np.arange(n)]).astype(np.int64)
     keys = all_cols * n + all_rows  # CSC order: by column, then row
     unique, target = np.unique(keys, return_inverse=True)
     indices = (unique % n).astype(np.int32)
@@ -114,7 +105,8 @@ def _mirror_values(kinds_per_slab, values) -> list[np.ndarray]:
                 if a != b:
                     parts.append(vals[:, col : col + width])
                 col += width
-        out.append(np.concatenate(parts, axis=1).reshape(-1) if parts else np.zeros(0))
+        if parts:
+            out.append(np.concatenate(parts, axis=1).reshape(-1))
     return out
 
 

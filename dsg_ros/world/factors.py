@@ -328,14 +328,5 @@ def _validate(ftype: FactorType) -> None:
 DEFAULT_REGISTRY = FactorRegistry()
 
 
-def register_factor_type(
-    name: str,
-    var_kinds: Sequence[VarKind],
-    residual_dim: int,
-    measurement_shape: Sequence[int],
-    residual: ResidualFn,
-    jacobian: JacobianFn | None = None,
-    se3_measurement: bool = False,
-) -> FactorType:
-    """Register a residual in the default registry (see ``FactorRegistry.register``)."""
-    return DEFAULT_REGISTRY.register(name, var_kinds, residual_dim, measurement_shape, residual, jacobian, se3_measurement)
+# Register a residual in the default registry (see ``FactorRegistry.register``).
+register_factor_type = DEFAULT_REGISTRY.register
