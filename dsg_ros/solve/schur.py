@@ -28,7 +28,8 @@ class DenseFactor:
     W: jax.Array
 
 
-def factor(system: NormalSystem, lam: jax.Array) -> DenseFactor:
+def _reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """S = A − B C⁻¹ Bᵀ (6P, 6P), C⁻¹ (V, 3, 3) and W = B C⁻¹ (6P, 3V)."""
     blocks = system.blocks
     assert isinstance(blocks, DenseBlocks)
     P, V = system.grad.poses.shape[0], system.grad.points.shape[0]
@@ -39,9 +40,21 @@ def factor(system: NormalSystem, lam: jax.Array) -> DenseFactor:
     W = jnp.einsum("pvac,vcb->pvab", blocks.H_pl, C_inv)
     W = jnp.transpose(W, (0, 2, 1, 3)).reshape(6 * P, 3 * V)
     S = A - W @ B.T
-    S = 0.5 * (S + S.T)
-    chol = jnp.linalg.cholesky(S) if P > 0 else S
+    return 0.5 * (S + S.T), C_inv, W
+
+
+def factor(system: NormalSystem, lam: jax.Array) -> DenseFactor:
+    S, C_inv, W = _reduce(system, lam)
+    chol = jnp.linalg.cholesky(S) if S.shape[0] > 0 else S
     return DenseFactor(chol=chol, C_inv=C_inv, W=W)
+
+
+def reduced_pose_system(system: NormalSystem) -> tuple[jax.Array, jax.Array]:
+    """Undamped pose system with every free point eliminated: S (6P, 6P) and
+    the reduced gradient g_p − W g_l (6P,). The quadratic model of the cost in
+    the pose tangents alone; marginalization builds its prior from it."""
+    S, _, W = _reduce(system, jnp.zeros((), system.grad.points.dtype))
+    return S, system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
 
 
 def apply(system: NormalSystem, fac: DenseFactor, rhs: Tangent) -> Tangent:

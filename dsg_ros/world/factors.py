@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Literal, Sequence
 import jax
 import jax.numpy as jnp
 import jaxlie
+import numpy as np
 
 VarKind = Literal["pose", "point"]
 TANGENT_DIM: dict[str, int] = {"pose": 6, "point": 3}
@@ -243,6 +244,46 @@ BUILTIN_TYPES: tuple[FactorType, ...] = (
 )
 
 
+def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
+    """A Gaussian prior over several variables, as marginalization leaves behind.
+
+    Measurement (n_values + n_tangent,): each variable's linearization point
+    (``wxyz_xyz`` or xyz) then an offset ``c`` in their stacked tangents.
+    Residual ``[x_i ⊖ x̄_i]_i + c`` with ``T ⊖ T̄ = Log(T̄⁻¹T)``, ``v ⊖ v̄ = v − v̄``;
+    whitened by ``L`` it gives the cost ``½‖L(δ + c)‖²`` of a prior with
+    information ``LᵀL`` and gradient ``LᵀL c`` at the linearization point.
+    Named by its variable kinds: ``linear_prior_pppp`` for four poses, ``v`` for a point.
+    """
+    kinds = tuple(var_kinds)
+    value_dims = [VALUE_DIM[k] for k in kinds]
+    tangent_dims = [TANGENT_DIM[k] for k in kinds]
+    value_starts = np.cumsum([0, *value_dims])
+    tangent_starts = np.cumsum([0, *tangent_dims])
+    n_values = int(value_starts[-1])
+
+    def deltas(values: tuple[Value, ...], z: jax.Array) -> list[jax.Array]:
+        out = []
+        for i, (kind, value) in enumerate(zip(kinds, values)):
+            ref = z[value_starts[i] : value_starts[i + 1]]
+            out.append((jaxlie.SE3(ref).inverse() @ value).log() if kind == "pose" else value - ref)
+        return out
+
+    def residual(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
+        return jnp.concatenate(deltas(values, z)) + z[n_values:]
+
+    def jacobian(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        ds = deltas(values, z)
+        n = int(tangent_starts[-1])
+        jacs = []
+        for i, (kind, d) in enumerate(zip(kinds, ds)):
+            block = _se3_jr_inv(d) if kind == "pose" else jnp.eye(3, dtype=d.dtype)
+            jacs.append(jnp.zeros((n, tangent_dims[i]), d.dtype).at[tangent_starts[i] : tangent_starts[i + 1]].set(block))
+        return jnp.concatenate(ds) + z[n_values:], tuple(jacs)
+
+    name = "linear_prior_" + "".join("p" if k == "pose" else "v" for k in kinds)
+    return FactorType(name, kinds, int(tangent_starts[-1]), (n_values + int(tangent_starts[-1]),), residual, jacobian)
+
+
 class FactorRegistry:
     """Name → FactorType. Starts with the built-ins; users add their own."""
 
@@ -275,6 +316,10 @@ class FactorRegistry:
         """
         shape = tuple(int(s) for s in measurement_shape)
         return self.add(FactorType(name, tuple(var_kinds), int(residual_dim), shape, residual, jacobian, se3_measurement))
+
+    def ensure(self, ftype: FactorType) -> FactorType:
+        """``ftype``, or the already registered type of the same name."""
+        return self._types[ftype.name] if ftype.name in self._types else self.add(ftype)
 
     def get(self, name: str) -> FactorType:
         try:

@@ -1,0 +1,81 @@
+"""Odometry buffer: validation, bounded history, SE(3) interpolation at cloud stamps."""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsg_ros import se3
+
+
+@dataclass(frozen=True)
+class OdometryLimits:
+    """What counts as bad odometry.
+
+    A sample is rejected when its stamp does not increase, its quaternion is
+    not unit (beyond round-off), or it jumps further than ``max_speed_m_s`` /
+    ``max_rate_rad_s`` would allow since the previous sample (a reset or a
+    corrupt message; feeding it in would tear the map apart).
+    """
+
+    max_speed_m_s: float = 10.0
+    max_rate_rad_s: float = 6.0
+    history_s: float = 30.0
+
+
+class OdometryBuffer:
+    """Time-ordered ``T_odom_base`` samples; rejects bad ones with a reason."""
+
+    def __init__(self, limits: OdometryLimits = OdometryLimits()) -> None:
+        self.limits = limits
+        self._stamps: deque[float] = deque()
+        self._poses: deque[np.ndarray] = deque()
+
+    def add(self, stamp: float, T_odom_base: np.ndarray) -> str | None:
+        """Append a sample; returns None when accepted, else why it was not."""
+        pose = se3.normalized(T_odom_base)
+        if not np.isfinite(stamp):
+            return f"odometry stamp {stamp} is not finite"
+        if pose is None:
+            return f"odometry pose {np.asarray(T_odom_base).tolist()} is not finite or has a non-unit quaternion"
+        if self._stamps:
+            last_stamp, last_pose = self._stamps[-1], self._poses[-1]
+            if stamp <= last_stamp:
+                return f"odometry stamp {stamp:.6f} is not after the previous one ({last_stamp:.6f})"
+            dt = stamp - last_stamp
+            delta = se3.log(se3.between(last_pose, pose))
+            step, turn = float(np.linalg.norm(delta[:3])), float(np.linalg.norm(delta[3:]))
+            # Allow a little slack for the first sample after a long gap.
+            if step > self.limits.max_speed_m_s * dt + 0.05 or turn > self.limits.max_rate_rad_s * dt + 0.05:
+                return f"odometry jumps {step:.2f} m / {np.degrees(turn):.1f} deg in {dt:.3f} s; beyond the configured limits"
+        self._stamps.append(float(stamp))
+        self._poses.append(pose)
+        while self._stamps and self._stamps[-1] - self._stamps[0] > self.limits.history_s:
+            self._stamps.popleft()
+            self._poses.popleft()
+        return None
+
+    @property
+    def latest_stamp(self) -> float | None:
+        return self._stamps[-1] if self._stamps else None
+
+    @property
+    def earliest_stamp(self) -> float | None:
+        return self._stamps[0] if self._stamps else None
+
+    def interpolate(self, stamp: float) -> np.ndarray | None:
+        """``T_odom_base`` (7,) at ``stamp`` (geodesic between neighbours), or None outside the covered span."""
+        if not self._stamps or stamp < self._stamps[0] or stamp > self._stamps[-1]:
+            return None
+        i = bisect_left(self._stamps, stamp)
+        if self._stamps[i] == stamp:
+            return self._poses[i].copy()
+        t0, t1 = self._stamps[i - 1], self._stamps[i]
+        return se3.interpolate(self._poses[i - 1], self._poses[i], (stamp - t0) / (t1 - t0))
+
+    def clear(self) -> None:
+        self._stamps.clear()
+        self._poses.clear()

@@ -1,0 +1,146 @@
+"""Host-side SE(3) in NumPy, on jaxlie's ``wxyz_xyz`` storage (…, 7).
+
+For the parts that run outside JAX (message conversion, odometry buffering,
+keyframe selection, simulation): no dispatch or compilation cost. Tangents
+are ``(ρ, ω)``, translation first, as in jaxlie; everything broadcasts over
+leading axes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+_SMALL = 1e-6  # θ² below which series (to θ⁴, error < 1e-18) replace the closed forms
+
+
+def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    pw, px, py, pz = np.moveaxis(p, -1, 0)
+    qw, qx, qy, qz = np.moveaxis(q, -1, 0)
+    return np.stack(
+        [
+            pw * qw - px * qx - py * qy - pz * qz,
+            pw * qx + px * qw + py * qz - pz * qy,
+            pw * qy - px * qz + py * qw + pz * qx,
+            pw * qz + px * qy - py * qx + pz * qw,
+        ],
+        axis=-1,
+    )
+
+
+def quat_conj(q: np.ndarray) -> np.ndarray:
+    return q * np.array([1.0, -1.0, -1.0, -1.0])
+
+
+def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Rotate vectors (…, 3) by unit quaternions (…, 4)."""
+    u = q[..., 1:]
+    t = 2.0 * np.cross(u, v)
+    return v + q[..., :1] * t + np.cross(u, t)
+
+
+def rotation_matrix(T: np.ndarray) -> np.ndarray:
+    """R (…, 3, 3) of poses (…, 7)."""
+    w, x, y, z = np.moveaxis(T[..., :4], -1, 0)
+    return np.stack(
+        [
+            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+        ],
+        -2,
+    )
+
+
+def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A·B."""
+    return np.concatenate([quat_mul(A[..., :4], B[..., :4]), A[..., 4:] + quat_rotate(A[..., :4], B[..., 4:])], axis=-1)
+
+
+def inverse(A: np.ndarray) -> np.ndarray:
+    q = quat_conj(A[..., :4])
+    return np.concatenate([q, -quat_rotate(q, A[..., 4:])], axis=-1)
+
+
+def between(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    """A⁻¹·B."""
+    return compose(inverse(A), B)
+
+
+def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
+    """T·p for points (…, 3)."""
+    return quat_rotate(T[..., :4], p) + T[..., 4:]
+
+
+def _so3_exp(omega: np.ndarray) -> np.ndarray:
+    th2 = np.sum(omega * omega, axis=-1)
+    th = np.sqrt(th2)
+    small = th2 < _SMALL
+    safe = np.where(small, 1.0, th)
+    real = np.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, np.cos(0.5 * th))
+    imag = np.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, np.sin(0.5 * th) / safe)
+    return np.concatenate([real[..., None], imag[..., None] * omega], axis=-1)
+
+
+def _so3_log(q: np.ndarray) -> np.ndarray:
+    q = np.where(q[..., :1] < 0.0, -q, q)  # shortest rotation: angle in [0, π]
+    w, v = q[..., 0], q[..., 1:]
+    n = np.linalg.norm(v, axis=-1)
+    small = n * n < _SMALL
+    ws = np.where(small, w, 1.0)
+    series = 2.0 / ws - (2.0 / 3.0) * n**2 / ws**3 + 0.4 * n**4 / ws**5
+    factor = np.where(small, series, 2.0 * np.arctan2(n, w) / np.where(small, 1.0, n))
+    return factor[..., None] * v
+
+
+def exp(xi: np.ndarray) -> np.ndarray:
+    """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
+    xi = np.asarray(xi, np.float64)
+    rho, omega = xi[..., :3], xi[..., 3:]
+    th2 = np.sum(omega * omega, axis=-1)
+    small = th2 < _SMALL
+    th2s = np.where(small, 1.0, th2)
+    th = np.sqrt(th2s)
+    b = np.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - np.cos(th)) / th2s)
+    c = np.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - np.sin(th)) / (th2s * th))
+    w_rho = np.cross(omega, rho)
+    t = rho + b[..., None] * w_rho + c[..., None] * np.cross(omega, w_rho)
+    return np.concatenate([_so3_exp(omega), t], axis=-1)
+
+
+def log(T: np.ndarray) -> np.ndarray:
+    """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
+    omega = _so3_log(T[..., :4])
+    t = T[..., 4:]
+    th2 = np.sum(omega * omega, axis=-1)
+    small = th2 < 1e-2  # d's closed form cancels badly well above _SMALL
+    th2s = np.where(small, 1.0, th2)
+    th = np.sqrt(th2s)
+    half_cot = th * np.sin(th) / np.where(small, 1.0, 2.0 * (1.0 - np.cos(th)))
+    d = np.where(small, 1.0 / 12.0 + th2 / 720.0 + th2 * th2 / 30240.0, (1.0 - half_cot) / th2s)
+    w_t = np.cross(omega, t)
+    return np.concatenate([t - 0.5 * w_t + d[..., None] * np.cross(omega, w_t), omega], axis=-1)
+
+
+def interpolate(A: np.ndarray, B: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
+    """Geodesic A·Exp(α·Log(A⁻¹B)); α = 0 gives A, α = 1 gives B."""
+    alpha = np.asarray(alpha, np.float64)
+    return compose(A, exp(alpha[..., None] * log(between(A, B))))
+
+
+def normalized(T: np.ndarray, tolerance: float = 1e-3) -> np.ndarray | None:
+    """``T`` with its quaternion renormalized, or None if it is not finite or
+    its norm is further than ``tolerance`` from 1 (a corrupt pose, not round-off)."""
+    T = np.asarray(T, np.float64)
+    if T.shape[-1] != 7 or not np.all(np.isfinite(T)):
+        return None
+    n = np.linalg.norm(T[..., :4], axis=-1, keepdims=True)
+    if np.any(np.abs(n - 1.0) > tolerance):
+        return None
+    return np.concatenate([T[..., :4] / n, T[..., 4:]], axis=-1)
+
+
+def yaw(T: np.ndarray) -> np.ndarray:
+    """Heading angle (rad) of poses (…, 7) about the z axis."""
+    w, x, y, z = np.moveaxis(T[..., :4], -1, 0)
+    return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
