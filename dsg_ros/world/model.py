@@ -46,8 +46,11 @@ class _Slots:
         self.capacity = capacity
         self._free = list(range(capacity))
 
-    def take(self) -> int | None:
-        return heapq.heappop(self._free) if self._free else None
+    def take(self, n: int = 1) -> list[int] | None:
+        """``n`` free slots (lowest first), or None without taking any if too few are left."""
+        if len(self._free) < n:
+            return None
+        return [heapq.heappop(self._free) for _ in range(n)]
 
     def give_back(self, slot: int) -> None:
         heapq.heappush(self._free, slot)
@@ -109,25 +112,34 @@ class WorldModel:
 
     def add_pose(self, T_world_body: Any) -> int:
         """Add an SE(3) pose (``jaxlie.SE3``, ``wxyz_xyz`` (7,) or a (4, 4) matrix); returns its id."""
-        return self._add_var("pose", _as_pose(T_world_body, "pose value"))
+        return int(self._add_vars("pose", _as_pose(T_world_body, "pose value")[None])[0])
 
     def add_point(self, p_world: Any) -> int:
         """Add an R³ point (voxel); returns its id."""
-        return self._add_var("point", _as_point(p_world, "point value"))
+        return int(self.add_points(_as_point(p_world, "point value")[None])[0])
 
-    def _add_var(self, kind: str, value: np.ndarray) -> int:
-        slot = self._var_alloc[kind].take()
-        if slot is None:
+    def add_points(self, p_world: np.ndarray) -> np.ndarray:
+        """Add many points (n, 3) at once; returns their ids (n,)."""
+        p_world = np.asarray(p_world, np.float64)
+        if p_world.ndim != 2 or p_world.shape[1] != 3:
+            raise ValueError(f"points must have shape (n, 3), got {p_world.shape}")
+        if not np.all(np.isfinite(p_world)):
+            raise ValueError("point values must be finite")
+        return self._add_vars("point", p_world)
+
+    def _add_vars(self, kind: str, values: np.ndarray) -> np.ndarray:
+        slots = self._var_alloc[kind].take(values.shape[0])
+        if slots is None:
             raise RuntimeError(
                 f"{kind} capacity ({self._var_alloc[kind].capacity}) exhausted; raise Capacity.{kind}s"
             )
-        vid = self._next_var_id
-        self._next_var_id += 1
-        self._vars[vid] = (kind, slot)
-        self._values[kind][slot] = value
-        self._active[kind][slot] = True
-        self._slot_owner[kind][slot] = vid
-        return vid
+        ids = np.arange(self._next_var_id, self._next_var_id + len(slots), dtype=np.int64)
+        self._next_var_id += len(slots)
+        self._vars.update((int(v), (kind, s)) for v, s in zip(ids, slots))
+        self._values[kind][slots] = values
+        self._active[kind][slots] = True
+        self._slot_owner[kind][slots] = ids
+        return ids
 
     def set_value(self, var_id: int, value: Any) -> None:
         kind, slot = self._var(var_id)
@@ -138,6 +150,15 @@ class WorldModel:
         kind, slot = self._var(var_id)
         val = self._values[kind][slot].copy()
         return jaxlie.SE3(jnp.asarray(val)) if kind == "pose" else val
+
+    def set_active(self, var_id: int, active: bool) -> None:
+        """An inactive variable is a constant: factors still read it, solves never move it."""
+        kind, slot = self._var(var_id)
+        self._active[kind][slot] = bool(active)
+
+    def is_active(self, var_id: int) -> bool:
+        kind, slot = self._var(var_id)
+        return bool(self._active[kind][slot])
 
     def kind(self, var_id: int) -> str:
         return self._var(var_id)[0]
@@ -192,43 +213,81 @@ class WorldModel:
         ``noise`` defaults to unit sqrt-information; ``robust`` to none.
         """
         ftype = self.registry.get(type_name)
-        host = self._slabs.get(type_name)
-        if host is None:
-            raise RuntimeError(f"no capacity for factor type {type_name!r}; set Capacity.factors[{type_name!r}]")
         var_ids = [int(v) for v in var_ids]
         if len(var_ids) != len(ftype.var_kinds):
             raise ValueError(f"{type_name} connects {len(ftype.var_kinds)} variable(s) {ftype.var_kinds}, got {len(var_ids)}")
-        slots = []
-        for pos, (vid, want) in enumerate(zip(var_ids, ftype.var_kinds)):
-            kind, slot = self._var(vid)
-            if kind != want:
-                raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
-            slots.append(slot)
         meas = self._measurement(ftype, measurement)
+        return int(self.add_factors(type_name, np.array([var_ids]), meas[None], noise, robust)[0])
+
+    def add_factors(
+        self,
+        type_name: str,
+        var_ids: np.ndarray,
+        measurements: np.ndarray,
+        noise: Noise | None = None,
+        robust: Robust | None = None,
+    ) -> np.ndarray:
+        """Add ``n`` factors of one type at once: ``var_ids`` (n, k), ``measurements`` (n, *shape).
+
+        All share ``noise`` and ``robust``. Returns the new ids (n,). Nothing is
+        added if any input is invalid or capacity is short.
+        """
+        ftype = self.registry.get(type_name)
+        host = self._slabs.get(type_name)
+        if host is None:
+            raise RuntimeError(f"no capacity for factor type {type_name!r}; set Capacity.factors[{type_name!r}]")
+        var_ids = np.asarray(var_ids, np.int64)
+        if var_ids.ndim != 2 or var_ids.shape[1] != len(ftype.var_kinds):
+            raise ValueError(f"{type_name} var_ids must have shape (n, {len(ftype.var_kinds)}), got {var_ids.shape}")
+        n = var_ids.shape[0]
+        meas = np.asarray(measurements, np.float64)
+        if meas.shape != (n, *ftype.measurement_shape):
+            raise ValueError(f"{type_name} measurements must have shape {(n, *ftype.measurement_shape)}, got {meas.shape}")
+        if not np.all(np.isfinite(meas)):
+            raise ValueError(f"{type_name} measurements have non-finite values")
+        if ftype.se3_measurement:
+            meas = _as_poses(meas, f"{type_name} measurement")
+        slots = np.empty_like(var_ids)
+        for pos, want in enumerate(ftype.var_kinds):
+            for i, vid in enumerate(var_ids[:, pos]):
+                kind, slots[i, pos] = self._var(vid)
+                if kind != want:
+                    raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
         sqrt_info = self._sqrt_info(ftype, noise)
-        row = host.alloc.take()
-        if row is None:
+        rows = host.alloc.take(n)
+        if rows is None:
             raise RuntimeError(
                 f"{type_name} capacity ({host.alloc.capacity}) exhausted; raise Capacity.factors[{type_name!r}]"
             )
-        fid = self._next_factor_id
-        self._next_factor_id += 1
-        self._factors[fid] = (type_name, row)
-        host.slots[row] = slots
-        host.var_ids[row] = var_ids
-        host.factor_ids[row] = fid
-        host.measurement[row] = meas
-        host.sqrt_info[row] = sqrt_info
+        ids = np.arange(self._next_factor_id, self._next_factor_id + n, dtype=np.int64)
+        self._next_factor_id += n
+        self._factors.update((int(f), (type_name, r)) for f, r in zip(ids, rows))
         robust = robust or Robust()
-        host.robust_code[row] = robust.code
-        host.robust_scale[row] = robust.scale
-        host.active[row] = True
-        return fid
+        host.slots[rows] = slots
+        host.var_ids[rows] = var_ids
+        host.factor_ids[rows] = ids
+        host.measurement[rows] = meas
+        host.sqrt_info[rows] = sqrt_info
+        host.robust_code[rows] = robust.code
+        host.robust_scale[rows] = robust.scale
+        host.active[rows] = True
+        return ids
 
     def set_measurement(self, factor_id: int, measurement: Any) -> None:
         name, row = self._factor(factor_id)
         host = self._slabs[name]
         host.measurement[row] = self._measurement(host.ftype, measurement)
+
+    def set_measurements(self, type_name: str, rows: np.ndarray, measurements: np.ndarray) -> None:
+        """Overwrite measurements of active rows of one slab (n,) with (n, *shape)."""
+        host = self._slabs[type_name]
+        rows = np.asarray(rows, np.int64)
+        meas = np.asarray(measurements, np.float64).reshape(rows.shape[0], *host.ftype.measurement_shape)
+        if not np.all(host.active[rows]):
+            raise ValueError(f"{type_name}: some rows are not active factors")
+        if not np.all(np.isfinite(meas)):
+            raise ValueError(f"{type_name} measurements have non-finite values")
+        host.measurement[rows] = _as_poses(meas, f"{type_name} measurement") if host.ftype.se3_measurement else meas
 
     def set_noise(self, factor_id: int, noise: Noise) -> None:
         name, row = self._factor(factor_id)
@@ -236,16 +295,21 @@ class WorldModel:
         host.sqrt_info[row] = self._sqrt_info(host.ftype, noise)
 
     def remove_factor(self, factor_id: int) -> None:
-        name, row = self._factor(factor_id)
-        host = self._slabs[name]
-        del self._factors[int(factor_id)]
-        self._removed_factors.add(int(factor_id))
-        host.active[row] = False
-        host.slots[row] = 0
-        host.var_ids[row] = -1
-        host.factor_ids[row] = -1
-        host.measurement[row] = _IDENTITY_WXYZ_XYZ if host.ftype.se3_measurement else 0.0
-        host.alloc.give_back(row)
+        self.remove_factors([factor_id])
+
+    def remove_factors(self, factor_ids: Sequence[int] | np.ndarray) -> None:
+        """Remove factors (all ids are checked before any is removed)."""
+        located = [self._factor(f) for f in factor_ids]
+        for fid, (name, row) in zip(factor_ids, located):
+            host = self._slabs[name]
+            del self._factors[int(fid)]
+            self._removed_factors.add(int(fid))
+            host.active[row] = False
+            host.slots[row] = 0
+            host.var_ids[row] = -1
+            host.factor_ids[row] = -1
+            host.measurement[row] = _IDENTITY_WXYZ_XYZ if host.ftype.se3_measurement else 0.0
+            host.alloc.give_back(row)
 
     def factor_row(self, factor_id: int) -> tuple[str, int]:
         """(type name, row in that type's slab) of a factor."""
@@ -327,6 +391,21 @@ class WorldModel:
                 out[vid] = points[slot].copy()
         return out
 
+    def set_state(self, state: State) -> None:
+        """Write a solved state back into every active slot (vectorized ``unpack_state``)."""
+        poses = np.asarray(state.poses, np.float64)
+        points = np.asarray(state.points, np.float64)
+        active_p, active_v = self._active["pose"], self._active["point"]
+        q = poses[active_p, :4]
+        self._values["pose"][active_p] = np.concatenate([q / np.linalg.norm(q, axis=1, keepdims=True), poses[active_p, 4:]], axis=1)
+        self._values["point"][active_v] = points[active_v]
+
+    def values(self, kind: str) -> np.ndarray:
+        """Read-only view of every slot's value: poses (P, 7) or points (V, 3)."""
+        view = self._values[kind].view()
+        view.flags.writeable = False
+        return view
+
     def graph(self) -> Graph:
         """The factor graph as fixed-shape device arrays (a jit-able pytree)."""
         slabs = tuple(
@@ -374,6 +453,15 @@ def _as_pose(value: Any, what: str) -> np.ndarray:
     if abs(norm - 1.0) > 1e-3:
         raise ValueError(f"{what} quaternion {arr[:4].tolist()} has norm {norm:.6g}; expected a unit quaternion")
     return np.concatenate([arr[:4] / norm, arr[4:]])
+
+
+def _as_poses(values: np.ndarray, what: str) -> np.ndarray:
+    """Vectorized ``_as_pose`` for (n, 7) arrays."""
+    norms = np.linalg.norm(values[:, :4], axis=1)
+    bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+    if bad.size:
+        raise ValueError(f"{what} quaternion {values[bad[0], :4].tolist()} has norm {norms[bad[0]]:.6g}; expected a unit quaternion")
+    return np.concatenate([values[:, :4] / norms[:, None], values[:, 4:]], axis=1)
 
 
 def _as_point(value: Any, what: str) -> np.ndarray:
