@@ -96,7 +96,8 @@ def log(T: np.ndarray) -> np.ndarray:
     theta2 = theta * theta
     safe = np.where(small, 1.0, theta)
     # V⁻¹ = I - ½[ω]× + c [ω]×², c = (1 - θ sin θ / (2(1 - cos θ))) / θ².
-    c = np.where(small, 1.0 / 12.0 + theta2 / 720.0 + theta2**2 / 30240.0, (1.0 - safe * np.sin(safe) / (2.0 * (1.0 - np.cos(safe)))) / safe**2)
+    c_closed = (1.0 - safe * np.sin(safe) / (2.0 * (1.0 - np.cos(safe)))) / safe**2
+    c = np.where(small, 1.0 / 12.0 + theta2 / 720.0 + theta2**2 / 30240.0, c_closed)
     t = T[..., 4:]
     w_x_t = np.cross(omega, t)
     rho = t - 0.5 * w_x_t + c[..., None] * np.cross(omega, w_x_t)

@@ -77,7 +77,8 @@ class World:
     def clearance(self, xy: np.ndarray) -> np.ndarray:
         """Horizontal distance from points (K, 2) to the nearest obstacle footprint, (K,)."""
         keep = self.obstacles
-        return _box_distance(np.asarray(xy, dtype=float)[:, None], self.box_min[keep, :2], self.box_max[keep, :2]).min(axis=1)
+        xy = np.asarray(xy, dtype=float)[:, None]
+        return _box_distance(xy, self.box_min[keep, :2], self.box_max[keep, :2]).min(axis=1)
 
     def surface_distance(self, p_world: np.ndarray) -> np.ndarray:
         """Distance from points (N, 3) to the nearest box surface, (N,), zero on a face.
@@ -119,7 +120,9 @@ def build_world(config: WorldConfig, rng: np.random.Generator) -> World:
                 boxes.append(_wall(axis, at, d + 0.5 * config.door_width_m, b, half_t, h))
                 doors[(r * cols + c, r2 * cols + c2)] = np.array([at, d] if axis == 0 else [d, at])
 
-    centers = np.array([[x_edges[c : c + 2].mean(), y_edges[r : r + 2].mean()] for r in range(rows) for c in range(cols)])
+    centers = np.array(
+        [[x_edges[c : c + 2].mean(), y_edges[r : r + 2].mean()] for r in range(rows) for c in range(cols)]
+    )
     route = _route(config, centers, doors)
     route_samples = _densify(route, step=0.1)
     for r in range(rows):
@@ -221,7 +224,9 @@ def _box_distance(xy: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.maximum(np.maximum(lo - xy, xy - hi), 0.0), axis=-1)
 
 
-def _raycast(origins: np.ndarray, directions: np.ndarray, box_min: np.ndarray, box_max: np.ndarray, max_range: float) -> np.ndarray:
+def _raycast(
+    origins: np.ndarray, directions: np.ndarray, box_min: np.ndarray, box_max: np.ndarray, max_range: float
+) -> np.ndarray:
     """Slab test, boxes × rays, in chunks of rays; see ``World.raycast``.
 
     Arrays are laid out (boxes, rays) and reduced over boxes with elementwise

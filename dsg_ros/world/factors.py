@@ -50,6 +50,17 @@ class FactorType:
     # rotation matrix) once instead of once per factor.
     batched_residual: BatchedResidualFn | None = None
     batched_linearize: BatchedLinearizeFn | None = None
+    # Measurement of unused rows: must keep residuals *and their derivatives*
+    # finite (masking a NaN still poisons gradients). Default: zeros, or the
+    # identity for SE(3) measurements.
+    neutral_measurement: tuple[float, ...] | None = None
+
+    def neutral(self) -> np.ndarray:
+        if self.neutral_measurement is not None:
+            return np.asarray(self.neutral_measurement, np.float64).reshape(self.measurement_shape)
+        if self.se3_measurement:
+            return np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        return np.zeros(self.measurement_shape)
 
     def linearize(self, values: tuple[Value, ...], measurement: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         """Residual (d,) and one Jacobian (d, tangent_dim) per variable, at δ = 0."""
@@ -281,7 +292,12 @@ def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
         return jnp.concatenate(ds) + z[n_values:], tuple(jacs)
 
     name = "linear_prior_" + "".join("p" if k == "pose" else "v" for k in kinds)
-    return FactorType(name, kinds, int(tangent_starts[-1]), (n_values + int(tangent_starts[-1]),), residual, jacobian)
+    neutral: list[float] = []
+    for kind in kinds:
+        neutral += [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] if kind == "pose" else [0.0, 0.0, 0.0]
+    neutral += [0.0] * int(tangent_starts[-1])
+    shape = (n_values + int(tangent_starts[-1]),)
+    return FactorType(name, kinds, int(tangent_starts[-1]), shape, residual, jacobian, neutral_measurement=tuple(neutral))
 
 
 class FactorRegistry:

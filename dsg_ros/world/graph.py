@@ -248,5 +248,6 @@ def linearize_slab(slab: FactorSlab, state: State) -> tuple[SlabLinearization, j
     root_w = jnp.sqrt(robust_weight(s, slab.robust_code, slab.robust_scale))
     root_w = jnp.where(slab.active, root_w, 0.0)
     jac = jnp.concatenate(jacs, axis=2) if len(jacs) > 1 else jacs[0]
+    jac = jnp.where(slab.active[:, None, None], jac, 0.0)
     jac = batched_matmul(root_w[:, None, None] * slab.sqrt_info, jac)
     return SlabLinearization(slab, root_w[:, None] * e, jac), slab_cost

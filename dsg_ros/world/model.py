@@ -39,6 +39,21 @@ class Capacity:
                 raise ValueError(f"capacity for {what} must be >= 0, got {n}")
 
 
+@dataclass(frozen=True)
+class SlabRows:
+    """Read-only view of a slab's bookkeeping: active (F,), var_ids (F, k), factor_ids (F,)."""
+
+    active: np.ndarray
+    var_ids: np.ndarray
+    factor_ids: np.ndarray
+
+
+def _readonly(a: np.ndarray) -> np.ndarray:
+    view = a.view()
+    view.flags.writeable = False
+    return view
+
+
 class _Slots:
     """Slot allocator: lowest free slot first, so layouts are deterministic."""
 
@@ -66,9 +81,7 @@ class _HostSlab:
         self.ftype = ftype
         self.alloc = _Slots(capacity)
         self.slots = np.zeros((capacity, k), np.int32)
-        self.measurement = np.zeros((capacity, *ftype.measurement_shape))
-        if ftype.se3_measurement:
-            self.measurement[:] = _IDENTITY_WXYZ_XYZ  # keeps inactive rows finite
+        self.measurement = np.broadcast_to(ftype.neutral(), (capacity, *ftype.measurement_shape)).copy()
         self.sqrt_info = np.broadcast_to(np.eye(d), (capacity, d, d)).copy()
         self.robust_code = np.zeros(capacity, np.int32)
         self.robust_scale = np.ones(capacity)
@@ -308,8 +321,13 @@ class WorldModel:
             host.slots[row] = 0
             host.var_ids[row] = -1
             host.factor_ids[row] = -1
-            host.measurement[row] = _IDENTITY_WXYZ_XYZ if host.ftype.se3_measurement else 0.0
+            host.measurement[row] = host.ftype.neutral()
             host.alloc.give_back(row)
+
+    def slab_rows(self, type_name: str) -> SlabRows:
+        """Read-only per-row view of one slab: which rows are active, their variable and factor ids."""
+        host = self._slabs[type_name]
+        return SlabRows(active=_readonly(host.active), var_ids=_readonly(host.var_ids), factor_ids=_readonly(host.factor_ids))
 
     def factor_row(self, factor_id: int) -> tuple[str, int]:
         """(type name, row in that type's slab) of a factor."""
@@ -402,9 +420,7 @@ class WorldModel:
 
     def values(self, kind: str) -> np.ndarray:
         """Read-only view of every slot's value: poses (P, 7) or points (V, 3)."""
-        view = self._values[kind].view()
-        view.flags.writeable = False
-        return view
+        return _readonly(self._values[kind])
 
     def graph(self) -> Graph:
         """The factor graph as fixed-shape device arrays (a jit-able pytree)."""

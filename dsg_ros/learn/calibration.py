@@ -1,0 +1,154 @@
+"""Calibration parameters (theta), how they correct measurements, and their file.
+
+theta is a pytree of arrays shared by every tick:
+
+* ``odom_log_scale`` (3,): odometry reports translation × exp(log_scale) per
+  axis; the correction divides it back out.
+* ``odom_bias`` (6,): a twist rate (ρ̇, ω̇) added by the odometry; the
+  correction subtracts ``bias · dt`` (a yaw-rate bias is ``odom_bias[5]``).
+* ``extrinsic`` (6,): a twist correcting the nominal base→sensor transform,
+  ``T_base_sensor = T_nominal · Exp(extrinsic)``.
+* ``log_sigma_odom`` (), ``log_sigma_obs`` (): log-scales of the noise models.
+
+The same functions build measurements in the mapper (through jit) and inside
+the differentiable outer loop, so what is learned is exactly what is used.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import jaxlie
+import numpy as np
+import yaml
+
+FILE_VERSION = 1
+Theta = dict[str, jax.Array]
+
+
+def zero_theta() -> Theta:
+    """No correction: unit scale, zero bias, nominal extrinsic, nominal noise."""
+    return {
+        "odom_log_scale": jnp.zeros(3),
+        "odom_bias": jnp.zeros(6),
+        "extrinsic": jnp.zeros(6),
+        "log_sigma_odom": jnp.zeros(()),
+        "log_sigma_obs": jnp.zeros(()),
+    }
+
+
+def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array) -> jax.Array:
+    """Corrected increments ``wxyz_xyz`` (n, 7) from raw increments (n, 7) over ``dt`` (n,) seconds."""
+    xi = jaxlie.SE3(raw).log()
+    rho = xi[:, :3] * jnp.exp(-theta["odom_log_scale"]) - theta["odom_bias"][:3] * dt[:, None]
+    omega = xi[:, 3:] - theta["odom_bias"][3:] * dt[:, None]
+    return jaxlie.SE3.exp(jnp.concatenate([rho, omega], axis=1)).wxyz_xyz
+
+
+def base_sensor(theta: Theta, T_base_sensor_nominal: jax.Array) -> jax.Array:
+    """Calibrated ``T_base_sensor`` (7,)."""
+    return (jaxlie.SE3(T_base_sensor_nominal) @ jaxlie.SE3.exp(theta["extrinsic"])).wxyz_xyz
+
+
+def observations_in_base(theta: Theta, T_base_sensor_nominal: jax.Array, p_sensor: jax.Array) -> jax.Array:
+    """Sensor-frame centroids (n, 3) → base-frame measurements (n, 3)."""
+    return jaxlie.SE3(base_sensor(theta, T_base_sensor_nominal)) @ p_sensor
+
+
+# Jitted host entry points: fixed shapes per caller, so each compiles once.
+correct_odometry_jit = jax.jit(correct_odometry)
+observations_in_base_jit = jax.jit(observations_in_base)
+
+
+@dataclass(frozen=True)
+class CalibrationSummary:
+    """theta in the units people read: scales, deg/s, metres, degrees."""
+
+    odom_scale: tuple[float, float, float]
+    odom_bias_linear_m_s: tuple[float, float, float]
+    odom_bias_angular_deg_s: tuple[float, float, float]
+    extrinsic_translation_m: tuple[float, float, float]
+    extrinsic_rotation_deg: tuple[float, float, float]
+    sigma_scale_odom: float
+    sigma_scale_obs: float
+
+    @staticmethod
+    def of(theta: Theta) -> CalibrationSummary:
+        t = {k: np.asarray(v, np.float64) for k, v in theta.items()}
+        return CalibrationSummary(
+            odom_scale=tuple(np.exp(t["odom_log_scale"]).tolist()),
+            odom_bias_linear_m_s=tuple(t["odom_bias"][:3].tolist()),
+            odom_bias_angular_deg_s=tuple(np.degrees(t["odom_bias"][3:]).tolist()),
+            extrinsic_translation_m=tuple(t["extrinsic"][:3].tolist()),
+            extrinsic_rotation_deg=tuple(np.degrees(t["extrinsic"][3:]).tolist()),
+            sigma_scale_odom=float(np.exp(t["log_sigma_odom"])),
+            sigma_scale_obs=float(np.exp(t["log_sigma_obs"])),
+        )
+
+
+def save(path: str | Path, theta: Theta, metadata: dict[str, Any] | None = None) -> Path:
+    """Write theta as versioned YAML, atomically (temp file in the same folder, then rename)."""
+    path = Path(path)
+    values = {k: np.asarray(v, np.float64).tolist() for k, v in theta.items()}
+    for k, v in values.items():
+        if not np.all(np.isfinite(np.asarray(v))):
+            raise ValueError(f"refusing to save a non-finite calibration ({k} = {v})")
+    document = {
+        "dsg_ros_calibration": FILE_VERSION,
+        "saved": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "theta": values,
+        "summary": _plain(CalibrationSummary.of(theta).__dict__),
+        "metadata": metadata or {},
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            yaml.safe_dump(document, handle, sort_keys=False)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load(path: str | Path) -> Theta:
+    """Read a calibration file; errors name the file and what is wrong."""
+    path = Path(path)
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"{path}: cannot read calibration: {exc}") from None
+    if not isinstance(document, dict) or "dsg_ros_calibration" not in document:
+        raise ValueError(f"{path}: not a dsg_ros calibration file (no 'dsg_ros_calibration' version key)")
+    if document["dsg_ros_calibration"] != FILE_VERSION:
+        raise ValueError(f"{path}: calibration file version {document['dsg_ros_calibration']} is not supported (expected {FILE_VERSION})")
+    theta = zero_theta()
+    given = document.get("theta") or {}
+    unknown = sorted(set(given) - set(theta))
+    if unknown:
+        raise ValueError(f"{path}: unknown calibration parameters {unknown}")
+    for name, default in theta.items():
+        if name in given:
+            value = np.asarray(given[name], np.float64)
+            if value.shape != default.shape or not np.all(np.isfinite(value)):
+                raise ValueError(f"{path}: {name} must be finite with shape {default.shape}, got {given[name]!r}")
+            theta[name] = jnp.asarray(value)
+    return theta
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return float(value) if isinstance(value, (np.floating, float)) else value

@@ -1,0 +1,312 @@
+"""The online mapper: odometry and clouds in, a solved sliding window out, every tick.
+
+The ROS node and the bag replay both drive this object with plain numpy:
+``add_odometry(stamp, T_odom_base)``, ``add_cloud(stamp, p_sensor)``,
+optionally ``add_reference(stamp, T_world_base)`` (ground truth, for
+supervised calibration), then ``tick()``. Callbacks may enqueue from other
+threads; ``tick`` does the work.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dsg_ros import runtime, se3
+from dsg_ros.learn import calibration as cal
+from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
+from dsg_ros.mapping.voxels import voxelize
+from dsg_ros.mapping.window import Keyframe, MarginalizationReport, Window, WindowConfig
+from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.world import Noise, huber
+
+log = logging.getLogger("dsg_ros.mapping")
+
+
+@dataclass(frozen=True)
+class KeyframePolicy:
+    """A cloud becomes a keyframe when the robot moved or turned enough, or time passed."""
+
+    distance_m: float = 0.5
+    angle_deg: float = 10.0
+    interval_s: float = 2.0
+
+
+@dataclass(frozen=True)
+class MapperConfig:
+    window: WindowConfig = field(default_factory=WindowConfig)
+    keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
+    voxel_size: float = 0.2
+    min_points_per_voxel: int = 2
+    min_range_m: float = 0.3
+    max_range_m: float = 40.0
+    # Nominal base→sensor extrinsic, wxyz_xyz.
+    T_base_sensor: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    # Noise per keyframe-to-keyframe odometry factor and per voxel observation
+    # (before the learned scales); observations use a Huber loss.
+    odom_sigma_m: float = 0.03
+    odom_sigma_rad: float = 0.01
+    obs_sigma_m: float = 0.05
+    obs_huber: float = 3.0
+    solver: SolverConfig = field(
+        default_factory=lambda: SolverConfig(max_iterations=8, linear_solver="dense", relative_tolerance=1e-6)
+    )
+    cloud_hold_s: float = 0.5
+    odometry: OdometryLimits = field(default_factory=OdometryLimits)
+
+    def __post_init__(self) -> None:
+        if self.voxel_size <= 0:
+            raise ValueError("voxel_size must be positive")
+        if se3.normalized(np.asarray(self.T_base_sensor)) is None:
+            raise ValueError(f"T_base_sensor {self.T_base_sensor} is not a valid wxyz_xyz pose")
+
+
+@dataclass(frozen=True)
+class TickResult:
+    """What one tick produced. Poses are ``T_map_base`` (k, 7) ``wxyz_xyz``."""
+
+    stamp: float | None
+    keyframes_added: int
+    window_stamps: np.ndarray
+    window_poses: np.ndarray
+    odometry_stamp: float | None
+    T_map_base: np.ndarray | None  # corrected odometry at ``odometry_stamp``
+    T_map_odom: np.ndarray | None  # map → odom correction, for tf
+    solve: dict[str, Any] | None
+    rolled_back: bool
+    marginalized: list[MarginalizationReport]
+    warnings: list[str]
+    diagnostics: dict[str, Any]
+
+
+class Mapper:
+    """Keyframes, voxel map and calibration, updated by ``tick()``."""
+
+    def __init__(self, config: MapperConfig = MapperConfig(), theta: cal.Theta | None = None) -> None:
+        self.config = config
+        self.window = Window(config.window)
+        self.theta = theta if theta is not None else cal.zero_theta()
+        self.odometry = OdometryBuffer(config.odometry)
+        self._T_base_sensor_nominal = jnp.asarray(se3.normalized(np.asarray(config.T_base_sensor)))
+        self._lock = threading.RLock()  # callbacks enqueue from other threads
+        self._clouds: deque[tuple[float, np.ndarray]] = deque()
+        self._warnings: list[str] = []
+        self._dirty = False
+        self._last_report: dict[str, Any] | None = None
+        self._solver = jax.jit(solve, static_argnames="config")
+        self._compilations_at_warmup: int | None = None
+        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0}
+
+    # ------------------------------------------------------------------ inputs
+
+    def add_odometry(self, stamp: float, T_odom_base: np.ndarray) -> bool:
+        """Queue an odometry sample; False (and a warning) if it was rejected."""
+        with self._lock:
+            reason = self.odometry.add(float(stamp), np.asarray(T_odom_base, np.float64))
+            if reason:
+                self.stats["rejected_odometry"] += 1
+                self._warn(reason)
+            return reason is None
+
+    def add_cloud(self, stamp: float, p_sensor: np.ndarray) -> bool:
+        """Queue a cloud (N, 3) in the sensor frame. Non-finite points are dropped
+        and counted; an empty or malformed cloud is skipped with a warning."""
+        points = np.asarray(p_sensor)
+        if points.ndim != 2 or points.shape[1] != 3:
+            self._warn(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3); skipped")
+            return False
+        points = points.astype(np.float64, copy=False)
+        finite = np.all(np.isfinite(points), axis=1)
+        ranges = np.linalg.norm(np.where(finite[:, None], points, 0.0), axis=1)
+        keep = finite & (ranges >= self.config.min_range_m) & (ranges <= self.config.max_range_m)
+        with self._lock:
+            self.stats["dropped_points"] += int((~finite).sum())
+            if not np.any(keep):
+                self._warn(f"cloud at {stamp:.3f} has no valid points ({int((~finite).sum())} non-finite); skipped")
+                return False
+            if self._clouds and stamp <= self._clouds[-1][0]:
+                self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._clouds[-1][0]:.6f}); skipped")
+                return False
+            self._clouds.append((float(stamp), points[keep]))
+            self.stats["clouds"] += 1
+        return True
+
+    # -------------------------------------------------------------------- tick
+
+    def tick(self) -> TickResult:
+        """Turn pending clouds into keyframes, solve the window, report."""
+        started = time.perf_counter()
+        added, marginalized = 0, []
+        with self._lock:
+            for stamp, points in self._ready_clouds():
+                report = self._keyframe_from(stamp, points)
+                if report is not False:
+                    added += 1
+                    if report is not None:
+                        marginalized.append(report)
+            warnings, self._warnings = self._warnings, []
+        solve_report, rolled_back = None, False
+        if self._dirty and self.window.keyframes:
+            solve_report, rolled_back = self._solve()
+        self.stats["ticks"] += 1
+        if self._compilations_at_warmup is None and self.window.full:
+            self._compilations_at_warmup = runtime.compilation_count()
+        tick_ms = 1000.0 * (time.perf_counter() - started)
+        return self._result(added, marginalized, warnings, solve_report, rolled_back, tick_ms)
+
+    def _ready_clouds(self):
+        """Pop clouds covered by odometry; drop those that waited too long."""
+        latest = self.odometry.latest_stamp
+        while self._clouds:
+            stamp, points = self._clouds[0]
+            if latest is not None and stamp <= latest:
+                self._clouds.popleft()
+                yield stamp, points
+                continue
+            newest = max(self._clouds[-1][0], latest or -np.inf)
+            if newest - stamp > self.config.cloud_hold_s:
+                self._clouds.popleft()
+                self.stats["dropped_clouds"] += 1
+                self._warn(f"cloud at {stamp:.3f} has no odometry within {self.config.cloud_hold_s} s; dropped")
+                continue
+            break
+
+    def _keyframe_from(self, stamp: float, p_sensor: np.ndarray) -> MarginalizationReport | None | bool:
+        """Make a keyframe if the policy says so; False if the cloud is skipped."""
+        T_odom_base = self.odometry.interpolate(stamp)
+        if T_odom_base is None:
+            self.stats["dropped_clouds"] += 1
+            self._warn(f"cloud at {stamp:.3f} is older than the odometry history; dropped")
+            return False
+        window = self.window
+        last = window.keyframes[-1] if window.keyframes else None
+        odom = None
+        if last is None:
+            T_map_base = T_odom_base
+        else:
+            raw = se3.between(last.T_odom_base, T_odom_base)
+            dt = stamp - last.stamp
+            xi = se3.log(raw)
+            policy = self.config.keyframes
+            if (
+                np.linalg.norm(xi[:3]) < policy.distance_m
+                and np.degrees(np.linalg.norm(xi[3:])) < policy.angle_deg
+                and dt < policy.interval_s
+            ):
+                return False
+            corrected = self._correct(raw[None], np.array([dt]))[0]
+            T_map_base = se3.compose(window.pose(last), corrected)
+            odom = (raw, dt, corrected)
+        T_base_sensor = np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
+        T_map_sensor = se3.compose(T_map_base, T_base_sensor)
+        cells = voxelize(p_sensor, se3.rotation_matrix(T_map_sensor), T_map_sensor[4:], self.config.voxel_size, self.config.min_points_per_voxel)
+        p_base = se3.apply(T_base_sensor, cells.p_sensor)
+        _, report = window.add_keyframe(
+            stamp, T_odom_base, T_map_base, odom, self._odom_noise(), cells, p_base, self._obs_noise(), huber(self.config.obs_huber)
+        )
+        self.stats["keyframes"] += 1
+        self._dirty = True
+        return report
+
+    def _correct(self, raw: np.ndarray, dt: np.ndarray) -> np.ndarray:
+        """Calibrated odometry increments, padded to the window size so one compile serves all."""
+        W = self.config.window.keyframes
+        n = raw.shape[0]
+        pad_raw = np.tile(se3.IDENTITY, (W, 1))
+        pad_raw[:n] = raw
+        pad_dt = np.zeros(W)
+        pad_dt[:n] = dt
+        return np.asarray(cal.correct_odometry_jit(self.theta, jnp.asarray(pad_raw), jnp.asarray(pad_dt)))[:n]
+
+    def _odom_noise(self) -> Noise:
+        scale = float(np.exp(self.theta["log_sigma_odom"]))
+        c = self.config
+        return Noise.diagonal(scale * np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3))
+
+    def _obs_noise(self) -> Noise:
+        return Noise.isotropic(float(np.exp(self.theta["log_sigma_obs"])) * self.config.obs_sigma_m, 3)
+
+    def _solve(self) -> tuple[dict[str, Any], bool]:
+        wm = self.window.model
+        x, report = self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)
+        rep = report.as_dict()
+        finite = bool(np.all(np.isfinite(np.asarray(x.poses)))) and bool(np.all(np.isfinite(np.asarray(x.points))))
+        diverged = rep["status"] == "non_finite" or not finite or not np.isfinite(rep["final_cost"]) or rep["final_cost"] > rep["initial_cost"] * (1 + 1e-9) + 1e-12
+        if diverged:
+            self.stats["rollbacks"] += 1
+            self._warn(f"solve {rep['status']} (cost {rep['initial_cost']:.4g} -> {rep['final_cost']:.4g}); rolled back to the last good state")
+            return rep, True
+        wm.set_state(x)
+        self.window.sync_map()
+        self._dirty = not rep["converged"]
+        self._last_report = rep
+        return rep, False
+
+    # ----------------------------------------------------------------- outputs
+
+    def _result(self, added, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
+        window = self.window
+        stamps = np.array([kf.stamp for kf in window.keyframes])
+        poses = np.array([window.pose(kf) for kf in window.keyframes]).reshape(-1, 7)
+        odom_stamp = self.odometry.latest_stamp
+        T_map_base = T_map_odom = None
+        if window.keyframes and odom_stamp is not None:
+            last: Keyframe = window.keyframes[-1]
+            T_odom_base = self.odometry.interpolate(odom_stamp)
+            raw = se3.between(last.T_odom_base, T_odom_base)
+            T_map_base = se3.compose(poses[-1], self._correct(raw[None], np.array([odom_stamp - last.stamp]))[0])
+            T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
+        counts = window.model.counts()
+        compilations = runtime.compilation_count()
+        diagnostics = {
+            "tick_ms": tick_ms,
+            "window_keyframes": len(window.keyframes),
+            "window_capacity": self.config.window.keyframes,
+            "window_voxels": counts["points"],
+            "window_observations": counts["voxel_point_obs"],
+            "map_voxels": len(window.voxel_map),
+            "compilations": compilations,
+            "compilations_after_warmup": None if self._compilations_at_warmup is None else compilations - self._compilations_at_warmup,
+            "last_solve": self._last_report,
+            **self.stats,
+        }
+        return TickResult(
+            stamp=float(stamps[-1]) if stamps.size else None,
+            keyframes_added=added,
+            window_stamps=stamps,
+            window_poses=poses,
+            odometry_stamp=odom_stamp,
+            T_map_base=T_map_base,
+            T_map_odom=T_map_odom,
+            solve=solve_report,
+            rolled_back=rolled_back,
+            marginalized=marginalized,
+            warnings=warnings,
+            diagnostics=diagnostics,
+        )
+
+    def voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every voxel estimate, in and out of the window: (keys, positions (N, 3), observation counts)."""
+        self.window.sync_map()
+        return self.window.voxel_map.export()
+
+    def reset(self) -> None:
+        """Forget everything but the configuration and calibration."""
+        with self._lock:
+            self.window.clear()
+            self.odometry.clear()
+            self._clouds.clear()
+            self._dirty = False
+
+    def _warn(self, message: str) -> None:
+        log.warning(message)
+        with self._lock:
+            self._warnings.append(message)

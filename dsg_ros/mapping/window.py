@@ -1,0 +1,315 @@
+"""The fixed-capacity sliding window of keyframes and voxels, with marginalization.
+
+The window is a WorldModel whose capacities never change: W keyframe poses,
+V voxel slots, W odometry rows, W·M observation rows and one dense linear
+prior over all pose slots. Keyframes enter and leave by writing slots and
+flipping masks, so the solver compiles once.
+
+When the oldest keyframe leaves, it is marginalized together with every free
+voxel it observed, by the Schur complement at the current estimate: all
+factors touching them (its odometry and observations, the previous prior,
+and *every* observation of those voxels) fold into one dense Gaussian prior
+on the window poses they connected. Those voxels are frozen in the persistent
+map at their estimate; later keyframes that see them again observe them as
+constants, which anchors new poses to the old map. Keeping the prior on poses
+only (at most 6W dimensions) is what keeps marginalization exact and cheap:
+folding a keyframe onto its thousands of voxels would give a dense prior of
+thousands of dimensions.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+import jax
+import jax_dataclasses as jdc
+import numpy as np
+
+from dsg_ros import se3
+from dsg_ros.mapping.voxel_map import VoxelMap
+from dsg_ros.mapping.voxels import CellObservations
+from dsg_ros.solve import schur
+from dsg_ros.solve.normal import linearize
+from dsg_ros.world import Capacity, FactorRegistry, Graph, Noise, State, WorldModel
+from dsg_ros.world.factors import linear_prior_type
+
+ANCHOR_SIGMA = 1e-3  # the first keyframe fixes the map frame
+
+
+@dataclass(frozen=True)
+class WindowConfig:
+    """Capacities of the window (fixed for the life of the mapper)."""
+
+    keyframes: int = 10
+    max_voxels: int = 8192
+    max_observations_per_keyframe: int = 3000
+
+    def __post_init__(self) -> None:
+        if self.keyframes < 2:
+            raise ValueError("the window needs at least 2 keyframes")
+        if self.max_voxels < 1 or self.max_observations_per_keyframe < 1:
+            raise ValueError("voxel and observation capacities must be positive")
+
+
+@dataclass
+class Keyframe:
+    """One keyframe: its pose variable and what it was built from."""
+
+    sequence: int
+    var: int
+    stamp: float
+    T_odom_base: np.ndarray  # (7,) raw odometry at the keyframe
+    observations: int  # voxel observations added
+
+
+@dataclass(frozen=True)
+class MarginalizationReport:
+    keyframe_stamp: float
+    folded_factors: int
+    frozen_voxels: int
+    prior_dim: int
+
+
+@jax.jit
+def _reduced_system(graph: Graph, state: State):
+    system, _ = linearize(graph, state, True)
+    S, b = schur.reduced_pose_system(system)
+    return S, b, system.free.poses[:, 0]
+
+
+class Window:
+    """Keyframes, voxels and factors of the sliding window, plus the persistent map."""
+
+    def __init__(self, config: WindowConfig = WindowConfig(), dtype=None) -> None:
+        self.config = config
+        W = config.keyframes
+        registry = FactorRegistry()
+        self.prior_type = registry.ensure(linear_prior_type(("pose",) * W))
+        self.model = WorldModel(
+            Capacity(
+                poses=W,
+                points=config.max_voxels,
+                factors={
+                    "prior_se3": 1,
+                    "odom_se3": W,
+                    "voxel_point_obs": W * config.max_observations_per_keyframe,
+                    self.prior_type.name: 1,
+                },
+            ),
+            registry=registry,
+            dtype=dtype,
+        )
+        self.keyframes: deque[Keyframe] = deque()
+        self.voxel_map = VoxelMap()
+        self._voxel_of_key: dict[int, int] = {}
+        self._key_of_voxel: dict[int, int] = {}
+        self._sequence = 0
+        # Raw inputs per slab row, so measurements can be rebuilt when the
+        # calibration changes: odometry increment and its duration; the
+        # observation centroid in the sensor frame.
+        n_obs = W * config.max_observations_per_keyframe
+        self.odom_raw = np.tile(se3.IDENTITY, (W, 1))
+        self.odom_dt = np.zeros(W)
+        self.obs_p_sensor = np.zeros((n_obs, 3))
+
+    # ------------------------------------------------------------------ queries
+
+    @property
+    def full(self) -> bool:
+        return len(self.keyframes) == self.config.keyframes
+
+    def pose(self, keyframe: Keyframe) -> np.ndarray:
+        return np.asarray(self.model.value(keyframe.var).wxyz_xyz)
+
+    def window_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(keys, var ids, free mask) of voxels holding a window slot."""
+        vars_ = np.fromiter(self._key_of_voxel.keys(), np.int64, len(self._key_of_voxel))
+        keys = np.fromiter(self._key_of_voxel.values(), np.int64, len(self._key_of_voxel))
+        free = np.array([self.model.is_active(v) for v in vars_], bool)
+        return keys, vars_, free
+
+    # --------------------------------------------------------------- keyframes
+
+    def add_keyframe(
+        self,
+        stamp: float,
+        T_odom_base: np.ndarray,
+        T_map_base: np.ndarray,
+        odom: tuple[np.ndarray, float, np.ndarray] | None,
+        odom_noise: Noise,
+        cells: CellObservations,
+        p_base: np.ndarray,
+        obs_noise: Noise,
+        robust=None,
+    ) -> tuple[Keyframe, MarginalizationReport | None]:
+        """Add a keyframe at ``T_map_base`` (its initial estimate).
+
+        ``odom`` = (raw increment from the previous keyframe (7,), its
+        duration, the corrected measurement (7,)); None for the first
+        keyframe, which gets the anchor prior instead. ``cells`` are its voxel
+        observations and ``p_base`` (M, 3) their centroids in the base frame
+        (the measurements). The oldest keyframe is marginalized first when the
+        window is full.
+        """
+        report = self.marginalize_oldest() if self.full else None
+        wm = self.model
+        var = wm.add_pose(T_map_base)
+        if not self.keyframes:
+            wm.add_factor("prior_se3", [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
+        elif odom is not None:
+            raw, dt, corrected = odom
+            fid = wm.add_factor("odom_se3", [self.keyframes[-1].var, var], corrected, odom_noise)
+            row = wm.factor_row(fid)[1]
+            self.odom_raw[row], self.odom_dt[row] = raw, dt
+        n_obs = self._add_observations(var, T_map_base, cells, p_base, obs_noise, robust)
+        keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), n_obs)
+        self._sequence += 1
+        self.keyframes.append(keyframe)
+        return keyframe, report
+
+    def _add_observations(self, pose_var: int, T_map_base: np.ndarray, cells: CellObservations, p_base: np.ndarray, noise: Noise, robust) -> int:
+        cfg = self.config
+        keys, p_sensor, counts = cells.keys, cells.p_sensor, cells.counts
+        if keys.shape[0] > cfg.max_observations_per_keyframe:
+            keep = np.argsort(-counts, kind="stable")[: cfg.max_observations_per_keyframe]
+            keys, p_sensor, p_base = keys[keep], p_sensor[keep], p_base[keep]
+        wm = self.model
+        voxel_vars = np.fromiter((self._voxel_of_key.get(int(k), -1) for k in keys), np.int64, len(keys))
+        missing = np.flatnonzero(voxel_vars < 0)
+        free_slots = wm.capacity.points - wm.counts()["points"]
+        if missing.shape[0] > free_slots:  # out of voxel slots: observe what fits
+            keep = np.concatenate([np.flatnonzero(voxel_vars >= 0), missing[:free_slots]])
+            keys, p_sensor, p_base, voxel_vars = keys[keep], p_sensor[keep], p_base[keep], voxel_vars[keep]
+            missing = np.flatnonzero(voxel_vars < 0)
+        if missing.shape[0]:
+            # A cell already in the map is re-observed as a constant at its
+            # frozen estimate; a new cell starts where this keyframe sees it.
+            rows = self.voxel_map.rows(keys[missing])
+            known = rows >= 0
+            start = se3.apply(T_map_base, p_base[missing])
+            start[known] = self.voxel_map.positions(rows[known])
+            new_vars = wm.add_points(start)
+            for v in new_vars[known]:
+                wm.set_active(int(v), False)
+            voxel_vars[missing] = new_vars
+            self._voxel_of_key.update(zip(keys[missing].tolist(), new_vars.tolist()))
+            self._key_of_voxel.update(zip(new_vars.tolist(), keys[missing].tolist()))
+        if keys.shape[0] == 0:
+            return 0
+        pairs = np.stack([np.full(keys.shape[0], pose_var), voxel_vars], axis=1)
+        fids = wm.add_factors("voxel_point_obs", pairs, p_base, noise, robust)
+        rows = np.array([wm.factor_row(int(f))[1] for f in fids])
+        self.obs_p_sensor[rows] = p_sensor
+        return int(keys.shape[0])
+
+    # ---------------------------------------------------------- marginalization
+
+    def marginalize_oldest(self) -> MarginalizationReport:
+        """Fold the oldest keyframe and the free voxels it saw into the pose prior."""
+        wm = self.model
+        oldest = self.keyframes[0]
+        obs = wm.slab_rows("voxel_point_obs")
+        mine = obs.active & (obs.var_ids[:, 0] == oldest.var)
+        seen = np.unique(obs.var_ids[mine, 1])
+        marg_voxels = np.array([v for v in seen if wm.is_active(int(v))], np.int64)
+        fold_obs = obs.active & (mine | np.isin(obs.var_ids[:, 1], marg_voxels))
+        fold = {"voxel_point_obs": fold_obs}
+        for name in ("odom_se3", "prior_se3", self.prior_type.name):
+            rows = wm.slab_rows(name)
+            fold[name] = rows.active & np.any(rows.var_ids == oldest.var, axis=1)
+        prior_rows = wm.slab_rows(self.prior_type.name)
+        fold[self.prior_type.name] |= prior_rows.active  # the old prior always folds into the new one
+
+        graph = wm.graph()
+        slabs = tuple(jdc.replace(s, active=s.active & fold[s.ftype.name]) for s in graph.slabs)
+        point_active = np.zeros(wm.capacity.points, bool)
+        point_active[[wm.slot(int(v)) for v in marg_voxels]] = True
+        sub = jdc.replace(graph, slabs=slabs, point_active=point_active)
+        state = wm.pack_state()
+        S, b, involved = (np.asarray(a, np.float64) for a in _reduced_system(sub, state))
+
+        # Eliminate the oldest pose from the reduced pose system.
+        slot0 = wm.slot(oldest.var)
+        others = [s for s in np.flatnonzero(involved > 0.5) if s != slot0]
+        m = np.arange(6 * slot0, 6 * slot0 + 6)
+        r = np.concatenate([np.arange(6 * s, 6 * s + 6) for s in others]) if others else np.zeros(0, np.int64)
+        S_mm_inv = np.linalg.inv(S[np.ix_(m, m)])
+        K = S[np.ix_(r, m)] @ S_mm_inv
+        info = S[np.ix_(r, r)] - K @ S[np.ix_(m, r)]
+        grad = b[r] - K @ b[m]
+
+        # Remove what was folded; freeze the marginalized voxels in the map.
+        folded = sum(int(mask.sum()) for mask in fold.values())
+        for name, mask in fold.items():
+            wm.remove_factors(wm.slab_rows(name).factor_ids[mask].tolist())
+        if marg_voxels.size:
+            keys = np.array([self._key_of_voxel[int(v)] for v in marg_voxels])
+            positions = wm.values("point")[[wm.slot(int(v)) for v in marg_voxels]]
+            self.voxel_map.update(keys, positions, frozen=True)
+        self._release_unreferenced_voxels()
+        wm.remove_variable(oldest.var)
+        self.keyframes.popleft()
+        if others:
+            self._add_prior([int(s) for s in others], info, grad)
+        return MarginalizationReport(oldest.stamp, folded, int(marg_voxels.size), int(r.shape[0]))
+
+    def _add_prior(self, slots: list[int], info: np.ndarray, grad: np.ndarray) -> None:
+        """A linear prior over pose ``slots`` with information ``info`` and gradient ``grad``."""
+        W = self.config.keyframes
+        info = 0.5 * (info + info.T)
+        evals, evecs = np.linalg.eigh(info)
+        # Round-off can leave tiny negative eigenvalues; clamp relative to the largest.
+        floor = max(evals[-1], 1e-12) * 1e-12
+        evals = np.maximum(evals, floor)
+        info = (evecs * evals) @ evecs.T
+        offset = np.linalg.solve(info, grad)  # c = Λ⁻¹ g
+        upper = np.linalg.cholesky(info).T  # Lᵀ L = Λ
+        n = 6 * len(slots)
+        sqrt_info = np.zeros((6 * W, 6 * W))
+        sqrt_info[:n, :n] = upper
+        c = np.zeros(6 * W)
+        c[:n] = offset
+        poses = self.model.values("pose")
+        owner = {self.model.slot(kf.var): kf.var for kf in self.keyframes}
+        filler = slots[0]
+        positions = slots + [filler] * (W - len(slots))  # unused positions have zero columns in L
+        var_ids = [owner[s] for s in positions]
+        measurement = np.concatenate([poses[s] for s in positions] + [c])
+        # Built directly, not through a validating constructor: the rows and
+        # columns of unused positions must be exactly zero.
+        self.model.add_factor(self.prior_type.name, var_ids, measurement, Noise(sqrt_info))
+
+    def _release_unreferenced_voxels(self) -> None:
+        obs = self.model.slab_rows("voxel_point_obs")
+        referenced = set(np.unique(obs.var_ids[obs.active, 1]).tolist())
+        for var in [v for v in self._key_of_voxel if v not in referenced]:
+            key = self._key_of_voxel.pop(var)
+            del self._voxel_of_key[key]
+            if self.model.is_active(var):  # free but unobserved: keep its last estimate
+                self.voxel_map.update(np.array([key]), self.model.values("point")[self.model.slot(var)][None], frozen=True)
+            self.model.remove_variable(var)
+
+    # ------------------------------------------------------------------ updates
+
+    def sync_map(self) -> None:
+        """Copy the free window voxels' estimates into the persistent map."""
+        if not self._key_of_voxel:
+            return
+        keys, vars_, free = self.window_voxels()
+        if np.any(free):
+            slots = np.array([self.model.slot(int(v)) for v in vars_[free]])
+            self.voxel_map.update(keys[free], self.model.values("point")[slots], frozen=False)
+
+    def clear(self) -> None:
+        """Drop everything (keyframes, voxels, map); capacities are kept."""
+        wm = self.model
+        for name in wm.counts():
+            if name not in ("poses", "points"):
+                wm.remove_factors(wm.factor_ids(name))
+        for var in wm.pose_ids() + wm.point_ids():
+            wm.remove_variable(var)
+        self.keyframes.clear()
+        self.voxel_map.clear()
+        self._voxel_of_key.clear()
+        self._key_of_voxel.clear()
+
