@@ -23,11 +23,12 @@ from dsg_ros.sim import (
     increments,
     integrate_odometry,
     interpolate,
+    planar_pose,
     scan,
     scan_organized,
     simulate,
 )
-from dsg_ros.sim import se3
+from dsg_ros import se3
 
 _QUIET_ODOMETRY = OdometryConfig(
     scale=(1.0, 1.0, 1.0), yaw_rate_bias_deg_s=0.0, translation_noise_std_m=0.0, rotation_noise_std_rad=0.0
@@ -53,7 +54,7 @@ def path(world: World) -> tuple[np.ndarray, np.ndarray]:
 
 
 @pytest.mark.parametrize("angle", [0.0, 1e-7, 1e-3, 0.5, 3.0, np.pi - 1e-6])
-def test_se3_matches_jaxlie(angle):
+def test_host_se3_the_simulator_builds_on_matches_jaxlie_and_expm(angle):
     rng = np.random.default_rng(1)
     xi = rng.normal(size=(8, 6))
     xi[:, 3:] *= angle / np.linalg.norm(xi[:, 3:], axis=1, keepdims=True)

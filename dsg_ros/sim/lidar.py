@@ -14,7 +14,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from dsg_ros.sim import se3
+from dsg_ros import se3
 from dsg_ros.sim.world import World
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsg_ros.sim import se3
+from dsg_ros import se3
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ class OdometryConfig:
 
 def increments(T_world_base: np.ndarray) -> np.ndarray:
     """Body-frame twists between consecutive poses (K, 7) -> (K - 1, 6)."""
-    return se3.log(se3.compose(se3.inverse(T_world_base[:-1]), T_world_base[1:]))
+    return se3.log(se3.between(T_world_base[:-1], T_world_base[1:]))
 
 
 def integrate_odometry(

@@ -12,14 +12,14 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from dsg_ros.sim import se3
+from dsg_ros import se3
 from dsg_ros.sim.lidar import LidarConfig, scan
 from dsg_ros.sim.odometry import OdometryConfig, integrate_odometry
-from dsg_ros.sim.trajectory import TrajectoryConfig, ground_truth, interpolate
+from dsg_ros.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
 from dsg_ros.sim.world import World, WorldConfig, build_world
 
 # Lidar 0.2 m ahead of and 0.5 m above the base, yawed 2°: an extrinsic worth calibrating.
-_T_BASE_SENSOR = tuple(float(v) for v in se3.from_yaw(np.deg2rad(2.0), np.array([0.2, 0.0, 0.5])))
+_T_BASE_SENSOR = tuple(float(v) for v in planar_pose(np.deg2rad(2.0), np.array([0.2, 0.0, 0.5])))
 
 
 @dataclass(frozen=True)

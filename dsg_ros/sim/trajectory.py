@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsg_ros.sim import se3
+from dsg_ros import se3
 from dsg_ros.sim.world import World
 
 
@@ -63,8 +63,7 @@ def ground_truth(world: World, config: TrajectoryConfig, duration_s: float) -> t
         raise RuntimeError(
             f"trajectory passes {clearance[k]:.2f} m from an obstacle at t = {k * dt:.2f} s (needs {config.clearance_m} m)"
         )
-    stamps = np.arange(K) * dt
-    return stamps, se3.from_yaw(xyyaw[:, 2], np.column_stack([xyyaw[:, :2], np.zeros(K)]))
+    return np.arange(K) * dt, planar_pose(xyyaw[:, 2], np.column_stack([xyyaw[:, :2], np.zeros(K)]))
 
 
 def interpolate(stamps: np.ndarray, T_world_base: np.ndarray, t: np.ndarray) -> np.ndarray:
@@ -73,9 +72,16 @@ def interpolate(stamps: np.ndarray, T_world_base: np.ndarray, t: np.ndarray) -> 
     if t.size and (t.min() < stamps[0] or t.max() > stamps[-1]):
         raise ValueError(f"times must lie in [{stamps[0]}, {stamps[-1]}], got [{t.min()}, {t.max()}]")
     k = np.clip(np.searchsorted(stamps, t, side="right") - 1, 0, len(stamps) - 2)
-    alpha = (t - stamps[k]) / (stamps[k + 1] - stamps[k])
-    step = se3.log(se3.compose(se3.inverse(T_world_base[k]), T_world_base[k + 1]))
-    return se3.compose(T_world_base[k], se3.exp(alpha[:, None] * step))
+    return se3.interpolate(T_world_base[k], T_world_base[k + 1], (t - stamps[k]) / (stamps[k + 1] - stamps[k]))
+
+
+def planar_pose(yaw: np.ndarray | float, xyz: np.ndarray) -> np.ndarray:
+    """Poses (..., 7) turned by ``yaw`` (rad) about z and placed at ``xyz`` (..., 3)."""
+    half = 0.5 * np.asarray(yaw, dtype=float)
+    xyz = np.asarray(xyz, dtype=float)
+    T = np.zeros(np.broadcast_shapes(half.shape, xyz.shape[:-1]) + (7,))
+    T[..., 0], T[..., 3], T[..., 4:] = np.cos(half), np.sin(half), xyz
+    return T
 
 
 class _Route:

@@ -1,0 +1,86 @@
+"""The sliding window: marginalization reproduces the batch solution."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+from dsg_ros import se3
+from dsg_ros.mapping.voxels import CellObservations
+from dsg_ros.mapping.window import ANCHOR_SIGMA, Window, WindowConfig
+from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.world import Capacity, Noise, WorldModel
+
+CONVERGED = SolverConfig(relative_tolerance=0.0, step_tolerance=1e-14, gradient_tolerance=1e-12, max_iterations=50, linear_solver="dense")
+solver = jax.jit(solve, static_argnames="config")
+ODOM = Noise.diagonal([0.05] * 3 + [0.01] * 3)
+OBS = Noise.isotropic(0.05, 3)
+
+
+def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: int = 3) -> float:
+    """Largest pose difference between the window and the batch solution of the
+    same data, over every step. Keyframe i observes voxels i … i+seen−1, so no
+    voxel is seen again after it was frozen: the window must then equal the
+    batch up to the nonlinearity of the factors."""
+    rng = np.random.default_rng(0)
+    truth = [se3.exp(np.array([1.0 * i, 0.1 * np.sin(i), 0.0, 0.0, 0.0, 0.2 * i])) for i in range(keyframes)]
+    voxels = [np.array([i + 0.5, 2.0 + 0.3 * np.cos(i), 0.5 * np.sin(i)]) for i in range(keyframes + seen)]
+    win = Window(WindowConfig(keyframes=window, max_voxels=64, max_observations_per_keyframe=seen))
+    batch = WorldModel(Capacity(poses=keyframes, points=keyframes + seen, factors={"prior_se3": 1, "odom_se3": keyframes, "voxel_point_obs": keyframes * seen}))
+    poses, points, worst = [], {}, 0.0
+    for i in range(keyframes):
+        z = None if i == 0 else se3.compose(se3.between(truth[i - 1], truth[i]), se3.exp(rng.normal(0, noise, 6)))
+        obs = [(j, se3.apply(se3.inverse(truth[i]), voxels[j]) + rng.normal(0, noise, 3)) for j in range(i, i + seen)]
+        p = np.array([o[1] for o in obs])
+        T_init = truth[0] if i == 0 else se3.compose(win.pose(win.keyframes[-1]), z)
+        cells = CellObservations(keys=np.arange(i, i + seen), p_sensor=p, counts=np.ones(seen, np.int64))
+        win.add_keyframe(float(i), truth[i], T_init, None if i == 0 else (z, 1.0, z), ODOM, cells, p, OBS)
+        x, _ = solver(win.model.graph(), win.model.pack_state(), config=CONVERGED)
+        win.model.set_state(x)
+
+        poses.append(batch.add_pose(T_init))
+        if i == 0:
+            batch.add_factor("prior_se3", [poses[0]], truth[0], Noise.isotropic(ANCHOR_SIGMA, 6))
+        else:
+            batch.add_factor("odom_se3", [poses[i - 1], poses[i]], z, ODOM)
+        for j, pj in obs:
+            if j not in points:
+                points[j] = batch.add_point(se3.apply(T_init, pj))
+            batch.add_factor("voxel_point_obs", [poses[i], points[j]], pj, OBS)
+        xb, _ = solver(batch.graph(), batch.pack_state(), config=CONVERGED)
+        batch.set_state(xb)
+        for kf in win.keyframes:
+            worst = max(worst, float(np.abs(win.pose(kf) - np.asarray(batch.value(poses[kf.sequence]).wxyz_xyz)).max()))
+    assert len(win.keyframes) == window and win.model.counts()["linear_prior_pppp"] == 1
+    return worst
+
+
+def test_marginalized_window_equals_batch():
+    # Noise 1e-3 (near-linear): equal to 1e-6.
+    assert _window_vs_batch(1e-3) < 1e-6
+    # Exact in the linear limit: the gap is the factors' curvature, shrinking
+    # with the square of the noise (measured: 8e-8 at 1e-3, 8e-10 at 1e-4).
+    assert _window_vs_batch(1e-4) < _window_vs_batch(1e-3) / 30.0
+
+
+def test_marginalization_freezes_voxels_into_the_map():
+    # Same capacities as above, so the compiled kernels are reused.
+    win = Window(WindowConfig(keyframes=4, max_voxels=64, max_observations_per_keyframe=3))
+    step = se3.exp(np.array([0.1, 0, 0, 0, 0, 0]))
+    cells = CellObservations(keys=np.array([10, 11]), p_sensor=np.zeros((2, 3)), counts=np.ones(2, np.int64))
+    reports = []
+    for i in range(5):
+        T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
+        p = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]) - [0.1 * i, 0, 0]
+        odom = None if i == 0 else (step, 1.0, step)
+        reports.append(win.add_keyframe(float(i), T, T, odom, ODOM, cells, p, OBS)[1])
+    assert reports[:4] == [None] * 4 and reports[4].frozen_voxels == 2
+    keys, positions, _ = win.voxel_map.export()
+    assert sorted(keys.tolist()) == [10, 11]
+    np.testing.assert_allclose(positions[np.argsort(keys)], [[1.0, 0, 0], [2.0, 0, 0]], atol=1e-9)
+    # The newest keyframe re-observes both cells: they are constants now.
+    _, vars_, free = win.window_voxels()
+    assert len(vars_) == 2 and not free.any()
+    with pytest.raises(ValueError):
+        WindowConfig(keyframes=1)
