@@ -1,8 +1,9 @@
 """The fixed-capacity sliding window of keyframes and voxels, with marginalization.
 
 The window is a WorldModel whose capacities never change: W keyframe poses,
-V voxel slots, W odometry rows, W·M observation rows and one dense linear
-prior over all pose slots. Keyframes enter and leave by writing slots and
+V voxel slots, W odometry rows, W·M observation rows of free voxels, W·M
+anchor rows (observations of frozen voxels, whose position rides in the
+measurement) and one dense linear prior over all pose slots. Keyframes enter and leave by writing slots and
 flipping masks, so the solver compiles once.
 
 When the oldest keyframe leaves, it is marginalized together with every free
@@ -11,7 +12,7 @@ factors touching them (its odometry and observations, the previous prior,
 and *every* observation of those voxels) fold into one dense Gaussian prior
 on the window poses they connected. Those voxels are frozen in the persistent
 map at their estimate; later keyframes that see them again observe them as
-constants, which anchors new poses to the old map. Keeping the prior on poses
+constants (``voxel_anchor_obs``), which anchors new poses to the old map. Keeping the prior on poses
 only (at most 6W dimensions) is what keeps marginalization exact and cheap:
 folding a keyframe onto its thousands of voxels would give a dense prior of
 thousands of dimensions.
@@ -93,6 +94,7 @@ class Window:
                     "prior_se3": 1,
                     "odom_se3": W,
                     "voxel_point_obs": W * config.max_observations_per_keyframe,
+                    "voxel_anchor_obs": W * config.max_observations_per_keyframe,
                     self.prior_type.name: 1,
                 },
             ),
@@ -110,7 +112,7 @@ class Window:
         n_obs = W * config.max_observations_per_keyframe
         self.odom_raw = np.tile(se3.IDENTITY, (W, 1))
         self.odom_dt = np.zeros(W)
-        self.obs_p_sensor = np.zeros((n_obs, 3))
+        self.obs_p_sensor = {"voxel_point_obs": np.zeros((n_obs, 3)), "voxel_anchor_obs": np.zeros((n_obs, 3))}
 
     # ------------------------------------------------------------------ queries
 
@@ -125,8 +127,7 @@ class Window:
         """(keys, var ids, free mask) of voxels holding a window slot."""
         vars_ = np.fromiter(self._key_of_voxel.keys(), np.int64, len(self._key_of_voxel))
         keys = np.fromiter(self._key_of_voxel.values(), np.int64, len(self._key_of_voxel))
-        free = np.array([self.model.is_active(v) for v in vars_], bool)
-        return keys, vars_, free
+        return keys, vars_, self.model.active_mask(vars_)
 
     # --------------------------------------------------------------- keyframes
 
@@ -175,32 +176,33 @@ class Window:
             keys, p_sensor, p_base = keys[keep], p_sensor[keep], p_base[keep]
         wm = self.model
         voxel_vars = np.fromiter((self._voxel_of_key.get(int(k), -1) for k in keys), np.int64, len(keys))
-        missing = np.flatnonzero(voxel_vars < 0)
+        map_rows = self.voxel_map.rows(keys)
+        anchored = (voxel_vars < 0) & (map_rows >= 0) & self.voxel_map.frozen(np.maximum(map_rows, 0))
+        new = np.flatnonzero((voxel_vars < 0) & ~anchored)
         free_slots = wm.capacity.points - wm.counts()["points"]
-        if missing.shape[0] > free_slots:  # out of voxel slots: observe what fits
-            keep = np.concatenate([np.flatnonzero(voxel_vars >= 0), missing[:free_slots]])
-            keys, p_sensor, p_base, voxel_vars = keys[keep], p_sensor[keep], p_base[keep], voxel_vars[keep]
-            missing = np.flatnonzero(voxel_vars < 0)
-        if missing.shape[0]:
-            # A cell already in the map is re-observed as a constant at its
-            # frozen estimate; a new cell starts where this keyframe sees it.
-            rows = self.voxel_map.rows(keys[missing])
-            known = rows >= 0
-            start = se3.apply(T_map_base, p_base[missing])
-            start[known] = self.voxel_map.positions(rows[known])
-            new_vars = wm.add_points(start)
-            for v in new_vars[known]:
-                wm.set_active(int(v), False)
-            voxel_vars[missing] = new_vars
-            self._voxel_of_key.update(zip(keys[missing].tolist(), new_vars.tolist()))
-            self._key_of_voxel.update(zip(new_vars.tolist(), keys[missing].tolist()))
-        if keys.shape[0] == 0:
-            return 0
-        pairs = np.stack([np.full(keys.shape[0], pose_var), voxel_vars], axis=1)
-        fids = wm.add_factors("voxel_point_obs", pairs, p_base, noise, robust)
-        rows = np.array([wm.factor_row(int(f))[1] for f in fids])
-        self.obs_p_sensor[rows] = p_sensor
+        if new.shape[0] > free_slots:  # out of voxel slots: observe what fits
+            dropped = new[free_slots:]
+            keep = np.setdiff1d(np.arange(keys.shape[0]), dropped)
+            keys, p_sensor, p_base, voxel_vars, map_rows, anchored = (a[keep] for a in (keys, p_sensor, p_base, voxel_vars, map_rows, anchored))
+            new = np.flatnonzero((voxel_vars < 0) & ~anchored)
+        if new.shape[0]:
+            new_vars = wm.add_points(se3.apply(T_map_base, p_base[new]))
+            voxel_vars[new] = new_vars
+            self._voxel_of_key.update(zip(keys[new].tolist(), new_vars.tolist()))
+            self._key_of_voxel.update(zip(new_vars.tolist(), keys[new].tolist()))
+        observed = ~anchored
+        if np.any(observed):
+            pairs = np.stack([np.full(int(observed.sum()), pose_var), voxel_vars[observed]], axis=1)
+            self._add_rows("voxel_point_obs", wm.add_factors("voxel_point_obs", pairs, p_base[observed], noise, robust), p_sensor[observed])
+        if np.any(anchored):
+            meas = np.concatenate([self.voxel_map.positions(map_rows[anchored]), p_base[anchored]], axis=1)
+            ids = wm.add_factors("voxel_anchor_obs", np.full((int(anchored.sum()), 1), pose_var), meas, noise, robust)
+            self._add_rows("voxel_anchor_obs", ids, p_sensor[anchored])
         return int(keys.shape[0])
+
+    def _add_rows(self, name: str, factor_ids: np.ndarray, p_sensor: np.ndarray) -> None:
+        rows = np.array([self.model.factor_row(int(f))[1] for f in factor_ids])
+        self.obs_p_sensor[name][rows] = p_sensor
 
     # ---------------------------------------------------------- marginalization
 
@@ -211,10 +213,10 @@ class Window:
         obs = wm.slab_rows("voxel_point_obs")
         mine = obs.active & (obs.var_ids[:, 0] == oldest.var)
         seen = np.unique(obs.var_ids[mine, 1])
-        marg_voxels = np.array([v for v in seen if wm.is_active(int(v))], np.int64)
+        marg_voxels = seen[wm.active_mask(seen)] if seen.size else seen
         fold_obs = obs.active & (mine | np.isin(obs.var_ids[:, 1], marg_voxels))
         fold = {"voxel_point_obs": fold_obs}
-        for name in ("odom_se3", "prior_se3", self.prior_type.name):
+        for name in ("odom_se3", "prior_se3", "voxel_anchor_obs", self.prior_type.name):
             rows = wm.slab_rows(name)
             fold[name] = rows.active & np.any(rows.var_ids == oldest.var, axis=1)
         prior_rows = wm.slab_rows(self.prior_type.name)
@@ -280,14 +282,20 @@ class Window:
         self.model.add_factor(self.prior_type.name, var_ids, measurement, Noise(sqrt_info))
 
     def _release_unreferenced_voxels(self) -> None:
+        """Give back the slots of voxels no window observation uses any more."""
         obs = self.model.slab_rows("voxel_point_obs")
         referenced = set(np.unique(obs.var_ids[obs.active, 1]).tolist())
-        for var in [v for v in self._key_of_voxel if v not in referenced]:
-            key = self._key_of_voxel.pop(var)
+        unused = np.array([v for v in self._key_of_voxel if v not in referenced], np.int64)
+        if not unused.size:
+            return
+        keys = np.array([self._key_of_voxel.pop(int(v)) for v in unused], np.int64)
+        for key in keys.tolist():
             del self._voxel_of_key[key]
-            if self.model.is_active(var):  # free but unobserved: keep its last estimate
-                self.voxel_map.update(np.array([key]), self.model.values("point")[self.model.slot(var)][None], frozen=True)
-            self.model.remove_variable(var)
+        free = self.model.active_mask(unused)
+        if np.any(free):  # free but unobserved: keep the last estimate
+            slots = [self.model.slot(int(v)) for v in unused[free]]
+            self.voxel_map.update(keys[free], self.model.values("point")[slots], frozen=True)
+        self.model.remove_variables(unused.tolist())
 
     # ------------------------------------------------------------------ updates
 

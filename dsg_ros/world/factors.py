@@ -216,6 +216,26 @@ def _voxel_point_obs_batched_jac(
     return q_body - p_body, (jac_pose, jnp.swapaxes(R, 1, 2))
 
 
+def _voxel_anchor_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
+    R, t = _obs_frames(poses, slots)
+    d = z[:, :3] - t
+    return jnp.sum(R * d[:, :, None], axis=1) - z[:, 3:]
+
+
+def _voxel_anchor_batched_jac(
+    poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    R, t = _obs_frames(poses, slots)
+    q_body = jnp.sum(R * (z[:, :3] - t)[:, :, None], axis=1)
+    minus_eye = jnp.broadcast_to(-jnp.eye(3, dtype=q_body.dtype), R.shape)
+    return q_body - z[:, 3:], (jnp.concatenate([minus_eye, jax.vmap(_skew)(q_body)], axis=2),)
+
+
+def _voxel_anchor(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
+    (T_world_body,) = values
+    return T_world_body.inverse() @ z[:3] - z[3:]
+
+
 def _prior_point_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
     return points[slots[:, 0]] - z
 
@@ -251,6 +271,13 @@ BUILTIN_TYPES: tuple[FactorType, ...] = (
     FactorType(
         "voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_jac,
         batched_residual=_voxel_point_obs_batched, batched_linearize=_voxel_point_obs_batched_jac,
+    ),
+    # A voxel_point_obs whose voxel is a constant (frozen in the map): its
+    # position travels in the measurement (v_world, p_body) (6,), so it needs
+    # no variable slot and adds nothing to the Schur complement.
+    FactorType(
+        "voxel_anchor_obs", ("pose",), 3, (6,), _voxel_anchor, None,
+        batched_residual=_voxel_anchor_batched, batched_linearize=_voxel_anchor_batched_jac,
     ),
 )
 
