@@ -79,8 +79,9 @@ def test_marginalization_freezes_voxels_into_the_map():
     keys, positions, _ = win.voxel_map.export()
     assert sorted(keys.tolist()) == [10, 11]
     np.testing.assert_allclose(positions[np.argsort(keys)], [[1.0, 0, 0], [2.0, 0, 0]], atol=1e-9)
-    # The newest keyframe re-observes both cells: they are constants now.
-    _, vars_, free = win.window_voxels()
-    assert len(vars_) == 2 and not free.any()
+    # The newest keyframe re-observes both cells: they are constants now,
+    # observed through anchor factors that need no voxel slot.
+    _, vars_, _ = win.window_voxels()
+    assert len(vars_) == 0 and win.model.counts()["voxel_anchor_obs"] == 2
     with pytest.raises(ValueError):
         WindowConfig(keyframes=1)
