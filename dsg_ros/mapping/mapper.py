@@ -18,10 +18,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax_dataclasses as jdc
 import numpy as np
 
 from dsg_ros import runtime, se3
 from dsg_ros.learn import calibration as cal
+from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.voxels import voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, Window, WindowConfig
@@ -61,6 +63,7 @@ class MapperConfig:
     )
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
 
     def __post_init__(self) -> None:
         if self.voxel_size <= 0:
@@ -95,6 +98,8 @@ class Mapper:
         self.window = Window(config.window)
         self.theta = theta if theta is not None else cal.zero_theta()
         self.odometry = OdometryBuffer(config.odometry)
+        # The reference (ground-truth) stream, if any: only interpolated.
+        self.reference = OdometryBuffer(OdometryLimits(max_speed_m_s=1e9, max_rate_rad_s=1e9, history_s=config.odometry.history_s))
         self._T_base_sensor_nominal = jnp.asarray(se3.normalized(np.asarray(config.T_base_sensor)))
         self._lock = threading.RLock()  # callbacks enqueue from other threads
         self._clouds: deque[tuple[float, np.ndarray]] = deque()
@@ -102,8 +107,27 @@ class Mapper:
         self._dirty = False
         self._last_report: dict[str, Any] | None = None
         self._solver = jax.jit(solve, static_argnames="config")
+        self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal)
         self._compilations_at_warmup: int | None = None
         self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0}
+
+    def warm_up(self) -> float:
+        """Compile every kernel a tick can use, on the empty window's shapes.
+
+        Returns the seconds it took. Afterwards ticks never compile (the
+        diagnostics count ``compilations_after_warmup``). Called by the first
+        ``tick`` if not before; the persistent XLA cache makes later starts quick.
+        """
+        started = time.perf_counter()
+        wm = self.window.model
+        self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].as_dict()
+        self.window.reduced_system({}, np.zeros(wm.capacity.points, bool))
+        self._correct(np.tile(se3.IDENTITY, (1, 1)), np.zeros(1))
+        np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
+        if self.config.calibration.every_keyframes:
+            self.calibrator.warm_up(self.theta, self._snapshot())
+        self._compilations_at_warmup = runtime.compilation_count()
+        return time.perf_counter() - started
 
     # ------------------------------------------------------------------ inputs
 
@@ -114,6 +138,14 @@ class Mapper:
             if reason:
                 self.stats["rejected_odometry"] += 1
                 self._warn(reason)
+            return reason is None
+
+    def add_reference(self, stamp: float, T_world_base: np.ndarray) -> bool:
+        """Queue a reference pose (ground truth); enables supervised calibration."""
+        with self._lock:
+            reason = self.reference.add(float(stamp), np.asarray(T_world_base, np.float64))
+            if reason:
+                self._warn("reference " + reason)
             return reason is None
 
     def add_cloud(self, stamp: float, p_sensor: np.ndarray) -> bool:
@@ -143,6 +175,8 @@ class Mapper:
 
     def tick(self) -> TickResult:
         """Turn pending clouds into keyframes, solve the window, report."""
+        if self._compilations_at_warmup is None:
+            self.warm_up()
         started = time.perf_counter()
         added, marginalized = 0, []
         with self._lock:
@@ -156,11 +190,97 @@ class Mapper:
         solve_report, rolled_back = None, False
         if self._dirty and self.window.keyframes:
             solve_report, rolled_back = self._solve()
+        calibration_ms = None
+        every = self.config.calibration.every_keyframes
+        if added and not rolled_back and every and self.stats["keyframes"] % every == 0 and len(self.window.keyframes) >= 2:
+            calibration_ms = self.calibrate()
         self.stats["ticks"] += 1
-        if self._compilations_at_warmup is None and self.window.full:
-            self._compilations_at_warmup = runtime.compilation_count()
         tick_ms = 1000.0 * (time.perf_counter() - started)
-        return self._result(added, marginalized, warnings, solve_report, rolled_back, tick_ms)
+        result = self._result(added, marginalized, warnings, solve_report, rolled_back, tick_ms)
+        result.diagnostics["calibration_ms"] = calibration_ms
+        return result
+
+    # ------------------------------------------------------------- calibration
+
+    def calibrate(self) -> float:
+        """Snapshot the window, take one outer step, apply the new theta; returns milliseconds."""
+        started = time.perf_counter()
+        self.calibrator.add(self._snapshot())
+        if self.calibrator.ready():
+            theta = self.calibrator.step(self.theta)
+            if all(bool(np.all(np.isfinite(np.asarray(v)))) for v in theta.values()):
+                self.set_theta(theta)
+            else:
+                self._warn("calibration step produced non-finite parameters; kept the previous calibration")
+        return 1000.0 * (time.perf_counter() - started)
+
+    def set_theta(self, theta: cal.Theta) -> None:
+        """Use a new calibration: rebuild the window's odometry and observation measurements."""
+        with self._lock:
+            self.theta = {k: jnp.asarray(v) for k, v in theta.items()}
+            wm, window = self.window.model, self.window
+            odom = wm.slab_rows("odom_se3")
+            rows = np.flatnonzero(odom.active)
+            if rows.size:
+                wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows]))
+            T_base_sensor = np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
+            for name in ("voxel_point_obs", "voxel_anchor_obs"):
+                rows = np.flatnonzero(wm.slab_rows(name).active)
+                if rows.size:
+                    p_base = se3.apply(T_base_sensor, window.obs_p_sensor[name][rows])
+                    if name == "voxel_anchor_obs":
+                        p_base = np.concatenate([wm.measurements(name)[rows, :3], p_base], axis=1)
+                    wm.set_measurements(name, rows, p_base)
+            self._dirty = True
+
+    def _snapshot(self) -> Snapshot:
+        """The window as a learning example, the newest keyframe's observations held out."""
+        wm, window = self.window.model, self.window
+        graph = wm.graph()
+        W, R = self.config.window.keyframes, wm.capacity.factors["voxel_point_obs"]
+        newest = window.keyframes[-1] if window.keyframes else None
+        prev = window.keyframes[-2] if len(window.keyframes) >= 2 else newest
+        new_var = newest.var if newest else -2
+        obs, anchor = wm.slab_rows("voxel_point_obs"), wm.slab_rows("voxel_anchor_obs")
+        held_obs = obs.active & (obs.var_ids[:, 0] == new_var)
+        held_anchor = anchor.active & (anchor.var_ids[:, 0] == new_var)
+        # Only voxels some other keyframe observes say anything about the newest pose.
+        others = obs.active & ~held_obs
+        supported = np.isin(obs.var_ids[:, 1], obs.var_ids[others, 1])
+        voxel_slots = np.zeros(R, np.int32)
+        voxel_slots[held_obs] = [wm.slot(int(v)) for v in obs.var_ids[held_obs, 1]]
+        slabs = tuple(
+            jdc.replace(sl, active=jnp.array(wm.slab_rows(sl.ftype.name).active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False)))
+            for sl in graph.slabs
+        )
+        c = self.config
+        reference, has_reference = se3.IDENTITY, False
+        if newest is not None and prev is not newest:
+            ref_prev, ref_new = self.reference.interpolate(prev.stamp), self.reference.interpolate(newest.stamp)
+            if ref_prev is not None and ref_new is not None:
+                reference, has_reference = se3.between(ref_prev, ref_new), True
+        meas = wm.measurements("voxel_anchor_obs")
+        return Snapshot(
+            graph=jdc.replace(graph, slabs=slabs),
+            x0=wm.pack_state(),
+            odom_raw=jnp.asarray(window.odom_raw),
+            odom_dt=jnp.asarray(window.odom_dt),
+            obs_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_point_obs"]),
+            anchor_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_anchor_obs"]),
+            odom_L=jnp.broadcast_to(jnp.diag(1.0 / jnp.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
+            obs_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (R, 3, 3)),
+            anchor_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (R, 3, 3)),
+            prev_slot=jnp.asarray(wm.slot(prev.var) if prev else 0, jnp.int32),
+            new_slot=jnp.asarray(wm.slot(newest.var) if newest else 0, jnp.int32),
+            held_obs=jnp.asarray(held_obs & supported),
+            held_anchor=jnp.asarray(held_anchor),
+            held_obs_voxel=jnp.asarray(voxel_slots),
+            held_obs_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_point_obs"]),
+            held_anchor_meas=jnp.asarray(meas),
+            held_anchor_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_anchor_obs"]),
+            reference=jnp.asarray(reference),
+            has_reference=jnp.asarray(has_reference),
+        )
 
     def _ready_clouds(self):
         """Pop clouds covered by odometry; drop those that waited too long."""
@@ -274,8 +394,10 @@ class Mapper:
             "window_observations": counts["voxel_point_obs"],
             "map_voxels": len(window.voxel_map),
             "compilations": compilations,
-            "compilations_after_warmup": None if self._compilations_at_warmup is None else compilations - self._compilations_at_warmup,
+            "compilations_after_warmup": compilations - self._compilations_at_warmup,
             "last_solve": self._last_report,
+            "calibration_steps": self.calibrator.steps,
+            "calibration_loss": self.calibrator.last_loss,
             **self.stats,
         }
         return TickResult(

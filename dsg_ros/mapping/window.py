@@ -23,6 +23,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 import jax
+import jax.numpy as jnp
 import jax_dataclasses as jdc
 import numpy as np
 
@@ -222,13 +223,9 @@ class Window:
         prior_rows = wm.slab_rows(self.prior_type.name)
         fold[self.prior_type.name] |= prior_rows.active  # the old prior always folds into the new one
 
-        graph = wm.graph()
-        slabs = tuple(jdc.replace(s, active=s.active & fold[s.ftype.name]) for s in graph.slabs)
         point_active = np.zeros(wm.capacity.points, bool)
         point_active[[wm.slot(int(v)) for v in marg_voxels]] = True
-        sub = jdc.replace(graph, slabs=slabs, point_active=point_active)
-        state = wm.pack_state()
-        S, b, involved = (np.asarray(a, np.float64) for a in _reduced_system(sub, state))
+        S, b, involved = self.reduced_system(fold, point_active)
 
         # Eliminate the oldest pose from the reduced pose system.
         slot0 = wm.slot(oldest.var)
@@ -280,6 +277,20 @@ class Window:
         # Built directly, not through a validating constructor: the rows and
         # columns of unused positions must be exactly zero.
         self.model.add_factor(self.prior_type.name, var_ids, measurement, Noise(sqrt_info))
+
+    def reduced_system(self, fold: dict[str, np.ndarray], point_active: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Pose system (6P, 6P), gradient (6P,) and involved-pose mask (P,) of the
+        factors in ``fold`` (row masks per slab), with the ``point_active``
+        voxels eliminated. Masks are combined on the host: an eager JAX op
+        here would compile on first use, after the mapper's warm-up."""
+        wm = self.model
+        graph = wm.graph()
+        slabs = tuple(
+            jdc.replace(s, active=jnp.array(wm.slab_rows(s.ftype.name).active & fold.get(s.ftype.name, False)))
+            for s in graph.slabs
+        )
+        sub = jdc.replace(graph, slabs=slabs, point_active=jnp.array(point_active))
+        return tuple(np.asarray(a, np.float64) for a in _reduced_system(sub, wm.pack_state()))
 
     def _release_unreferenced_voxels(self) -> None:
         """Give back the slots of voxels no window observation uses any more."""

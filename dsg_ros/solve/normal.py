@@ -114,6 +114,14 @@ def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlo
     pose_pose, pose_point, point_point = [], [], []
     for lin, gram in grams:
         kinds, slots = lin.slab.ftype.var_kinds, lin.slab.slots
+        if len(kinds) > 2 and all(k == "pose" for k in kinds):
+            # Many poses (a marginalization prior): all k² blocks in one go.
+            k, F = len(kinds), slots.shape[0]
+            blocks = jnp.transpose(gram.reshape(F, k, 6, k, 6), (0, 1, 3, 2, 4)).reshape(F * k * k, 6, 6)
+            rows = jnp.broadcast_to(slots[:, :, None], (F, k, k)).reshape(-1)
+            cols = jnp.broadcast_to(slots[:, None, :], (F, k, k)).reshape(-1)
+            pose_pose.append((rows, cols, blocks))
+            continue
         for a, b, blk in _blocks(lin, gram):
             sa, sb = slots[:, a], slots[:, b]
             if kinds[a] == "pose" and kinds[b] == "pose":

@@ -297,34 +297,50 @@ def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
     tangent_dims = [TANGENT_DIM[k] for k in kinds]
     value_starts = np.cumsum([0, *value_dims])
     tangent_starts = np.cumsum([0, *tangent_dims])
-    n_values = int(value_starts[-1])
+    n_values, n = int(value_starts[-1]), int(tangent_starts[-1])
+    # Poses and points are each handled as one batch (one log, one Jacobian
+    # kernel for all of them): a prior over ten poses must not compile ten
+    # copies of the SE(3) code.
+    pose_pos = [i for i, k in enumerate(kinds) if k == "pose"]
+    point_pos = [i for i, k in enumerate(kinds) if k == "point"]
+    pose_values = np.concatenate([np.arange(value_starts[i], value_starts[i] + 7) for i in pose_pos]).astype(np.int32) if pose_pos else None
+    point_values = np.concatenate([np.arange(value_starts[i], value_starts[i] + 3) for i in point_pos]).astype(np.int32) if point_pos else None
+    order = np.argsort(np.concatenate([np.arange(tangent_starts[i], tangent_starts[i + 1]) for i in pose_pos + point_pos]))
 
-    def deltas(values: tuple[Value, ...], z: jax.Array) -> list[jax.Array]:
-        out = []
-        for i, (kind, value) in enumerate(zip(kinds, values)):
-            ref = z[value_starts[i] : value_starts[i + 1]]
-            out.append((jaxlie.SE3(ref).inverse() @ value).log() if kind == "pose" else value - ref)
-        return out
+    def deltas(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array | None, jax.Array]:
+        """Pose deltas (n_pose, 6) and all deltas stacked in position order (n,)."""
+        parts, pose_d = [], None
+        if pose_pos:
+            T = jnp.stack([values[i].wxyz_xyz for i in pose_pos])
+            ref = z[pose_values].reshape(-1, 7)
+            pose_d = (jaxlie.SE3(ref).inverse() @ jaxlie.SE3(T)).log()
+            parts.append(pose_d.reshape(-1))
+        if point_pos:
+            v = jnp.stack([values[i] for i in point_pos])
+            parts.append((v - z[point_values].reshape(-1, 3)).reshape(-1))
+        return pose_d, jnp.concatenate(parts)[order]
 
     def residual(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
-        return jnp.concatenate(deltas(values, z)) + z[n_values:]
+        return deltas(values, z)[1] + z[n_values:]
 
     def jacobian(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        ds = deltas(values, z)
-        n = int(tangent_starts[-1])
-        jacs = []
-        for i, (kind, d) in enumerate(zip(kinds, ds)):
-            block = _se3_jr_inv(d) if kind == "pose" else jnp.eye(3, dtype=d.dtype)
-            jacs.append(jnp.zeros((n, tangent_dims[i]), d.dtype).at[tangent_starts[i] : tangent_starts[i + 1]].set(block))
-        return jnp.concatenate(ds) + z[n_values:], tuple(jacs)
+        pose_d, d = deltas(values, z)
+        full = jnp.zeros((n, n), d.dtype)
+        if pose_pos:
+            rows = np.concatenate([np.repeat(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
+            cols = np.concatenate([np.tile(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
+            full = full.at[rows, cols].set(jax.vmap(_se3_jr_inv)(pose_d).reshape(-1))
+        for i in point_pos:
+            full = full.at[tangent_starts[i] : tangent_starts[i + 1], tangent_starts[i] : tangent_starts[i + 1]].set(jnp.eye(3, dtype=d.dtype))
+        jacs = tuple(full[:, tangent_starts[i] : tangent_starts[i + 1]] for i in range(len(kinds)))
+        return d + z[n_values:], jacs
 
     name = "linear_prior_" + "".join("p" if k == "pose" else "v" for k in kinds)
     neutral: list[float] = []
     for kind in kinds:
         neutral += [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] if kind == "pose" else [0.0, 0.0, 0.0]
-    neutral += [0.0] * int(tangent_starts[-1])
-    shape = (n_values + int(tangent_starts[-1]),)
-    return FactorType(name, kinds, int(tangent_starts[-1]), shape, residual, jacobian, neutral_measurement=tuple(neutral))
+    neutral += [0.0] * n
+    return FactorType(name, kinds, n, (n_values + n,), residual, jacobian, neutral_measurement=tuple(neutral))
 
 
 class FactorRegistry:

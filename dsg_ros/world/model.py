@@ -343,6 +343,10 @@ class WorldModel:
         host = self._slabs[type_name]
         return SlabRows(active=_readonly(host.active), var_ids=_readonly(host.var_ids), factor_ids=_readonly(host.factor_ids))
 
+    def measurements(self, type_name: str) -> np.ndarray:
+        """Read-only view of one slab's measurements (F, *shape)."""
+        return _readonly(self._slabs[type_name].measurement)
+
     def factor_row(self, factor_id: int) -> tuple[str, int]:
         """(type name, row in that type's slab) of a factor."""
         return self._factor(factor_id)

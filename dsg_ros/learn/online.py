@@ -1,0 +1,191 @@
+"""Online calibration: the outer loop the mapper runs every few keyframes.
+
+Each snapshot is the window graph with the **newest keyframe's observations
+held out**, so the only thing placing that keyframe relative to the previous
+one is the (calibrated) odometry factor. Solving the snapshot and scoring the
+newest keyframe then tests the calibration through the inner solve:
+
+* supervised (a reference pose stream is given: sim ground truth or a bag's
+  ground-truth topic): the solved relative pose previous→newest against the
+  reference one;
+* self-supervised: the held-out observations against the map (voxels other
+  keyframes observed, or frozen anchors), i.e. does the scan land where the
+  map says it should.
+
+Gradients come from implicit differentiation at the snapshot's optimum (the
+Gauss–Newton adjoint, reusing the solver's factorization); optax (Adam)
+updates theta; groups that the motion cannot identify are masked out.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import jax_dataclasses as jdc
+import jaxlie
+import numpy as np
+import optax
+
+from dsg_ros.learn.calibration import Theta, correct_odometry, observations_in_base
+from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.world import Graph, State
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """When and what the mapper learns online."""
+
+    every_keyframes: int = 4  # 0 disables online calibration
+    buffer: int = 8  # recent snapshots kept
+    batch: int = 2  # snapshots per optimizer step
+    learning_rate: float = 3e-3
+    # Planar motion at near-constant speed cannot tell a forward scale from a
+    # forward velocity bias, nor identify most of the extrinsic: by default
+    # learn the odometry scale and angular-rate bias only.
+    learn_odom_scale: bool = True
+    learn_odom_angular_bias: bool = True
+    learn_odom_linear_bias: bool = False
+    learn_extrinsic: bool = False
+    learn_noise: bool = False
+    rotation_weight_m: float = 1.0  # metres of loss per radian in the supervised loss
+    solver: SolverConfig = field(
+        default_factory=lambda: SolverConfig(max_iterations=4, linear_solver="dense", implicit_hessian="gauss_newton")
+    )
+
+    def mask(self) -> Theta:
+        """1 where theta is learned, 0 where it stays fixed."""
+        bias = np.concatenate([np.full(3, self.learn_odom_linear_bias), np.full(3, self.learn_odom_angular_bias)])
+        return {
+            "odom_log_scale": jnp.full(3, float(self.learn_odom_scale)),
+            "odom_bias": jnp.asarray(bias, jnp.float64),
+            "extrinsic": jnp.full(6, float(self.learn_extrinsic)),
+            "log_sigma_odom": jnp.asarray(float(self.learn_noise)),
+            "log_sigma_obs": jnp.asarray(float(self.learn_noise)),
+        }
+
+
+@jdc.pytree_dataclass
+class Snapshot:
+    """One window, frozen for learning (all arrays; stackable for vmap).
+
+    graph: the window graph with the newest keyframe's observation rows off.
+    odom_raw (W, 7), odom_dt (W,): raw increments per odometry row.
+    obs_p_sensor / anchor_p_sensor (R, 3): centroids per observation row.
+    odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
+    prev_slot, new_slot (): pose slots of the last two keyframes.
+    held_obs / held_anchor (R,): held-out rows usable for the self-supervised score.
+    reference (7,), has_reference (): reference T_prev_new, if any.
+    """
+
+    graph: Graph
+    x0: State
+    odom_raw: jax.Array
+    odom_dt: jax.Array
+    obs_p_sensor: jax.Array
+    anchor_p_sensor: jax.Array
+    odom_L: jax.Array
+    obs_L: jax.Array
+    anchor_L: jax.Array
+    prev_slot: jax.Array
+    new_slot: jax.Array
+    held_obs: jax.Array
+    held_anchor: jax.Array
+    held_obs_voxel: jax.Array
+    held_obs_p_sensor: jax.Array
+    held_anchor_meas: jax.Array
+    held_anchor_p_sensor: jax.Array
+    reference: jax.Array
+    has_reference: jax.Array
+
+
+def inject(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array) -> Graph:
+    """The snapshot's graph with measurements and noise rebuilt from theta."""
+    g = snap.graph
+    odom = g.slab("odom_se3")
+    rows = jnp.arange(odom.capacity)
+    corrected = correct_odometry(theta, snap.odom_raw, snap.odom_dt)
+    corrected = jnp.where(odom.active[:, None], corrected, odom.measurement)
+    g = g.with_measurements("odom_se3", rows, corrected)
+    g = g.with_sqrt_info("odom_se3", rows, snap.odom_L * jnp.exp(-theta["log_sigma_odom"]))
+    obs = g.slab("voxel_point_obs")
+    obs_rows = jnp.arange(obs.capacity)
+    g = g.with_measurements("voxel_point_obs", obs_rows, observations_in_base(theta, T_base_sensor, snap.obs_p_sensor))
+    g = g.with_sqrt_info("voxel_point_obs", obs_rows, snap.obs_L * jnp.exp(-theta["log_sigma_obs"]))
+    anchor = g.slab("voxel_anchor_obs")
+    anchor_rows = jnp.arange(anchor.capacity)
+    p_base = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor)
+    g = g.with_measurements("voxel_anchor_obs", anchor_rows, jnp.concatenate([anchor.measurement[:, :3], p_base], axis=1))
+    return g.with_sqrt_info("voxel_anchor_obs", anchor_rows, snap.anchor_L * jnp.exp(-theta["log_sigma_obs"]))
+
+
+def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
+    x, _ = solve(inject(theta, snap, T_base_sensor), snap.x0, config.solver)
+    T_prev = jaxlie.SE3(x.poses[snap.prev_slot])
+    T_new = jaxlie.SE3(x.poses[snap.new_slot])
+    # Supervised: relative pose against the reference.
+    err = (jaxlie.SE3(snap.reference).inverse() @ (T_prev.inverse() @ T_new)).log()
+    supervised = jnp.sum(err[:3] ** 2) + config.rotation_weight_m**2 * jnp.sum(err[3:] ** 2)
+    # Self-supervised: held-out observations of the newest scan against the map.
+    T_new_inv = T_new.inverse()
+    p_obs = observations_in_base(theta, T_base_sensor, snap.held_obs_p_sensor)
+    r_obs = (T_new_inv @ x.points[snap.held_obs_voxel]) - p_obs
+    p_anchor = observations_in_base(theta, T_base_sensor, snap.held_anchor_p_sensor)
+    r_anchor = (T_new_inv @ snap.held_anchor_meas[:, :3]) - p_anchor
+    sq = jnp.concatenate([jnp.where(snap.held_obs[:, None], r_obs**2, 0.0), jnp.where(snap.held_anchor[:, None], r_anchor**2, 0.0)])
+    count = jnp.maximum(jnp.sum(snap.held_obs) + jnp.sum(snap.held_anchor), 1)
+    # A robust mean: cells can change between views (occlusion, new surfaces).
+    per_row = jnp.sum(sq, axis=1)
+    self_supervised = jnp.sum(jnp.minimum(per_row, 0.25**2)) / count
+    return jnp.where(snap.has_reference, supervised, self_supervised)
+
+
+class OnlineCalibrator:
+    """Buffer of snapshots plus the optimizer state; one compiled step."""
+
+    def __init__(self, config: CalibrationConfig, theta: Theta, T_base_sensor: jax.Array) -> None:
+        self.config = config
+        self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
+        self._mask = config.mask()
+        # Masked gradients are exactly zero, and Adam then leaves them be.
+        self._optimizer = optax.adam(config.learning_rate)
+        self._opt_state = self._optimizer.init(theta)
+        self._T_base_sensor = T_base_sensor
+        self.steps = 0
+        self.last_loss: float | None = None
+
+    def add(self, snapshot: Snapshot) -> None:
+        self.snapshots.append(snapshot)
+
+    def ready(self) -> bool:
+        return len(self.snapshots) >= self.config.batch
+
+    def step(self, theta: Theta) -> Theta:
+        """One optimizer step on the newest ``batch`` snapshots; returns the new theta."""
+        batch = list(self.snapshots)[-self.config.batch :]
+        theta, self._opt_state, loss = self._run(theta, self._opt_state, batch)
+        self.steps += 1
+        self.last_loss = float(loss)
+        return theta
+
+    def warm_up(self, theta: Theta, snapshot: Snapshot) -> None:
+        """Compile the step on a snapshot's shapes without touching the optimizer state."""
+        self._run(theta, self._optimizer.init(theta), [snapshot] * self.config.batch)[2].block_until_ready()
+
+    def _run(self, theta: Theta, opt_state, batch: list[Snapshot]):
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
+        return _calibration_step(theta, opt_state, stacked, self._T_base_sensor, self._mask, self.config, self._optimizer)
+
+
+@partial(jax.jit, static_argnames=("config", "optimizer"))
+def _calibration_step(theta, opt_state, stacked: Snapshot, T_base_sensor, mask, config: CalibrationConfig, optimizer):
+    def loss(t):
+        return jnp.mean(jax.vmap(lambda s: snapshot_loss(t, s, T_base_sensor, config))(stacked))
+
+    value, grads = jax.value_and_grad(loss)(theta)
+    grads = jax.tree.map(lambda g, m: g * m, grads, mask)
+    updates, opt_state = optimizer.update(grads, opt_state, theta)
+    return optax.apply_updates(theta, updates), opt_state, value
