@@ -144,3 +144,14 @@ def yaw(T: np.ndarray) -> np.ndarray:
     """Heading angle (rad) of poses (…, 7) about the z axis."""
     w, x, y, z = np.moveaxis(T[..., :4], -1, 0)
     return np.arctan2(2.0 * (w * z + x * y), 1.0 - 2.0 * (y * y + z * z))
+
+
+def from_matrix(T: np.ndarray) -> np.ndarray:
+    """A homogeneous (4, 4) rigid transform → pose (7,)."""
+    R = T[:3, :3]
+    w = np.sqrt(max(0.0, 1.0 + R[0, 0] + R[1, 1] + R[2, 2])) / 2.0
+    x = np.copysign(np.sqrt(max(0.0, 1.0 + R[0, 0] - R[1, 1] - R[2, 2])) / 2.0, R[2, 1] - R[1, 2])
+    y = np.copysign(np.sqrt(max(0.0, 1.0 - R[0, 0] + R[1, 1] - R[2, 2])) / 2.0, R[0, 2] - R[2, 0])
+    z = np.copysign(np.sqrt(max(0.0, 1.0 - R[0, 0] - R[1, 1] + R[2, 2])) / 2.0, R[1, 0] - R[0, 1])
+    q = np.array([w, x, y, z])
+    return np.concatenate([q / np.linalg.norm(q), T[:3, 3]])

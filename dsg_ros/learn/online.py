@@ -43,6 +43,10 @@ class CalibrationConfig:
     buffer: int = 8  # recent snapshots kept
     batch: int = 2  # snapshots per optimizer step
     learning_rate: float = 3e-3
+    # Halve the step every ``decay_steps`` updates down to ``min_learning_rate``:
+    # fast early, then settle instead of circling the optimum.
+    decay_steps: int = 15
+    min_learning_rate: float = 2e-4
     # Planar motion at near-constant speed cannot tell a forward scale from a
     # forward velocity bias, nor identify most of the extrinsic: by default
     # learn the odometry scale and angular-rate bias only.
@@ -151,7 +155,8 @@ class OnlineCalibrator:
         self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
         self._mask = config.mask()
         # Masked gradients are exactly zero, and Adam then leaves them be.
-        self._optimizer = optax.adam(config.learning_rate)
+        schedule = optax.exponential_decay(config.learning_rate, config.decay_steps, 0.5, end_value=config.min_learning_rate)
+        self._optimizer = optax.adam(schedule)
         self._opt_state = self._optimizer.init(theta)
         self._T_base_sensor = T_base_sensor
         self.steps = 0

@@ -190,20 +190,23 @@ class Mapper:
         solve_report, rolled_back = None, False
         if self._dirty and self.window.keyframes:
             solve_report, rolled_back = self._solve()
-        calibration_ms = None
         every = self.config.calibration.every_keyframes
-        if added and not rolled_back and every and self.stats["keyframes"] % every == 0 and len(self.window.keyframes) >= 2:
-            calibration_ms = self.calibrate()
+        due = bool(added and not rolled_back and every and self.stats["keyframes"] % every == 0 and len(self.window.keyframes) >= 2)
         self.stats["ticks"] += 1
         tick_ms = 1000.0 * (time.perf_counter() - started)
         result = self._result(added, marginalized, warnings, solve_report, rolled_back, tick_ms)
-        result.diagnostics["calibration_ms"] = calibration_ms
+        result.diagnostics["calibration_due"] = due
         return result
 
     # ------------------------------------------------------------- calibration
 
     def calibrate(self) -> float:
-        """Snapshot the window, take one outer step, apply the new theta; returns milliseconds."""
+        """Snapshot the window, take one outer step, apply the new theta; returns milliseconds.
+
+        ``tick()`` says when this is due (``diagnostics["calibration_due"]``)
+        but never runs it, so a driver can keep ticks short: the node calls
+        it from a worker thread, ``run-sim`` right after the tick.
+        """
         started = time.perf_counter()
         self.calibrator.add(self._snapshot())
         if self.calibrator.ready():

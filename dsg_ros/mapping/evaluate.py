@@ -1,0 +1,105 @@
+"""Score a mapper run against ground truth; write trajectories (TUM) and a top-view PNG."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from dsg_ros.mapping import metrics
+from dsg_ros.mapping.mapper import Mapper
+from dsg_ros.mapping.replay import RunRecord
+
+Interpolator = Callable[[np.ndarray], np.ndarray]  # stamps (K,) → poses (K, 7)
+
+
+def summarize(
+    mapper: Mapper,
+    record: RunRecord,
+    duration_s: float,
+    ground_truth: Interpolator,
+    odometry: Interpolator,
+    output: Path | None = None,
+) -> dict[str, Any]:
+    """The run-sim summary: counts, ATE/RPE of odometry and estimate, timings, calibration."""
+    stamps, estimate = record.trajectory()
+    if stamps.size < 3:
+        raise ValueError(f"only {stamps.size} keyframes: too short a run to score")
+    truth, odom = ground_truth(stamps), odometry(stamps)
+    final_third = stamps >= stamps[0] + 2.0 * (stamps[-1] - stamps[0]) / 3.0
+    ticks = np.asarray(record.tick_ms)
+    diag = record.last.diagnostics if record.last else {}
+    summary: dict[str, Any] = {
+        "ticks": len(record.tick_ms),
+        "keyframes": int(stamps.size),
+        "voxels": len(mapper.window.voxel_map),
+        "ate_odom": metrics.ate(odom, truth),
+        "ate_estimate": metrics.ate(estimate, truth),
+        "ate_calibrated": metrics.ate(estimate[final_third], truth[final_third]),
+        "ate_odom_final_third": metrics.ate(odom[final_third], truth[final_third]),
+        "rpe_odom": metrics.rpe(odom, truth)[0],
+        "rpe_estimate": metrics.rpe(estimate, truth)[0],
+        "tick_ms_p50": float(np.percentile(ticks, 50)),
+        "tick_ms_p99": float(np.percentile(ticks, 99)),
+        "keyframe_tick_ms_p50": _keyframe_tick_p50(record),
+        "calibration_ms_p50": float(np.median(record.calibration_ms)) if record.calibration_ms else None,
+        "calibration_steps": mapper.calibrator.steps,
+        "compilations_after_warmup": diag.get("compilations_after_warmup"),
+        "rollbacks": diag.get("rollbacks"),
+        "warnings": record.warnings,
+        "realtime_factor": duration_s / record.wall_s if record.wall_s > 0 else None,
+    }
+    summary["calibration"] = record.calibration[-1][1].__dict__ if record.calibration else None
+    if output is not None:
+        output.mkdir(parents=True, exist_ok=True)
+        metrics.write_tum(output / "estimate.tum", stamps, estimate)
+        metrics.write_tum(output / "ground_truth.tum", stamps, truth)
+        metrics.write_tum(output / "odometry.tum", stamps, odom)
+        summary["png"] = str(plot_top_view(output / "map.png", mapper, estimate, truth, odom))
+        summary["tum"] = str(output)
+    return summary
+
+
+def _keyframe_tick_p50(record: RunRecord) -> float | None:
+    ticks = np.asarray(record.tick_ms)
+    heavy = ticks[ticks > np.percentile(ticks, 50) * 3] if ticks.size else ticks
+    return float(np.median(heavy)) if heavy.size else None
+
+
+def plot_top_view(path: Path, mapper: Mapper, estimate: np.ndarray, truth: np.ndarray, odom: np.ndarray) -> Path:
+    """Top view: voxel map coloured by height, ground truth, odometry and the estimate.
+
+    The estimate lives in the map frame (= the odometry frame at start); it
+    and the odometry are aligned to ground truth like the ATE, for display.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from dsg_ros import se3
+
+    align_est = metrics.umeyama(estimate[:, 4:], truth[:, 4:])
+    align_odom = metrics.umeyama(odom[:, 4:], truth[:, 4:])
+    _, voxels, _ = mapper.voxels()
+    voxels = se3.apply(align_est, voxels)
+    fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
+    order = np.argsort(voxels[:, 2])
+    scatter = ax.scatter(voxels[order, 0], voxels[order, 1], c=voxels[order, 2], s=0.4, cmap="viridis", linewidths=0)
+    fig.colorbar(scatter, ax=ax, label="voxel height (m)")
+    for poses, label, style in (
+        (truth[:, 4:], "ground truth", dict(color="black", lw=1.6)),
+        (se3.apply(align_odom, odom[:, 4:]), "odometry", dict(color="tab:red", lw=1.2, ls="--")),
+        (se3.apply(align_est, estimate[:, 4:]), "estimate", dict(color="tab:orange", lw=1.2)),
+    ):
+        ax.plot(poses[:, 0], poses[:, 1], label=label, **style)
+    ax.set_aspect("equal")
+    ax.set_xlabel("x (m)")
+    ax.set_ylabel("y (m)")
+    ax.legend(loc="upper right")
+    ax.set_title("dsg_ros: voxel map and trajectories (top view)")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
