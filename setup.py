@@ -67,6 +67,8 @@ setup(
     entry_points={
         "console_scripts": [
             "dsg-ros = dsg_ros.cli:main",
+            # The mapping node, for `ros2 run dsg_ros hybrid_node` and launch/hybrid.launch.py.
+            "hybrid_node = dsg_ros.ros.node:main",
         ],
     },
 )

@@ -165,6 +165,70 @@ def _cmd_run_sim(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- ROS 2 side
+
+
+def _node(argv: list[str]) -> int:
+    """``dsg-ros node``: its own parser, because everything after the options goes to ROS."""
+    parser = argparse.ArgumentParser(
+        prog="dsg-ros node",
+        description=(
+            "Start the dsg_mapper node with a parameters file (default: the installed config/hybrid.yaml). "
+            "Subscribes odom, points (and ground_truth if published); publishes ~/poses, ~/path, ~/voxels, "
+            "~/graph, ~/odometry and /diagnostics; services ~/save_calibration and ~/reset. "
+            "ROS arguments follow --ros-args (remaps, -p name:=value, use_sim_time)."
+        ),
+        epilog="example: dsg-ros node --params-file config/hybrid.yaml --ros-args -p use_sim_time:=true -r odom:=/robot/odom",
+    )
+    parser.add_argument("--params-file", metavar="YAML", help="ROS parameters file (default: the installed config/hybrid.yaml)")
+    args, ros_args = parser.parse_known_args(argv)
+    from dsg_ros.ros.node import main as node_main
+    from dsg_ros.ros.params import default_params_file
+
+    params = args.params_file or str(default_params_file())
+    return node_main(["--ros-args", "--params-file", params, *ros_args])
+
+
+def _sim_publisher(argv: list[str]) -> int:
+    from dsg_ros.ros.sim_publisher import main as publisher_main
+
+    return publisher_main(argv)
+
+
+# Subcommands that parse their own arguments (ROS arguments pass through).
+_PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"node": _node, "sim-publisher": _sim_publisher}
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _setup_runtime(args)
+    from pathlib import Path
+
+    from dsg_ros.ros.live import run_live
+    from dsg_ros.ros.params import default_params_file
+
+    say = _progress(True)
+    output = Path(args.output)
+    summary = run_live(Path(args.params_file) if args.params_file else default_params_file(), output, args.duration, args.seed, args.rate, say=say)
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+    received, published = summary["received"], summary["published"]
+    human = [
+        f"received {received.get('points', 0)} clouds, {received.get('odom', 0)} odometry, {received.get('ground_truth', 0)} ground truth; "
+        f"skipped {received.get('skipped_messages', 0)}",
+        "published " + ", ".join(f"{v} {k}" for k, v in published.items()),
+        f"latency cloud→publication p50 {summary['latency_ms_p50']} ms, p99 {summary['latency_ms_p99']} ms; "
+        f"tick p50 {summary['tick_ms_p50']} ms, p99 {summary['tick_ms_p99']} ms",
+    ]
+    if "ate_odom" in summary:
+        human.append(f"ATE odometry {summary['ate_odom']:.3f} m, estimate {summary['ate_estimate']:.3f} m")
+    if summary.get("calibration"):
+        c = summary["calibration"]
+        human.append(f"learned odometry scale {c['odom_scale'][0]:.4f}, yaw-rate bias {c['odom_bias_angular_deg_s'][2]:.3f} deg/s "
+                     f"(sim truth 1.03, 1.0); {summary['save_calibration']}")
+    human += [f"map PNG: {summary.get('png')}", f"summary: {output / 'summary.json'}"]
+    _emit(args, human, summary)
+    return 0 if "ate_estimate" in summary else 1
+
+
 # -------------------------------------------------------------------- bench
 
 
@@ -249,6 +313,29 @@ def _build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(handler=_cmd_run_sim)
 
+    # Listed for --help; main() hands their arguments over before argparse sees them.
+    sub.add_parser("node", help="run the ROS 2 mapping node (what hybrid_node and ros2 launch start); see `dsg-ros node --help`")
+    sub.add_parser("sim-publisher", help="publish the simulator's odom, points and ground_truth topics; see `dsg-ros sim-publisher --help`")
+
+    p = sub.add_parser(
+        "demo",
+        help="the node and the sim publisher over real DDS, scored (what `make demo` runs)",
+        description=(
+            "Start the mapping node and the simulator publisher as separate processes over DDS on this host, "
+            "publish the simulated run at real rate, save the calibration through ~/save_calibration, then "
+            "print messages received/published, cloud-to-publication latency, ATE of odometry and estimate, "
+            "and the learned calibration; writes map.png, summary.json, calibration.yaml and logs to --output."
+        ),
+        epilog="example: dsg-ros demo --duration 60",
+    )
+    p.add_argument("--params-file", metavar="YAML", help="node parameters (default: the installed config/hybrid.yaml, as the launch file)")
+    p.add_argument("--duration", type=float, default=60.0, help="simulated seconds (default 60)")
+    p.add_argument("--seed", type=int, default=0, help="simulation seed (default 0)")
+    p.add_argument("--rate", type=float, default=1.0, help="publishing speed as a multiple of real time (default 1)")
+    p.add_argument("--output", default="out/demo", help="output folder (default out/demo)")
+    _common(p)
+    p.set_defaults(handler=_cmd_demo)
+
     p = sub.add_parser("bench", help="benchmarks; results as JSON and a table in bench/RESULTS.md")
     bench_sub = p.add_subparsers(dest="suite", metavar="SUITE")
     bench_sub.required = True
@@ -270,6 +357,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _PASSTHROUGH:
+        return _PASSTHROUGH[argv[0]](argv[1:])
     parser = _build_parser()
     args = parser.parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler

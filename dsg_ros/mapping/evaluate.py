@@ -56,7 +56,7 @@ def summarize(
         metrics.write_tum(output / "estimate.tum", stamps, estimate)
         metrics.write_tum(output / "ground_truth.tum", stamps, truth)
         metrics.write_tum(output / "odometry.tum", stamps, odom)
-        summary["png"] = str(plot_top_view(output / "map.png", mapper, estimate, truth, odom))
+        summary["png"] = str(plot_top_view(output / "map.png", mapper.voxels()[1], estimate, truth, odom))
         summary["tum"] = str(output)
     return summary
 
@@ -67,8 +67,8 @@ def _keyframe_tick_p50(record: RunRecord) -> float | None:
     return float(np.median(heavy)) if heavy.size else None
 
 
-def plot_top_view(path: Path, mapper: Mapper, estimate: np.ndarray, truth: np.ndarray, odom: np.ndarray) -> Path:
-    """Top view: voxel map coloured by height, ground truth, odometry and the estimate.
+def plot_top_view(path: Path, voxels: np.ndarray, estimate: np.ndarray, truth: np.ndarray, odom: np.ndarray) -> Path:
+    """Top view: voxel map (N, 3) coloured by height, ground truth, odometry and the estimate (K, 7).
 
     The estimate lives in the map frame (= the odometry frame at start); it
     and the odometry are aligned to ground truth like the ATE, for display.
@@ -82,7 +82,6 @@ def plot_top_view(path: Path, mapper: Mapper, estimate: np.ndarray, truth: np.nd
 
     align_est = metrics.umeyama(estimate[:, 4:], truth[:, 4:])
     align_odom = metrics.umeyama(odom[:, 4:], truth[:, 4:])
-    _, voxels, _ = mapper.voxels()
     voxels = se3.apply(align_est, voxels)
     fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
     order = np.argsort(voxels[:, 2])

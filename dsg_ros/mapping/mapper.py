@@ -78,6 +78,7 @@ class TickResult:
 
     stamp: float | None
     keyframes_added: int
+    cloud_stamps: list[float]  # clouds this tick consumed (keyframes or not)
     window_stamps: np.ndarray
     window_poses: np.ndarray
     odometry_stamp: float | None
@@ -101,7 +102,11 @@ class Mapper:
         # The reference (ground-truth) stream, if any: only interpolated.
         self.reference = OdometryBuffer(OdometryLimits(max_speed_m_s=1e9, max_rate_rad_s=1e9, history_s=config.odometry.history_s))
         self._T_base_sensor_nominal = jnp.asarray(se3.normalized(np.asarray(config.T_base_sensor)))
-        self._lock = threading.RLock()  # callbacks enqueue from other threads
+        # Callbacks enqueue from other threads under ``_inputs`` (held only
+        # for a queue append); the window changes under ``_state``, so a long
+        # solve never blocks a callback.
+        self._inputs = threading.RLock()
+        self._state = threading.RLock()
         self._clouds: deque[tuple[float, np.ndarray]] = deque()
         self._warnings: list[str] = []
         self._dirty = False
@@ -133,7 +138,7 @@ class Mapper:
 
     def add_odometry(self, stamp: float, T_odom_base: np.ndarray) -> bool:
         """Queue an odometry sample; False (and a warning) if it was rejected."""
-        with self._lock:
+        with self._inputs:
             reason = self.odometry.add(float(stamp), np.asarray(T_odom_base, np.float64))
             if reason:
                 self.stats["rejected_odometry"] += 1
@@ -142,15 +147,16 @@ class Mapper:
 
     def add_reference(self, stamp: float, T_world_base: np.ndarray) -> bool:
         """Queue a reference pose (ground truth); enables supervised calibration."""
-        with self._lock:
+        with self._inputs:
             reason = self.reference.add(float(stamp), np.asarray(T_world_base, np.float64))
             if reason:
                 self._warn("reference " + reason)
             return reason is None
 
-    def add_cloud(self, stamp: float, p_sensor: np.ndarray) -> bool:
+    def add_cloud(self, stamp: float, p_sensor: np.ndarray, dropped: int = 0) -> bool:
         """Queue a cloud (N, 3) in the sensor frame. Non-finite points are dropped
-        and counted; an empty or malformed cloud is skipped with a warning."""
+        and counted (with ``dropped`` more the caller already removed); an empty
+        or malformed cloud is skipped with a warning."""
         points = np.asarray(p_sensor)
         if points.ndim != 2 or points.shape[1] != 3:
             self._warn(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3); skipped")
@@ -159,10 +165,11 @@ class Mapper:
         finite = np.all(np.isfinite(points), axis=1)
         ranges = np.linalg.norm(np.where(finite[:, None], points, 0.0), axis=1)
         keep = finite & (ranges >= self.config.min_range_m) & (ranges <= self.config.max_range_m)
-        with self._lock:
-            self.stats["dropped_points"] += int((~finite).sum())
+        with self._inputs:
+            non_finite = int((~finite).sum()) + dropped
+            self.stats["dropped_points"] += non_finite
             if not np.any(keep):
-                self._warn(f"cloud at {stamp:.3f} has no valid points ({int((~finite).sum())} non-finite); skipped")
+                self._warn(f"cloud at {stamp:.3f} has no valid points ({non_finite} non-finite, the rest out of range); skipped")
                 return False
             if self._clouds and stamp <= self._clouds[-1][0]:
                 self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._clouds[-1][0]:.6f}); skipped")
@@ -179,22 +186,26 @@ class Mapper:
             self.warm_up()
         started = time.perf_counter()
         added, marginalized = 0, []
-        with self._lock:
-            for stamp, points in self._ready_clouds():
-                report = self._keyframe_from(stamp, points)
+        with self._inputs:
+            ready = [(stamp, points, self.odometry.interpolate(stamp)) for stamp, points in self._ready_clouds()]
+        with self._state:
+            for stamp, points, T_odom_base in ready:
+                report = self._keyframe_from(stamp, points, T_odom_base)
                 if report is not False:
                     added += 1
                     if report is not None:
                         marginalized.append(report)
+            solve_report, rolled_back = None, False
+            if self._dirty and self.window.keyframes:
+                solve_report, rolled_back = self._solve()
+        with self._inputs:
             warnings, self._warnings = self._warnings, []
-        solve_report, rolled_back = None, False
-        if self._dirty and self.window.keyframes:
-            solve_report, rolled_back = self._solve()
         every = self.config.calibration.every_keyframes
         due = bool(added and not rolled_back and every and self.stats["keyframes"] % every == 0 and len(self.window.keyframes) >= 2)
         self.stats["ticks"] += 1
         tick_ms = 1000.0 * (time.perf_counter() - started)
-        result = self._result(added, marginalized, warnings, solve_report, rolled_back, tick_ms)
+        with self._state:
+            result = self._result(added, [r[0] for r in ready], marginalized, warnings, solve_report, rolled_back, tick_ms)
         result.diagnostics["calibration_due"] = due
         return result
 
@@ -204,22 +215,41 @@ class Mapper:
         """Snapshot the window, take one outer step, apply the new theta; returns milliseconds.
 
         ``tick()`` says when this is due (``diagnostics["calibration_due"]``)
-        but never runs it, so a driver can keep ticks short: the node calls
-        it from a worker thread, ``run-sim`` right after the tick.
+        but never runs it, so a driver can keep ticks short: ``run-sim``
+        calls this right after the tick; the node splits it in three
+        (``calibration_snapshot`` in the ticking thread, ``learn`` in a
+        worker, ``set_theta`` back in the ticking thread).
         """
         started = time.perf_counter()
-        self.calibrator.add(self._snapshot())
-        if self.calibrator.ready():
-            theta = self.calibrator.step(self.theta)
-            if all(bool(np.all(np.isfinite(np.asarray(v)))) for v in theta.values()):
-                self.set_theta(theta)
-            else:
-                self._warn("calibration step produced non-finite parameters; kept the previous calibration")
+        theta = self.learn(self.calibration_snapshot())
+        if theta is not None:
+            self.set_theta(theta)
         return 1000.0 * (time.perf_counter() - started)
+
+    def calibration_snapshot(self) -> Snapshot:
+        """The window as a learning example (from the thread that ticks)."""
+        with self._state:
+            return self._snapshot()
+
+    def learn(self, snapshot: Snapshot) -> cal.Theta | None:
+        """Buffer ``snapshot`` and take one outer step from the current theta.
+
+        Returns the new theta, or None when the buffer is not ready yet or the
+        step was not finite. Touches only the calibrator, so one worker
+        thread may run it while another ticks.
+        """
+        self.calibrator.add(snapshot)
+        if not self.calibrator.ready():
+            return None
+        theta = self.calibrator.step(self.theta)
+        if not all(bool(np.all(np.isfinite(np.asarray(v)))) for v in theta.values()):
+            self._warn("calibration step produced non-finite parameters; kept the previous calibration")
+            return None
+        return theta
 
     def set_theta(self, theta: cal.Theta) -> None:
         """Use a new calibration: rebuild the window's odometry and observation measurements."""
-        with self._lock:
+        with self._state:
             self.theta = {k: jnp.asarray(v) for k, v in theta.items()}
             wm, window = self.window.model, self.window
             odom = wm.slab_rows("odom_se3")
@@ -259,7 +289,8 @@ class Mapper:
         c = self.config
         reference, has_reference = se3.IDENTITY, False
         if newest is not None and prev is not newest:
-            ref_prev, ref_new = self.reference.interpolate(prev.stamp), self.reference.interpolate(newest.stamp)
+            with self._inputs:
+                ref_prev, ref_new = self.reference.interpolate(prev.stamp), self.reference.interpolate(newest.stamp)
             if ref_prev is not None and ref_new is not None:
                 reference, has_reference = se3.between(ref_prev, ref_new), True
         meas = wm.measurements("voxel_anchor_obs")
@@ -302,9 +333,8 @@ class Mapper:
                 continue
             break
 
-    def _keyframe_from(self, stamp: float, p_sensor: np.ndarray) -> MarginalizationReport | None | bool:
+    def _keyframe_from(self, stamp: float, p_sensor: np.ndarray, T_odom_base: np.ndarray | None) -> MarginalizationReport | None | bool:
         """Make a keyframe if the policy says so; False if the cloud is skipped."""
-        T_odom_base = self.odometry.interpolate(stamp)
         if T_odom_base is None:
             self.stats["dropped_clouds"] += 1
             self._warn(f"cloud at {stamp:.3f} is older than the odometry history; dropped")
@@ -375,15 +405,16 @@ class Mapper:
 
     # ----------------------------------------------------------------- outputs
 
-    def _result(self, added, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
+    def _result(self, added, cloud_stamps, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
         window = self.window
         stamps = np.array([kf.stamp for kf in window.keyframes])
         poses = np.array([window.pose(kf) for kf in window.keyframes]).reshape(-1, 7)
-        odom_stamp = self.odometry.latest_stamp
+        with self._inputs:
+            odom_stamp = self.odometry.latest_stamp
+            T_odom_base = self.odometry.interpolate(odom_stamp) if odom_stamp is not None else None
         T_map_base = T_map_odom = None
-        if window.keyframes and odom_stamp is not None:
+        if window.keyframes and T_odom_base is not None:
             last: Keyframe = window.keyframes[-1]
-            T_odom_base = self.odometry.interpolate(odom_stamp)
             raw = se3.between(last.T_odom_base, T_odom_base)
             T_map_base = se3.compose(poses[-1], self._correct(raw[None], np.array([odom_stamp - last.stamp]))[0])
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
@@ -406,6 +437,7 @@ class Mapper:
         return TickResult(
             stamp=float(stamps[-1]) if stamps.size else None,
             keyframes_added=added,
+            cloud_stamps=cloud_stamps,
             window_stamps=stamps,
             window_poses=poses,
             odometry_stamp=odom_stamp,
@@ -418,20 +450,41 @@ class Mapper:
             diagnostics=diagnostics,
         )
 
+    def edges(self, max_observations: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Window factor edges as segment end points in the map frame:
+        odometry (E, 2, 3) keyframe to keyframe, and observations (F, 2, 3)
+        keyframe to voxel (free and anchored), evenly thinned to at most
+        ``max_observations``."""
+        with self._state:
+            wm = self.window.model
+            poses, points = wm.values("pose"), wm.values("point")
+            odom, obs, anchor = (wm.slab_rows(n) for n in ("odom_se3", "voxel_point_obs", "voxel_anchor_obs"))
+            odom_edges = poses[odom.slots[odom.active]][:, :, 4:]
+            ends = [
+                np.stack([poses[obs.slots[obs.active, 0], 4:], points[obs.slots[obs.active, 1]]], axis=1),
+                np.stack([poses[anchor.slots[anchor.active, 0], 4:], wm.measurements("voxel_anchor_obs")[anchor.active, :3]], axis=1),
+            ]
+            obs_edges = np.concatenate(ends)
+            if max_observations is not None and obs_edges.shape[0] > max_observations:
+                obs_edges = obs_edges[np.linspace(0, obs_edges.shape[0] - 1, max_observations).astype(np.int64)]
+            return odom_edges, obs_edges
+
     def voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every voxel estimate, in and out of the window: (keys, positions (N, 3), observation counts)."""
-        self.window.sync_map()
-        return self.window.voxel_map.export()
+        with self._state:
+            self.window.sync_map()
+            return self.window.voxel_map.export()
 
     def reset(self) -> None:
         """Forget everything but the configuration and calibration."""
-        with self._lock:
+        with self._state, self._inputs:
             self.window.clear()
             self.odometry.clear()
+            self.reference.clear()
             self._clouds.clear()
             self._dirty = False
 
     def _warn(self, message: str) -> None:
         log.warning(message)
-        with self._lock:
+        with self._inputs:
             self._warnings.append(message)

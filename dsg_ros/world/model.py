@@ -41,11 +41,13 @@ class Capacity:
 
 @dataclass(frozen=True)
 class SlabRows:
-    """Read-only view of a slab's bookkeeping: active (F,), var_ids (F, k), factor_ids (F,)."""
+    """Read-only view of a slab's bookkeeping: active (F,), var_ids (F, k),
+    factor_ids (F,), and the variables' state rows slots (F, k)."""
 
     active: np.ndarray
     var_ids: np.ndarray
     factor_ids: np.ndarray
+    slots: np.ndarray
 
 
 def _readonly(a: np.ndarray) -> np.ndarray:
@@ -341,7 +343,9 @@ class WorldModel:
     def slab_rows(self, type_name: str) -> SlabRows:
         """Read-only per-row view of one slab: which rows are active, their variable and factor ids."""
         host = self._slabs[type_name]
-        return SlabRows(active=_readonly(host.active), var_ids=_readonly(host.var_ids), factor_ids=_readonly(host.factor_ids))
+        return SlabRows(
+            active=_readonly(host.active), var_ids=_readonly(host.var_ids), factor_ids=_readonly(host.factor_ids), slots=_readonly(host.slots)
+        )
 
     def measurements(self, type_name: str) -> np.ndarray:
         """Read-only view of one slab's measurements (F, *shape)."""

@@ -1,0 +1,338 @@
+"""Messages <-> NumPy for poses, stamps, RViz markers and diagnostics.
+
+Poses are ``wxyz_xyz`` arrays (7,) as in :mod:`dsg_ros.se3`: quaternion
+w, x, y, z then translation. Stamps on the NumPy side are float seconds.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import numpy as np
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, Quaternion
+from nav_msgs.msg import Odometry, Path
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
+
+from dsg_ros import se3
+
+_NS_PER_S = 1_000_000_000
+_INT32 = 2**31
+
+
+class MessageError(ValueError):
+    """An incoming message whose content cannot be used; the message says why."""
+
+
+# --- stamps -----------------------------------------------------------------
+
+
+def stamp_to_sec(t: Time) -> float:
+    """Seconds as float64, correctly rounded (integer nanoseconds divided
+    once). Exact to the nanosecond only below ~2²² s (48 days, e.g. sim
+    time): at epoch times (~1.7e9 s) float64 resolves ~0.24 µs."""
+    return (t.sec * _NS_PER_S + t.nanosec) / _NS_PER_S
+
+
+def sec_to_stamp(s: float) -> Time:
+    """Nearest nanosecond, ``nanosec`` in [0, 1e9) also for negative times.
+
+    ``stamp_to_sec(sec_to_stamp(s)) == s`` for any ``s`` on the nanosecond grid
+    and for every float64 above ~2²² s, so float stamps survive the trip out.
+    """
+    s = float(s)
+    if not math.isfinite(s):
+        raise MessageError(f"non-finite stamp {s}")
+    whole = math.trunc(s)  # s - whole is exact for either sign; floor is not for small negatives
+    sec, nanosec = divmod(whole * _NS_PER_S + round((s - whole) * _NS_PER_S), _NS_PER_S)
+    if not -_INT32 <= sec < _INT32:
+        raise MessageError(f"stamp {s} s does not fit builtin_interfaces/Time (int32 seconds)")
+    return Time(sec=sec, nanosec=nanosec)
+
+
+# --- poses ------------------------------------------------------------------
+
+
+def _raw_pose(pose: Pose) -> tuple[np.ndarray, float]:
+    """(7,) as stored, and its quaternion norm; rejects what no normalization fixes."""
+    q, t = pose.orientation, pose.position
+    T = np.array([q.w, q.x, q.y, q.z, t.x, t.y, t.z])
+    if not np.isfinite(T).all():
+        part = "orientation" if not np.isfinite(T[:4]).all() else "position"
+        raise MessageError(f"non-finite {part} in pose: {T.tolist()}")
+    norm = float(np.linalg.norm(T[:4]))
+    if norm < 1e-6:
+        raise MessageError(f"zero quaternion (norm {norm:.3g}) in pose: no rotation can be recovered")
+    return T, norm
+
+
+def pose_from_msg(pose: Pose, tolerance: float = 1e-3) -> np.ndarray:
+    """Strict: pose (7,) with its quaternion renormalized; MessageError if a
+    value is non-finite or the quaternion norm is further than ``tolerance``
+    from 1 (a corrupt pose, not round-off). For the lenient variant that
+    normalizes and warns, see :func:`odometry_from_msg`."""
+    T, norm = _raw_pose(pose)
+    unit = se3.normalized(T, tolerance)
+    if unit is None:
+        raise MessageError(f"non-unit quaternion (norm {norm:.6g}, tolerance {tolerance:g}) in pose")
+    return unit
+
+
+def odometry_from_msg(msg: Odometry, tolerance: float = 1e-3) -> tuple[float, np.ndarray, str | None]:
+    """(stamp s, ``T_frame_child`` (7,) with frame = ``header.frame_id`` and
+    child = ``child_frame_id``, warning or None).
+
+    Lenient on the quaternion, because odometry drivers that publish slightly
+    or grossly unnormalized quaternions exist and the rotation is still
+    meaningful: a non-zero quaternion whose norm is off by more than
+    ``tolerance`` is normalized and reported in the warning. Non-finite values
+    and zero quaternions raise MessageError. Covariance and twist are ignored.
+    """
+    T, norm = _raw_pose(msg.pose.pose)
+    stamp = stamp_to_sec(msg.header.stamp)
+    warning = None
+    if abs(norm - 1.0) > tolerance:
+        warning = f"odometry at t={stamp:.9f} has a non-unit quaternion (norm {norm:.6g}); normalized"
+    return stamp, se3.normalized(T, math.inf), warning
+
+
+def pose_to_msg(T: np.ndarray) -> Pose:
+    """geometry_msgs/Pose of a pose (7,) ``wxyz_xyz``."""
+    w, qx, qy, qz, x, y, z = np.asarray(T, np.float64).tolist()
+    return Pose(position=Point(x=x, y=y, z=z), orientation=Quaternion(w=w, x=qx, y=qy, z=qz))
+
+
+def pose_array(poses: np.ndarray, stamp: Time, frame_id: str) -> PoseArray:
+    """PoseArray of poses (K, 7) ``T_frame_body`` in ``frame_id``."""
+    poses = np.asarray(poses, np.float64).reshape(-1, 7)
+    return PoseArray(header=Header(stamp=stamp, frame_id=frame_id), poses=[pose_to_msg(T) for T in poses])
+
+
+def path(stamps: np.ndarray, poses: np.ndarray, frame_id: str, stamp: Time) -> Path:
+    """nav_msgs/Path of keyframes: poses (K, 7) in ``frame_id`` at ``stamps``
+    (K,) float seconds, each PoseStamped carrying its own keyframe stamp;
+    ``stamp`` is the path's (publication) stamp."""
+    stamps = np.asarray(stamps, np.float64).reshape(-1)
+    poses = np.asarray(poses, np.float64).reshape(-1, 7)
+    if stamps.shape[0] != poses.shape[0]:
+        raise ValueError(f"{stamps.shape[0]} stamps for {poses.shape[0]} poses")
+    return Path(
+        header=Header(stamp=stamp, frame_id=frame_id),
+        poses=[
+            PoseStamped(header=Header(stamp=sec_to_stamp(t), frame_id=frame_id), pose=pose_to_msg(T))
+            for t, T in zip(stamps.tolist(), poses)
+        ],
+    )
+
+
+def odometry_msg(T: np.ndarray, stamp: Time, frame_id: str, child_frame_id: str) -> Odometry:
+    """Odometry carrying ``T_frame_child`` (7,); twist and covariances zero
+    (not estimated)."""
+    msg = Odometry(header=Header(stamp=stamp, frame_id=frame_id), child_frame_id=child_frame_id)
+    msg.pose.pose = pose_to_msg(T)
+    return msg
+
+
+# --- markers ----------------------------------------------------------------
+
+# Piecewise-linear colormaps, (stop, r, g, b): hand-picked stops, interpolated
+# with np.interp. "height" is a blue→red rainbow (the usual elevation look);
+# "viridis" approximates the perceptually uniform map at five stops.
+COLORMAPS: dict[str, np.ndarray] = {
+    "height": np.array(
+        [
+            [0.0, 0.19, 0.07, 0.55],
+            [0.2, 0.10, 0.40, 1.00],
+            [0.4, 0.05, 0.85, 0.85],
+            [0.6, 0.40, 0.92, 0.25],
+            [0.8, 1.00, 0.75, 0.05],
+            [1.0, 0.85, 0.10, 0.05],
+        ]
+    ),
+    "viridis": np.array(
+        [
+            [0.0, 0.267, 0.005, 0.329],
+            [0.25, 0.229, 0.322, 0.546],
+            [0.5, 0.128, 0.567, 0.551],
+            [0.75, 0.369, 0.789, 0.383],
+            [1.0, 0.993, 0.906, 0.144],
+        ]
+    ),
+}
+
+
+def colorize(values: np.ndarray, colormap: str = "height") -> np.ndarray:
+    """RGB (N, 3) in [0, 1] of ``values`` (N,), scaled by their 2nd–98th
+    percentiles so a few outliers do not wash out the map. Non-finite values
+    get the low end; constant values the middle."""
+    if colormap not in COLORMAPS:
+        raise ValueError(f"unknown colormap {colormap!r}; known: {sorted(COLORMAPS)}")
+    values = np.asarray(values, np.float64)
+    finite = values[np.isfinite(values)]
+    t = np.full(values.shape, 0.5)
+    if finite.size:
+        lo, hi = np.percentile(finite, [2.0, 98.0])
+        if hi > lo:
+            t = np.nan_to_num(np.clip((values - lo) / (hi - lo), 0.0, 1.0), nan=0.0)
+    table = COLORMAPS[colormap]
+    return np.stack([np.interp(t, table[:, 0], table[:, c]) for c in (1, 2, 3)], axis=-1)
+
+
+# rosidl's generated __init__ parses keywords and runs a checking property
+# setter per field. Filling the private slots (the fields' storage in
+# rosidl_generator_py) directly builds Points and ColorRGBAs ~2× faster, which
+# is what matters at 10⁵ voxels; test_ros_messages checks the result equals and serializes like
+# constructed messages. Classes without these slots (distros before Jazzy
+# have no _check_fields) go through the constructors.
+_SLOTS_OK = all(
+    {f"_{f}" for f in cls.get_fields_and_field_types()} | {"_check_fields"} <= set(cls.__slots__) for cls in (Point, ColorRGBA)
+)
+_CHECK_FIELDS = _SLOTS_OK and Point()._check_fields  # what __init__ would set (ROS_PYTHON_CHECK_FIELDS)
+
+
+def _point(x: float, y: float, z: float, new=Point.__new__) -> Point:
+    p = new(Point)
+    p._x, p._y, p._z, p._check_fields = x, y, z, _CHECK_FIELDS
+    return p
+
+
+def _color(r: float, g: float, b: float, a: float, new=ColorRGBA.__new__) -> ColorRGBA:
+    c = new(ColorRGBA)
+    c._r, c._g, c._b, c._a, c._check_fields = r, g, b, a, _CHECK_FIELDS
+    return c
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Pause the cyclic GC while building 10⁵ small acyclic objects: each
+    allocation burst otherwise triggers full collections that traverse the
+    whole heap (large in the node, with JAX loaded); ~2× at 100k voxels.
+    Nothing is leaked: the objects hold no cycles, and the prior state is
+    restored."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _points(xyz: np.ndarray) -> list[Point]:
+    """Point messages of rows of ``xyz`` (N, 3)."""
+    with _gc_paused():
+        rows = np.asarray(xyz, np.float64).tolist()
+        if _SLOTS_OK:
+            return [_point(*row) for row in rows]
+        return [Point(x=x, y=y, z=z) for x, y, z in rows]
+
+
+def _colors(rgba: np.ndarray) -> list[ColorRGBA]:
+    """ColorRGBA messages of rows of ``rgba`` (N, 4)."""
+    with _gc_paused():
+        rows = np.asarray(rgba, np.float64).tolist()
+        if _SLOTS_OK:
+            return [_color(*row) for row in rows]
+        return [ColorRGBA(r=r, g=g, b=b, a=a) for r, g, b, a in rows]
+
+
+def _marker(kind: int, ns: str, frame_id: str, stamp: Time) -> Marker:
+    """An ADD marker of ``kind``, id 0, identity pose (unit quaternion: RViz
+    rejects a zero one), lasting until replaced."""
+    m = Marker(header=Header(stamp=stamp, frame_id=frame_id), ns=ns, id=0, type=kind, action=Marker.ADD)
+    m.pose.orientation.w = 1.0
+    return m
+
+
+def voxel_markers(
+    centers: np.ndarray,
+    values: np.ndarray,
+    voxel_size: float,
+    frame_id: str,
+    stamp: Time,
+    ns: str = "voxels",
+    colormap: str = "height",
+) -> MarkerArray:
+    """One CUBE_LIST marker (``ns``, id 0) of voxel ``centers`` (N, 3) in
+    ``frame_id``, coloured by ``values`` (N,) through :func:`colorize`.
+    Centers with a non-finite coordinate are dropped (RViz would reject the
+    whole marker)."""
+    centers = np.asarray(centers, np.float64).reshape(-1, 3)
+    values = np.asarray(values, np.float64).reshape(-1)
+    if values.shape[0] != centers.shape[0]:
+        raise ValueError(f"{values.shape[0]} values for {centers.shape[0]} centers")
+    if not voxel_size > 0.0:
+        raise ValueError(f"voxel_size must be positive, got {voxel_size}")
+    keep = np.isfinite(centers).all(axis=1)
+    centers, values = centers[keep], values[keep]
+    m = _marker(Marker.CUBE_LIST, ns, frame_id, stamp)
+    m.scale.x = m.scale.y = m.scale.z = float(voxel_size)
+    m.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)  # per-point colours override it; alpha 0 would hide them in some RViz versions
+    m.points = _points(centers)
+    m.colors = _colors(np.column_stack([colorize(values, colormap), np.ones(len(values))]))
+    return MarkerArray(markers=[m])
+
+
+def delete_all(frame_id: str, stamp: Time, ns: str = "") -> MarkerArray:
+    """A single DELETEALL marker, published on reset. Per Marker.msg, an empty
+    ``ns`` clears every marker on the topic, a non-empty one only that
+    namespace."""
+    m = Marker(header=Header(stamp=stamp, frame_id=frame_id), ns=ns, id=0, action=Marker.DELETEALL)
+    m.pose.orientation.w = 1.0
+    return MarkerArray(markers=[m])
+
+
+def _line_list(edges: np.ndarray, ns: str, width: float, rgba: tuple[float, float, float, float], frame_id: str, stamp: Time) -> Marker:
+    edges = np.asarray(edges, np.float64).reshape(-1, 2, 3)
+    edges = edges[np.isfinite(edges).all(axis=(1, 2))]
+    m = _marker(Marker.LINE_LIST, ns, frame_id, stamp)
+    m.scale.x = width
+    m.color = ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3])
+    m.points = _points(edges.reshape(-1, 3))
+    return m
+
+
+def graph_markers(odom_edges: np.ndarray, obs_edges: np.ndarray, frame_id: str, stamp: Time) -> MarkerArray:
+    """Factor-graph edges as two LINE_LIST markers, ns "odometry" and
+    "observations" (id 0 each): ``odom_edges`` (E, 2, 3) pose→pose and
+    ``obs_edges`` (F, 2, 3) pose→voxel, endpoints in ``frame_id``. Edges with
+    a non-finite endpoint are dropped. An empty list still yields its marker,
+    with no points, so RViz clears the previous lines instead of keeping them."""
+    return MarkerArray(
+        markers=[
+            _line_list(odom_edges, "odometry", 0.03, (1.0, 0.55, 0.0, 1.0), frame_id, stamp),
+            _line_list(obs_edges, "observations", 0.005, (0.3, 0.7, 1.0, 0.3), frame_id, stamp),
+        ]
+    )
+
+
+# --- diagnostics ------------------------------------------------------------
+
+
+def _format(value: object) -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, (bool, np.bool_)):
+        return "true" if value else "false"
+    if isinstance(value, (float, np.floating)):
+        return f"{float(value):.6g}"
+    return str(value)
+
+
+def diagnostics(stamp: Time, name: str, hardware_id: str, level: int | bytes, message: str, values: dict[str, object]) -> DiagnosticArray:
+    """One DiagnosticStatus (``level`` 0 OK, 1 WARN, 2 ERROR, 3 STALE, or the
+    DiagnosticStatus constants) with ``values`` as KeyValue strings: floats to
+    6 significant digits, None as "n/a", booleans as true/false."""
+    status = DiagnosticStatus(
+        level=level if isinstance(level, bytes) else bytes([level]),  # rclpy: a `byte` field is a length-1 bytes
+        name=name,
+        message=message,
+        hardware_id=hardware_id,
+        values=[KeyValue(key=str(k), value=_format(v)) for k, v in values.items()],
+    )
+    return DiagnosticArray(header=Header(stamp=stamp), status=[status])

@@ -1,0 +1,391 @@
+"""The ``dsg_mapper`` node: messages → numpy → the Mapper → messages.
+
+Threads (why: a solve or a calibration step must never starve a subscription):
+
+* the executor thread runs subscriptions (they only convert and enqueue),
+  services and the diagnostics/voxel timers;
+* the tick thread warms the mapper up, then ticks it on every cloud (or at
+  ``rate_hz`` when none comes) and publishes what the tick produced;
+* the calibration worker takes window snapshots from the tick thread, runs
+  the outer-loop step and hands the new theta back; the tick thread applies
+  it between ticks.
+
+Stamps come from messages (``use_sim_time`` only affects the node clock,
+used for diagnostics headers when no data arrived yet).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+import traceback
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rclpy
+from rclpy.exceptions import ParameterException
+from rclpy.executors import ExternalShutdownException
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from nav_msgs.msg import Odometry, Path as PathMsg
+from geometry_msgs.msg import PoseArray
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import PointCloud2
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
+
+from dsg_ros import se3
+from dsg_ros.learn import calibration as cal
+from dsg_ros.mapping import Mapper, TickResult
+from dsg_ros.ros import messages as msgs
+from dsg_ros.ros.params import declare
+from dsg_ros.ros.pointcloud import CloudError, cloud_to_xyz
+
+LATENCY_WINDOW = 2000  # recent cloud→publication latencies kept for percentiles
+
+
+def _qos(reliability: str, depth: int, latched: bool = False) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=depth,
+        reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
+        durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
+    )
+
+
+class MapperNode(Node):
+    """Online differentiable mapping over ROS 2 topics."""
+
+    def __init__(self, node_name: str = "dsg_mapper", **kwargs: Any) -> None:
+        super().__init__(node_name, **kwargs)
+        self.settings, mapper_config = declare(self)
+        s = self.settings
+        self.mapper = Mapper(mapper_config, self._load_calibration())
+        self.counts = {"odom": 0, "points": 0, "ground_truth": 0, "skipped_messages": 0, "published_ticks": 0, "skipped_while_warming": 0}
+        self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._tick_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
+        self._arrivals: dict[float, float] = {}
+        self._path: dict[float, np.ndarray] = {}  # keyframe stamp → last T_map_base
+        self._last: TickResult | None = None
+        self._last_stamp = None  # newest data stamp, for headers
+        self._calibrated_at: float | None = None
+        self._status = ("warming up (compiling)", DiagnosticStatus.WARN)
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._reset_requested = threading.Event()
+        self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
+        self._snapshots: queue.Queue = queue.Queue(maxsize=1)
+        self._warned_once: set[str] = set()
+
+        self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
+        self.create_subscription(Odometry, "ground_truth", self._on_ground_truth, _qos(s.odom_reliability, s.odom_depth))
+        self.create_subscription(PointCloud2, "points", self._on_points, _qos(s.points_reliability, s.points_depth))
+        self.pub_poses = self.create_publisher(PoseArray, "~/poses", 10)
+        self.pub_path = self.create_publisher(PathMsg, "~/path", _qos("reliable", 1, latched=True))
+        self.pub_voxels = self.create_publisher(MarkerArray, "~/voxels", _qos("reliable", 1, latched=True))
+        self.pub_graph = self.create_publisher(MarkerArray, "~/graph", 10)
+        self.pub_odometry = self.create_publisher(Odometry, "~/odometry", 50)
+        self.pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.create_service(Trigger, "~/save_calibration", self._on_save_calibration)
+        self.create_service(Trigger, "~/reset", self._on_reset)
+        self.create_timer(1.0 / s.diagnostics_rate_hz, self._publish_diagnostics)
+        self._voxel_period = 1.0 / s.voxel_rate_hz if s.voxel_rate_hz > 0 else None
+        self._last_voxels = 0.0
+        self._tf = self._make_tf_broadcaster()
+
+        self._ticker = threading.Thread(target=self._run_ticks, name="dsg_tick", daemon=True)
+        self._learner = threading.Thread(target=self._run_calibration, name="dsg_calibration", daemon=True)
+        self._ticker.start()
+        self._learner.start()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _load_calibration(self) -> cal.Theta | None:
+        path = self.settings.calibration_file
+        if not path:
+            return None
+        if not Path(path).exists():
+            self.get_logger().info(f"no calibration at {path} yet: starting from the identity calibration")
+            return None
+        try:
+            theta = cal.load(path)
+        except ValueError as exc:
+            self.get_logger().error(f"ignoring calibration file: {exc}")
+            return None
+        self.get_logger().info(f"loaded calibration {path}: {cal.CalibrationSummary.of(theta)}")
+        return theta
+
+    def _make_tf_broadcaster(self):
+        if not self.settings.broadcast_tf:
+            return None
+        try:
+            from tf2_ros import TransformBroadcaster
+        except ImportError:
+            self.get_logger().info("tf2_ros is not installed: map → odom is not broadcast (the correction is on ~/odometry)")
+            return None
+        return TransformBroadcaster(self)
+
+    def shutdown(self) -> None:
+        """Stop the worker threads (the executor is the caller's)."""
+        self._stop.set()
+        self._wake.set()
+        try:
+            self._snapshots.put_nowait(None)  # wakes the calibration worker
+        except queue.Full:
+            pass
+        self._ticker.join(timeout=10.0)
+        self._learner.join(timeout=10.0)
+
+    # --------------------------------------------------------------- callbacks
+
+    def _skip(self, what: str, exc: Exception) -> None:
+        self.counts["skipped_messages"] += 1
+        self.get_logger().warning(f"skipped {what}: {exc}", throttle_duration_sec=2.0)
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self.counts["odom"] += 1
+        if not self._ready.is_set():
+            return
+        try:
+            stamp, T_odom_base, warning = msgs.odometry_from_msg(msg)
+        except msgs.MessageError as exc:
+            return self._skip("odometry", exc)
+        if warning:
+            self.get_logger().warning(warning, throttle_duration_sec=2.0)
+        if not self.mapper.add_odometry(stamp, T_odom_base):
+            self.counts["skipped_messages"] += 1
+
+    def _on_ground_truth(self, msg: Odometry) -> None:
+        self.counts["ground_truth"] += 1
+        if not self._ready.is_set():
+            return
+        try:
+            stamp, T_world_base, _ = msgs.odometry_from_msg(msg)
+        except msgs.MessageError as exc:
+            return self._skip("ground truth", exc)
+        self.mapper.add_reference(stamp, T_world_base)
+
+    def _on_points(self, msg: PointCloud2) -> None:
+        arrived = time.perf_counter()
+        self.counts["points"] += 1
+        if not self._ready.is_set():
+            self.counts["skipped_while_warming"] += 1
+            return
+        s = self.settings
+        frame = msg.header.frame_id
+        if s.sensor_frame and frame not in (s.sensor_frame, s.base_frame):
+            return self._skip("cloud", ValueError(f"frame_id {frame!r} is neither sensor_frame {s.sensor_frame!r} nor base_frame {s.base_frame!r}"))
+        try:
+            p, dropped = cloud_to_xyz(msg)
+            stamp = msgs.stamp_to_sec(msg.header.stamp)
+        except (CloudError, msgs.MessageError) as exc:
+            return self._skip("cloud", exc)
+        if frame == s.base_frame:  # the mapper takes sensor-frame points
+            p = se3.apply(se3.inverse(np.asarray(self.mapper.config.T_base_sensor)), p)
+        if self.mapper.add_cloud(stamp, p, dropped=dropped):
+            self._arrivals[stamp] = arrived
+            if s.tick_on_cloud:
+                self._wake.set()
+
+    # -------------------------------------------------------------- services
+
+    def _on_save_calibration(self, _request, response):
+        path = self.settings.calibration_file
+        if not path:
+            response.success, response.message = False, "parameter calibration_file is empty: nowhere to save"
+            return response
+        try:
+            written = cal.save(path, self.mapper.theta, {"source": "dsg_mapper", "calibration_steps": self.mapper.calibrator.steps})
+        except (OSError, ValueError) as exc:
+            response.success, response.message = False, f"could not save {path}: {exc}"
+            return response
+        response.success, response.message = True, f"saved {written}"
+        self.get_logger().info(response.message)
+        return response
+
+    def _on_reset(self, _request, response):
+        self._reset_requested.set()
+        self._wake.set()
+        response.success, response.message = True, "map, window and odometry cleared (calibration kept)"
+        return response
+
+    # ------------------------------------------------------------------ ticks
+
+    def _run_ticks(self) -> None:
+        try:
+            seconds = self.mapper.warm_up()
+        except Exception:  # a broken install must say why, not hang "warming up"
+            self._status = ("warm-up failed: " + traceback.format_exc(limit=3), DiagnosticStatus.ERROR)
+            self.get_logger().error(self._status[0])
+            return
+        self.get_logger().info(f"mapper ready (warm-up {seconds:.1f} s)")
+        self._status = ("ok", DiagnosticStatus.OK)
+        self._ready.set()
+        period = 1.0 / self.settings.rate_hz
+        while not self._stop.is_set():
+            self._wake.wait(timeout=period)
+            self._wake.clear()
+            if self._stop.is_set():
+                break
+            try:
+                self._tick_once()
+            except Exception:  # keep mapping: report, never die
+                self._status = ("tick failed: " + traceback.format_exc(limit=3), DiagnosticStatus.ERROR)
+                self.get_logger().error(self._status[0], throttle_duration_sec=5.0)
+
+    def _tick_once(self) -> None:
+        if self._reset_requested.is_set():
+            self._reset_requested.clear()
+            self.mapper.reset()
+            self._path.clear()
+            self._arrivals.clear()
+            stamp = self._header_stamp()
+            self.pub_voxels.publish(msgs.delete_all(self.settings.map_frame, stamp))
+            self.pub_graph.publish(msgs.delete_all(self.settings.map_frame, stamp))
+            self.get_logger().info("reset: map cleared")
+        try:
+            theta = self._theta_queue.get_nowait()
+        except queue.Empty:
+            pass
+        else:
+            self.mapper.set_theta(theta)
+            self._calibrated_at = time.monotonic()
+        result = self.mapper.tick()
+        for warning in result.warnings:
+            self.get_logger().warning(warning, throttle_duration_sec=1.0)
+        if result.rolled_back:
+            self._status = ("last solve rolled back", DiagnosticStatus.WARN)
+        elif result.solve is not None:
+            self._status = ("ok", DiagnosticStatus.OK)
+        self._publish(result)
+        done = time.perf_counter()
+        for stamp in result.cloud_stamps:
+            arrived = self._arrivals.pop(stamp, None)
+            if arrived is not None:
+                self._latency_ms.append(1000.0 * (done - arrived))
+        self._last = result
+        self._tick_ms.append(result.diagnostics["tick_ms"])
+        if result.diagnostics["calibration_due"] and self.settings.calibrate_online and self._snapshots.empty():
+            self._snapshots.put_nowait(self.mapper.calibration_snapshot())
+
+    def _header_stamp(self):
+        return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
+
+    def _publish(self, result: TickResult) -> None:
+        s = self.settings
+        if result.odometry_stamp is not None:
+            self._last_stamp = result.odometry_stamp
+        stamp = self._header_stamp()
+        if result.T_map_base is not None:
+            self.pub_odometry.publish(msgs.odometry_msg(result.T_map_base, msgs.sec_to_stamp(result.odometry_stamp), s.map_frame, s.base_frame))
+            if self._tf is not None and result.T_map_odom is not None:
+                self._broadcast_tf(result.T_map_odom, msgs.sec_to_stamp(result.odometry_stamp))
+        if result.solve is not None or result.keyframes_added:
+            self._path.update(zip(result.window_stamps.tolist(), result.window_poses))
+            self.pub_poses.publish(msgs.pose_array(result.window_poses, stamp, s.map_frame))
+            keys = sorted(self._path)
+            self.pub_path.publish(msgs.path(np.array(keys), np.array([self._path[k] for k in keys]).reshape(-1, 7), s.map_frame, stamp))
+            odom_edges, obs_edges = self.mapper.edges(s.graph_max_observations)
+            self.pub_graph.publish(msgs.graph_markers(odom_edges, obs_edges, s.map_frame, stamp))
+            self.counts["published_ticks"] += 1
+        now = time.monotonic()
+        if self._voxel_period is not None and now - self._last_voxels >= self._voxel_period and self._path:
+            self._last_voxels = now
+            _, centers, counts = self.mapper.voxels()
+            values = centers[:, 2] if s.voxel_color == "height" else counts.astype(np.float64)
+            self.pub_voxels.publish(msgs.voxel_markers(centers, values, self.mapper.config.voxel_size, s.map_frame, stamp))
+
+    def _broadcast_tf(self, T_map_odom: np.ndarray, stamp) -> None:
+        from geometry_msgs.msg import TransformStamped
+
+        t = TransformStamped()
+        t.header.stamp, t.header.frame_id, t.child_frame_id = stamp, self.settings.map_frame, self.settings.odom_frame
+        t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = (float(v) for v in T_map_odom[:4])
+        t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in T_map_odom[4:])
+        self._tf.sendTransform(t)
+
+    # ------------------------------------------------------------ calibration
+
+    def _run_calibration(self) -> None:
+        while not self._stop.is_set():
+            snapshot = self._snapshots.get()
+            if snapshot is None or self._stop.is_set():
+                break
+            try:
+                theta = self.mapper.learn(snapshot)
+            except Exception:
+                self.get_logger().error("calibration step failed: " + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
+                continue
+            if theta is not None:
+                try:
+                    self._theta_queue.put_nowait(theta)
+                except queue.Full:  # the tick thread has not applied the previous one: newer wins
+                    self._theta_queue.get_nowait()
+                    self._theta_queue.put_nowait(theta)
+
+    # ------------------------------------------------------------- diagnostics
+
+    @staticmethod
+    def _percentiles(samples: deque[float]) -> tuple[float | None, float | None]:
+        if not samples:
+            return None, None
+        values = np.fromiter(list(samples), np.float64)
+        return float(np.percentile(values, 50)), float(np.percentile(values, 99))
+
+    def _publish_diagnostics(self) -> None:
+        message, level = self._status
+        d = self._last.diagnostics if self._last is not None else {}
+        p50, p99 = self._percentiles(self._latency_ms)  # cloud arrival → publication of the tick that used it
+        tick50, tick99 = self._percentiles(self._tick_ms)
+        age = time.monotonic() - self._calibrated_at if self._calibrated_at is not None else None
+        values = {
+            "ready": self._ready.is_set(),
+            "tick_ms": d.get("tick_ms"),
+            "tick_ms_p50": tick50,
+            "tick_ms_p99": tick99,
+            "latency_ms_p50": p50,
+            "latency_ms_p99": p99,
+            "window_keyframes": d.get("window_keyframes"),
+            "window_capacity": d.get("window_capacity"),
+            "window_voxels": d.get("window_voxels"),
+            "map_voxels": d.get("map_voxels"),
+            "keyframes": d.get("keyframes"),
+            "compilations_after_warmup": d.get("compilations_after_warmup"),
+            "last_solve_status": (d.get("last_solve") or {}).get("status"),
+            "last_solve_iterations": (d.get("last_solve") or {}).get("iterations"),
+            "rollbacks": d.get("rollbacks"),
+            "calibration_steps": self.mapper.calibrator.steps,
+            "calibration_age_s": age,
+            "dropped_points": self.mapper.stats["dropped_points"],
+            "dropped_clouds": self.mapper.stats["dropped_clouds"],
+            "rejected_odometry": self.mapper.stats["rejected_odometry"],
+            **{f"received_{k}": v for k, v in self.counts.items()},
+        }
+        self.pub_diagnostics.publish(msgs.diagnostics(self._header_stamp(), f"{self.get_name()}: mapping", self.get_fully_qualified_name(), level, message, values))
+
+
+def main(args: list[str] | None = None) -> int:
+    """``hybrid_node`` / ``dsg-ros node``: run the node until Ctrl-C."""
+    from dsg_ros import runtime
+
+    runtime.enable_compile_cache()
+    rclpy.init(args=args)
+    try:
+        node = MapperNode()
+    except (ValueError, ParameterException) as exc:
+        print(f"dsg_mapper: {exc}")
+        rclpy.try_shutdown()
+        return 2
+    try:
+        rclpy.spin(node)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.shutdown()
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0

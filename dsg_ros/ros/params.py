@@ -1,0 +1,168 @@
+"""The node's ROS parameters: its own settings, plus the whole MapperConfig tree under ``mapper.``.
+
+Every parameter is declared with a descriptor (description, range or
+allowed values, read-only where it cannot change while running), so
+``ros2 param describe /dsg_mapper <name>`` teaches what it does. The mapper
+tree is flattened from the dataclasses (``mapper.window.keyframes``), and
+read back through :func:`dsg_ros.config.from_mapping`, so YAML, the CLI and
+ROS parameters share one set of names and one validation.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+from dsg_ros.config import from_mapping, to_mapping
+from dsg_ros.mapping import MapperConfig
+
+
+@dataclass(frozen=True)
+class NodeSettings:
+    """How the node talks to ROS (the mapping itself is ``MapperConfig``)."""
+
+    map_frame: str = "map"
+    odom_frame: str = "odom"
+    base_frame: str = "base_link"
+    sensor_frame: str = ""
+    rate_hz: float = 10.0
+    tick_on_cloud: bool = True
+    points_reliability: str = "best_effort"
+    points_depth: int = 5
+    odom_reliability: str = "reliable"
+    odom_depth: int = 100
+    calibration_file: str = ""
+    calibrate_online: bool = True
+    voxel_rate_hz: float = 1.0
+    voxel_color: str = "height"
+    graph_max_observations: int = 2000
+    diagnostics_rate_hz: float = 1.0
+    broadcast_tf: bool = True
+
+
+_RELIABILITY = ("best_effort", "reliable")
+
+# name → (description, range (lo, hi) or allowed strings, read-only)
+_NODE_DOCS: dict[str, tuple[str, Any, bool]] = {
+    "map_frame": ("frame of every published pose and marker", None, True),
+    "odom_frame": ("frame of the incoming odometry (the tf child of map_frame)", None, True),
+    "base_frame": ("robot base frame; clouds in this frame are moved to the sensor frame by the extrinsic", None, True),
+    "sensor_frame": ("frame_id clouds must carry (empty: any frame other than base_frame is the sensor)", None, True),
+    "rate_hz": ("tick rate when no cloud arrives; the mapper also ticks on each cloud if tick_on_cloud", (0.5, 200.0), True),
+    "tick_on_cloud": ("tick as soon as a cloud arrives (lowest latency) instead of waiting for the next period", None, True),
+    "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY, True),
+    "points_depth": ("QoS history depth of the points subscription", (1, 1000), True),
+    "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY, True),
+    "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000), True),
+    "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None, True),
+    "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None, False),
+    "voxel_rate_hz": ("how often the whole voxel map is published on ~/voxels (0: never)", (0.0, 50.0), False),
+    "voxel_color": ("colour voxels by 'height' or by observation 'count'", ("height", "count"), False),
+    "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000), False),
+    "diagnostics_rate_hz": ("how often /diagnostics is published", (0.1, 50.0), True),
+    "broadcast_tf": ("broadcast map → odom on /tf when tf2_ros is installed", None, True),
+}
+
+_MAPPER_DOCS: dict[str, tuple[str, Any]] = {
+    "window.keyframes": ("keyframes in the sliding window (fixed capacity: no recompilation)", (2, 200)),
+    "window.max_voxels": ("free voxel slots in the window", (1, 1_000_000)),
+    "window.max_observations_per_keyframe": ("voxel observations kept per keyframe (the most-supported cells)", (1, 100_000)),
+    "keyframes.distance_m": ("a new keyframe after this much travel", (0.0, 100.0)),
+    "keyframes.angle_deg": ("... or this much rotation", (0.0, 360.0)),
+    "keyframes.interval_s": ("... or this much time", (0.0, 3600.0)),
+    "voxel_size": ("voxel edge length in metres", (0.01, 10.0)),
+    "min_points_per_voxel": ("points a cell needs in one scan to become an observation", (1, 10_000)),
+    "min_range_m": ("points closer than this are dropped (robot body)", (0.0, 1000.0)),
+    "max_range_m": ("points further than this are dropped", (0.0, 10_000.0)),
+    "T_base_sensor": ("nominal base → sensor extrinsic as [qw, qx, qy, qz, x, y, z]", None),
+    "odom_sigma_m": ("odometry noise per keyframe increment, translation", (1e-6, 100.0)),
+    "odom_sigma_rad": ("odometry noise per keyframe increment, rotation", (1e-6, 10.0)),
+    "obs_sigma_m": ("voxel observation noise", (1e-6, 100.0)),
+    "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
+}
+
+
+def _descriptor(name: str, default: Any, description: str, constraint: Any, read_only: bool) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, description=description, read_only=read_only)
+    if isinstance(constraint, tuple) and constraint and isinstance(constraint[0], str):
+        d.additional_constraints = "one of: " + ", ".join(constraint)
+    elif isinstance(constraint, tuple):
+        lo, hi = constraint
+        if isinstance(default, bool):
+            pass
+        elif isinstance(default, int):
+            d.integer_range = [IntegerRange(from_value=int(lo), to_value=int(hi), step=0)]
+        else:
+            d.floating_point_range = [FloatingPointRange(from_value=float(lo), to_value=float(hi), step=0.0)]
+    return d
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def mapper_parameter_defaults() -> dict[str, Any]:
+    """``mapper.*`` parameter names and defaults, as declared."""
+    return {f"mapper.{k}": v for k, v in _flatten(to_mapping(MapperConfig())).items()}
+
+
+def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
+    """Declare every parameter on ``node`` and read the settings back.
+
+    Raises ValueError naming the parameter when a value is out of place
+    (unknown choice, invalid mapper config); range violations are refused
+    by rclpy itself at declaration.
+    """
+    for f in fields(NodeSettings):
+        description, constraint, read_only = _NODE_DOCS[f.name]
+        node.declare_parameter(f.name, f.default, _descriptor(f.name, f.default, description, constraint, read_only))
+    for name, default in mapper_parameter_defaults().items():
+        description, constraint = _MAPPER_DOCS.get(name[len("mapper.") :], (f"MapperConfig field {name[len('mapper.'):]}", None))
+        node.declare_parameter(name, default, _descriptor(name, default, description, constraint, True))
+    values = {f.name: node.get_parameter(f.name).value for f in fields(NodeSettings)}
+    for name, (_, constraint, _) in _NODE_DOCS.items():
+        if isinstance(constraint, tuple) and isinstance(constraint[0], str) and values[name] not in constraint:
+            raise ValueError(f"parameter {name}: {values[name]!r} is not one of {constraint}")
+    settings = NodeSettings(**values)
+    flat = {}
+    for name in mapper_parameter_defaults():
+        value = node.get_parameter(name).value  # double arrays come back as array.array
+        flat[name[len("mapper.") :]] = value if isinstance(value, (bool, int, float, str)) else list(value)
+    return settings, from_mapping(MapperConfig, _unflatten(flat), "mapper")
+
+
+def default_params_file() -> Path:
+    """``config/hybrid.yaml`` as installed (colcon or pip: ``<prefix>/share/dsg_ros``), else from the source tree."""
+    candidates = [Path(sys.prefix) / "share" / "dsg_ros" / "config" / "hybrid.yaml", Path(__file__).resolve().parents[2] / "config" / "hybrid.yaml"]
+    try:  # a ROS workspace (colcon); pip installs have no ament index
+        from ament_index_python.packages import get_package_share_directory
+
+        candidates.insert(0, Path(get_package_share_directory("dsg_ros")) / "config" / "hybrid.yaml")
+    except (ImportError, LookupError, OSError):  # PackageNotFoundError is a KeyError; no AMENT_PREFIX_PATH is an OSError
+        pass
+    for path in candidates:
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"config/hybrid.yaml not found (looked in {[str(c) for c in candidates]}); pass --params-file")
