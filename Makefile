@@ -1,9 +1,10 @@
 # Set-up, tests and demos for dsg_ros. Everything lives in ./.venv, built from
 # the package registries on first use; later runs reuse it (stamp file).
 #
-#   make demo    create/reuse .venv, install, run the end-to-end demo
+#   make demo    create/reuse .venv, install, run the mapping node and the
+#                simulator publisher over DDS for 60 s, print the summary
 #   make test    create/reuse .venv, install, run the test suite (what CI runs)
-#   make bench   core solver benches (GTSAM as reference)
+#   make bench   solver, mapping and node benches (GTSAM as the solver reference)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -39,10 +40,12 @@ test: install
 	$(BIN)/python -m pytest -q test
 
 demo: install
-	$(BIN)/dsg-ros hero
+	$(BIN)/dsg-ros demo
 
 bench: install
 	$(BIN)/dsg-ros bench core
+	$(BIN)/dsg-ros bench mapping
+	$(BIN)/dsg-ros bench node
 
 clean:
 	rm -rf build install log *.egg-info .pytest_cache $(STAMP)

@@ -210,6 +210,8 @@ def _summarize(seen: Observed, output: Path, calibration_file: Path, saved: str)
         "map_voxels": _float(d, "map_voxels"),
         "compilations_after_warmup": _float(d, "compilations_after_warmup"),
         "calibration_steps": _float(d, "calibration_steps"),
+        "dropped_clouds": _float(d, "dropped_clouds"),
+        "duration_s": seen.rss_mb[-1][0] if seen.rss_mb else None,
         "save_calibration": saved,
     }
     if seen.rss_mb:
