@@ -18,6 +18,10 @@ ROS_WHEELS = [
     "ros-visualization-msgs",
     "ros-std-srvs",
     "ros-diagnostic-msgs",
+    "ros-std-msgs",
+    "ros-builtin-interfaces",
+    "ros-rcl-interfaces",
+    "ros-rosgraph-msgs",
     "ros-rmw-fastrtps-cpp",
 ]
 

@@ -71,23 +71,15 @@ def _setup_distribution(monkeypatch: pytest.MonkeyPatch):
     return run_setup(str(REPO / "setup.py"), script_args=[], stop_after="config")
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + str(key)] = value
-    return out
-
-
 def _yaml_parameters(path: Path) -> dict[str, Any]:
     """Flattened ``/**: ros__parameters`` of a ROS 2 parameter file."""
+    from dsg_ros.ros.params import flatten
+
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict) and set(data) == {"/**"}, f"{path}: expected a single '/**' section"
     section = data["/**"]
     assert set(section) == {"ros__parameters"}, f"{path}: expected '/**: ros__parameters'"
-    return _flatten(section["ros__parameters"])
+    return flatten(section["ros__parameters"])
 
 
 def _declared_defaults() -> dict[str, Any]:

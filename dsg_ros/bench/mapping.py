@@ -45,11 +45,7 @@ def run(
     if memory_duration_s > 0:
         results["memory"] = _memory(memory_duration_s, say)
     results["goals"] = _verdicts(results)
-    json_path, md_path = report.write(output_dir, "mapping", results, _markdown(results))
-    results["json_path"], results["markdown_path"] = str(json_path), str(md_path)
-    for goal, verdict in results["goals"]:
-        say(f"{verdict:>6}  {goal}")
-    return results
+    return report.finish(output_dir, "mapping", results, _markdown(results), say)
 
 
 def _memory(duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:

@@ -22,11 +22,7 @@ def run(duration_s: float = 60.0, output_dir: str | Path = "bench", say: Callabl
     live = run_live(default_params_file(), Path(output_dir) / "results" / "node", duration_s=duration_s, say=say)
     results = {"machine": info, "duration_s": duration_s, "live": live}
     results["goals"] = _verdicts(live)
-    json_path, md_path = report.write(output_dir, "node", results, _markdown(results))
-    results["json_path"], results["markdown_path"] = str(json_path), str(md_path)
-    for goal, verdict in results["goals"]:
-        say(f"{verdict:>6}  {goal}")
-    return results
+    return report.finish(output_dir, "node", results, _markdown(results), say)
 
 
 def _verdicts(live: dict[str, Any]) -> list[tuple[str, str]]:

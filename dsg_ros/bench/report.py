@@ -63,3 +63,12 @@ def machine_line(info: dict[str, Any]) -> str:
         f"Machine: {info['cpu']}, {info['cores']} cores; JAX {info['jax']} on {info['backend']} "
         f"({info['device']}), {info['dtype']}; Python {info['python']}; {info['date']}."
     )
+
+
+def finish(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str, say) -> dict[str, Any]:
+    """Write the suite's JSON and RESULTS.md section, print each goal's verdict; returns ``results`` with the paths."""
+    json_path, md_path = write(output_dir, suite, results, markdown)
+    results["json_path"], results["markdown_path"] = str(json_path), str(md_path)
+    for goal, verdict in results.get("goals", []):
+        say(f"{verdict:>6}  {goal}")
+    return results

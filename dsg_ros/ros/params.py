@@ -102,11 +102,12 @@ def _descriptor(name: str, default: Any, description: str, constraint: Any, read
     return d
 
 
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → dotted names, as ROS reads a nested params file."""
     out: dict[str, Any] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flatten(value, f"{prefix}{key}."))
+            out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
@@ -125,7 +126,7 @@ def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
 
 def mapper_parameter_defaults() -> dict[str, Any]:
     """``mapper.*`` parameter names and defaults, as declared."""
-    return {f"mapper.{k}": v for k, v in _flatten(to_mapping(MapperConfig())).items()}
+    return {f"mapper.{k}": v for k, v in flatten(to_mapping(MapperConfig())).items()}
 
 
 def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
