@@ -89,7 +89,10 @@ class Monitor(Node):
                 self.seen.diagnostics = {kv.key: kv.value for kv in status.values} | {"status": status.message}
 
     def _record(self, into: list, m: Odometry) -> None:
-        stamp, T, _ = msgs.odometry_from_msg(m)
+        try:
+            stamp, T, _ = msgs.odometry_from_msg(m)
+        except msgs.MessageError:
+            return  # the node logs and skips it; the monitor just does not score it
         into.append((stamp, T))
 
 

@@ -77,6 +77,7 @@ class MapperNode(Node):
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._reset_requested = threading.Event()
+        self._reset_done = threading.Event()
         self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
         self._snapshots: queue.Queue = queue.Queue(maxsize=1)
         self._warned_once: set[str] = set()
@@ -186,10 +187,11 @@ class MapperNode(Node):
             return self._skip("cloud", exc)
         if frame == s.base_frame:  # the mapper takes sensor-frame points
             p = se3.apply(se3.inverse(np.asarray(self.mapper.config.T_base_sensor)), p)
-        if self.mapper.add_cloud(stamp, p, dropped=dropped):
-            self._arrivals[stamp] = arrived
-            if s.tick_on_cloud:
-                self._wake.set()
+        self._arrivals[stamp] = arrived  # before add_cloud: a running tick may take the cloud at once
+        if not self.mapper.add_cloud(stamp, p, dropped=dropped):
+            self._arrivals.pop(stamp, None)
+        elif s.tick_on_cloud:
+            self._wake.set()
 
     # -------------------------------------------------------------- services
 
@@ -208,9 +210,18 @@ class MapperNode(Node):
         return response
 
     def _on_reset(self, _request, response):
+        # The tick thread resets between ticks; answer once it has, so that
+        # nothing from before the reset is published after the response.
+        if not self._ready.is_set():
+            response.success, response.message = False, "still warming up: nothing to reset yet"
+            return response
+        self._reset_done.clear()
         self._reset_requested.set()
         self._wake.set()
-        response.success, response.message = True, "map, window and odometry cleared (calibration kept)"
+        if self._reset_done.wait(timeout=10.0):
+            response.success, response.message = True, "map, window and odometry cleared (calibration kept)"
+        else:
+            response.success, response.message = False, "the tick thread did not reset within 10 s"
         return response
 
     # ------------------------------------------------------------------ ticks
@@ -246,6 +257,10 @@ class MapperNode(Node):
             stamp = self._header_stamp()
             self.pub_voxels.publish(msgs.delete_all(self.settings.map_frame, stamp))
             self.pub_graph.publish(msgs.delete_all(self.settings.map_frame, stamp))
+            # ~/path is latched: replace it, or late subscribers get the old one.
+            self.pub_path.publish(msgs.path(np.zeros(0), np.zeros((0, 7)), self.settings.map_frame, stamp))
+            self.pub_poses.publish(msgs.pose_array(np.zeros((0, 7)), stamp, self.settings.map_frame))
+            self._reset_done.set()
             self.get_logger().info("reset: map cleared")
         try:
             theta = self._theta_queue.get_nowait()
@@ -267,6 +282,10 @@ class MapperNode(Node):
             arrived = self._arrivals.pop(stamp, None)
             if arrived is not None:
                 self._latency_ms.append(1000.0 * (done - arrived))
+        # Clouds the mapper dropped (no odometry in time) never come back in cloud_stamps.
+        stale = [k for k, t in list(self._arrivals.items()) if done - t > 10.0]
+        for k in stale:
+            self._arrivals.pop(k, None)
         self._last = result
         self._tick_ms.append(result.diagnostics["tick_ms"])
         if result.diagnostics["calibration_due"] and self.settings.calibrate_online and self._snapshots.empty():

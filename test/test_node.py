@@ -1,0 +1,636 @@
+"""The dsg_mapper node end to end over real DDS (one node process for the module).
+
+The node runs as ``python -m dsg_ros node`` (what ``dsg-ros node`` and the
+demo start) with a small, fast configuration; this process publishes a
+simulated run through :class:`SimPublisher`'s publishers and watches every
+output with a :class:`dsg_ros.ros.live.Monitor`. The node's warm-up compiles
+its JAX kernels (about a minute cold; the persistent XLA cache in
+~/.cache/dsg_ros/xla makes later starts quick), so the tests share one node
+and one simulated time line, in file order: outputs, services, malformed
+input.
+
+Isolation: a random ROS_DOMAIN_ID and localhost-only discovery, for this
+process and the node. The node's log is printed when a test fails.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import yaml
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from geometry_msgs.msg import Pose, PoseArray  # noqa: E402
+from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
+from rclpy.node import Node  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+
+from dsg_ros.learn import calibration as cal  # noqa: E402
+from dsg_ros.ros import messages as msgs  # noqa: E402
+from dsg_ros.ros.live import NODE, Monitor  # noqa: E402
+from dsg_ros.ros.pointcloud import xyz_to_cloud  # noqa: E402
+from dsg_ros.ros.sim_publisher import SimPublisher  # noqa: E402
+from dsg_ros.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+PARAMS_FILE = REPO / "config" / "hybrid.yaml"
+
+KEYFRAMES = 5
+VOXEL_SIZE = 0.4
+RATE = 2.0  # × real time
+SIM_SECONDS = 22.0  # 10 (outputs) + 4 (after reset) + 2 + 3 (malformed input), with slack
+READY_TIMEOUT_S = 600.0
+MAP_FRAME, BASE_FRAME = "map", "base_link"
+LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
+DIAGNOSTIC_KEYS = {"ready", "tick_ms", "latency_ms_p50", "window_keyframes", "window_capacity", "map_voxels", "compilations_after_warmup"}
+
+
+# ------------------------------------------------------------------ nodes
+
+
+class _InContext(Node):
+    """Creates the node in :attr:`context` (Monitor and SimPublisher take no ``context`` argument)."""
+
+    ros_context: Context | None = None  # not `context`: that is a Node property
+
+    def __init__(self, node_name: str, **kwargs: Any) -> None:
+        kwargs.setdefault("context", _InContext.ros_context)
+        super().__init__(node_name, **kwargs)
+
+
+@dataclass
+class Diag:
+    at: float  # monotonic arrival
+    level: int
+    message: str
+    values: dict[str, str]
+
+
+class Watcher(Monitor, _InContext):
+    """live.Monitor, keeping every message (with its monotonic arrival time) for the assertions."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.kept: dict[str, list[tuple[float, Any]]] = {k: [] for k in ("poses", "path", "voxels", "graph", "odometry")}
+        self.diags: list[Diag] = []
+        super().__init__()
+        self.create_subscription(PoseArray, f"/{NODE}/poses", lambda m: self._keep("poses", m), 10)
+        self.create_subscription(MarkerArray, f"/{NODE}/graph", lambda m: self._keep("graph", m), 10)
+        self.create_subscription(Odometry, f"/{NODE}/odometry", lambda m: self._keep("odometry", m), 50)
+        self.reset = self.create_client(Trigger, f"/{NODE}/reset")
+
+    def _keep(self, name: str, m: Any) -> None:
+        with self.lock:
+            self.kept[name].append((time.monotonic(), m))
+
+    def _on_path(self, m: PathMsg) -> None:
+        super()._on_path(m)
+        self._keep("path", m)
+
+    def _on_voxels(self, m: MarkerArray) -> None:
+        super()._on_voxels(m)
+        self._keep("voxels", m)
+
+    def _on_diagnostics(self, m: DiagnosticArray) -> None:
+        super()._on_diagnostics(m)
+        for s in m.status:
+            if s.name.startswith(NODE):
+                level = s.level[0] if isinstance(s.level, (bytes, bytearray)) else int(s.level)
+                with self.lock:
+                    self.diags.append(Diag(time.monotonic(), level, s.message, {kv.key: kv.value for kv in s.values}))
+
+    def _record(self, into: list, m: Odometry) -> None:
+        # Monitor records the odom stream; the malformed-input test publishes
+        # odometry that odometry_from_msg rejects, which would kill the spinner.
+        try:
+            super()._record(into, m)
+        except msgs.MessageError:
+            pass
+
+    def messages(self, name: str, since: float = -math.inf) -> list[Any]:
+        with self.lock:
+            return [m for t, m in self.kept[name] if t >= since]
+
+    def count(self, name: str) -> int:
+        with self.lock:
+            return len(self.kept[name])
+
+
+class Publisher(SimPublisher, _InContext):
+    pass
+
+
+# ---------------------------------------------------------------- harness
+
+
+@dataclass
+class Stream:
+    """The simulated run, published piece by piece on one time line: stamps are
+    ``base + t`` with ``t`` continuing where the previous piece stopped, so
+    odometry and cloud stamps always increase (pauses between tests do not
+    matter: the node only uses message stamps)."""
+
+    pub: Publisher
+    data: SimData
+    events: list[tuple[str, float, Any]] = field(default_factory=list)
+    next: int = 0
+    base: float | None = None
+    last_t: float = 0.0
+    last_odom: np.ndarray | None = None
+    sent: dict[str, int] = field(default_factory=lambda: {"odom": 0, "ground_truth": 0, "cloud": 0})
+
+    def __post_init__(self) -> None:
+        self.events = list(self.data.events())
+
+    def stamp_sec(self, t: float | None = None) -> float:
+        assert self.base is not None
+        return self.base + (self.last_t if t is None else t)
+
+    def publish(self, seconds: float, rate: float = RATE) -> tuple[float, float]:
+        """Publish the next ``seconds`` of the run at ``rate`` × real time; returns its (first, last) stamp."""
+        if self.base is None:
+            self.base = float(math.floor(time.time()))
+        assert self.next < len(self.events), "the simulated run is used up: raise SIM_SECONDS"
+        t_start = self.events[self.next][1]
+        assert t_start + seconds <= self.events[-1][1] + 1e-9, "the simulated run is too short: raise SIM_SECONDS"
+        wall0 = time.perf_counter()
+        while self.next < len(self.events) and self.events[self.next][1] < t_start + seconds:
+            kind, t, payload = self.events[self.next]
+            delay = (t - t_start) / rate - (time.perf_counter() - wall0)
+            if delay > 0:
+                time.sleep(delay)
+            stamp = msgs.sec_to_stamp(self.base + t)
+            if kind == "cloud":
+                self.pub.pub_points.publish(xyz_to_cloud(payload, stamp, "lidar"))
+            else:
+                parent, child = ("odom", BASE_FRAME) if kind == "odom" else ("world", BASE_FRAME)
+                (self.pub.pub_odom if kind == "odom" else self.pub.pub_truth).publish(msgs.odometry_msg(np.asarray(payload), stamp, parent, child))
+                if kind == "odom":
+                    self.last_odom = np.asarray(payload, np.float64)
+            self.sent[kind] += 1
+            self.next += 1
+            self.last_t = t
+        return self.base + t_start, self.base + self.last_t
+
+
+@dataclass
+class Live:
+    proc: subprocess.Popen
+    log_path: Path
+    calibration_file: Path
+    watcher: Watcher
+    stream: Stream
+    spinner: threading.Thread
+    spin_error: list[BaseException]
+    ready_after_s: float = float("nan")
+
+    def log(self, start: int = 0) -> str:
+        text = self.log_path.read_text(errors="replace")
+        return text[start:]
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            pytest.fail(f"the node exited with code {self.proc.returncode}; its log:\n{self.log()[-20000:]}")
+        if self.spin_error:
+            raise AssertionError("the test's executor thread died") from self.spin_error[0]
+        assert self.spinner.is_alive(), "the test's executor thread stopped"
+
+    def wait_for(self, predicate: Callable[[], Any], timeout_s: float, what: str) -> Any:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            value = predicate()
+            if value:
+                return value
+            self.check_alive()
+            if time.monotonic() > deadline:
+                pytest.fail(f"timed out after {timeout_s:.0f} s waiting for {what}")
+            time.sleep(0.05)
+
+    def fresh_diag(self, n: int = 1, timeout_s: float = 10.0) -> Diag:
+        """The n-th diagnostics message published after this call."""
+        seen = len(self.watcher.diags)
+        self.wait_for(lambda: len(self.watcher.diags) >= seen + n, timeout_s, f"{n} more diagnostics message(s)")
+        return self.watcher.diags[-1]
+
+    def settle(self, timeout_s: float = 60.0) -> Diag:
+        """Wait until the node has consumed what was published: keyframe,
+        cloud and voxel counts unchanged over four diagnostics periods, and a
+        voxel publication after that."""
+        deadline = time.monotonic() + timeout_s
+        prev, stable = None, 0
+        while stable < 4:
+            d = self.fresh_diag()
+            key = tuple(d.values.get(k) for k in ("keyframes", "received_points", "received_odom", "map_voxels", "window_keyframes"))
+            stable = stable + 1 if key == prev else 0
+            prev = key
+            if time.monotonic() > deadline:
+                pytest.fail(f"the node did not settle in {timeout_s:.0f} s (last diagnostics {d.values})")
+        since = time.monotonic()
+        self.wait_for(lambda: self.watcher.messages("voxels", since), 5.0, "a voxel publication after settling")
+        return d
+
+    def call(self, client, timeout_s: float = 15.0) -> Trigger.Response:
+        assert client.wait_for_service(timeout_sec=10.0), f"service {client.srv_name} not available"
+        future = client.call_async(Trigger.Request())
+        self.wait_for(future.done, timeout_s, f"an answer from {client.srv_name}")
+        return future.result()
+
+    def wait_for_subscribers(self) -> None:
+        pub = self.stream.pub
+        self.wait_for(
+            lambda: pub.pub_points.get_subscription_count() >= 1
+            and pub.pub_odom.get_subscription_count() >= 2  # the node and the monitor
+            and pub.pub_truth.get_subscription_count() >= 2,
+            30.0,
+            "the node's subscriptions to be discovered",
+        )
+
+
+def _params_file(directory: Path, calibration_file: Path) -> Path:
+    """config/hybrid.yaml with a small, fast mapper (and no online calibration to compile)."""
+    document = yaml.safe_load(PARAMS_FILE.read_text())
+    p = document["/**"]["ros__parameters"]
+    p.update(rate_hz=10.0, voxel_rate_hz=5.0, diagnostics_rate_hz=5.0, calibration_file=str(calibration_file))
+    m = p["mapper"]
+    m["window"].update(keyframes=KEYFRAMES, max_voxels=1024, max_observations_per_keyframe=300)
+    m["voxel_size"] = VOXEL_SIZE
+    m["calibration"]["every_keyframes"] = 0
+    m["T_base_sensor"] = [float(v) for v in SimConfig().T_base_sensor]  # the sim's lidar extrinsic, as live.py
+    path = directory / "params.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dsg_node")
+    calibration_file = tmp / "cal.yaml"
+    params = _params_file(tmp, calibration_file)
+    ros_env = {"ROS_DOMAIN_ID": str(random.randint(150, 229)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    saved_env = {k: os.environ.get(k) for k in ros_env}
+    os.environ.update(ros_env)
+    log_path = tmp / "node.log"
+    log = open(log_path, "w")
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dsg_ros", "node", "--params-file", str(params)],
+        cwd=REPO, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
+    )
+    context = Context()
+    executor, nodes = None, []
+    try:
+        data = simulate(SimConfig(duration_s=SIM_SECONDS))  # while the node compiles
+        rclpy.init(context=context)
+        _InContext.ros_context = context
+        watcher, publisher = Watcher(), Publisher(data)
+        nodes = [watcher, publisher]
+        executor = SingleThreadedExecutor(context=context)
+        for n in nodes:
+            executor.add_node(n)
+        spin_error: list[BaseException] = []
+
+        def spin() -> None:
+            try:
+                executor.spin()
+            except ExternalShutdownException:
+                pass
+            except BaseException as exc:  # noqa: BLE001 (reported by check_alive)
+                spin_error.append(exc)
+
+        spinner = threading.Thread(target=spin, name="test_node_executor", daemon=True)
+        spinner.start()
+        h = Live(proc, log_path, calibration_file, watcher, Stream(publisher, data), spinner, spin_error)
+        try:
+            h.wait_for(lambda: watcher.seen.diagnostics.get("ready") == "true", READY_TIMEOUT_S, "the node to be ready")
+        except BaseException:
+            print(f"node log ({log_path}):\n{h.log()[-20000:]}")
+            raise
+        h.ready_after_s = time.monotonic() - started
+        print(f"node ready after {h.ready_after_s:.1f} s")
+        h.wait_for_subscribers()
+        yield h
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        if executor is not None:
+            executor.shutdown()
+        for n in nodes:
+            n.destroy_node()
+        rclpy.try_shutdown(context=context)
+        _InContext.ros_context = None
+        log.close()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def _node_log_on_failure(live):
+    """The node's log (pytest shows teardown output only when the test failed)."""
+    start = len(live.log())
+    yield
+    time.sleep(0.2)  # what the node is logging right now
+    text = live.log()
+    print(f"---- node log ({live.log_path}), this test from character {start} ----\n{text[:start][-10000:]}"
+          f"\n---- this test ----\n{text[start:][-30000:]}")
+
+
+# ----------------------------------------------------------------- checks
+
+
+def _pose_ok(pose: Pose, what: str) -> np.ndarray:
+    q, p = pose.orientation, pose.position
+    v = np.array([q.w, q.x, q.y, q.z, p.x, p.y, p.z])
+    assert np.isfinite(v).all(), f"{what}: non-finite pose {v}"
+    assert abs(np.linalg.norm(v[:4]) - 1.0) <= 1e-6, f"{what}: quaternion norm {np.linalg.norm(v[:4])!r}"
+    return v
+
+
+def _stamps(path: PathMsg) -> np.ndarray:
+    return np.array([msgs.stamp_to_sec(p.header.stamp) for p in path.poses])
+
+
+def _check_voxels(m: MarkerArray) -> Marker:
+    assert len(m.markers) == 1, f"expected one marker, got {[(mk.ns, mk.type, mk.action) for mk in m.markers]}"
+    mk = m.markers[0]
+    assert mk.type == Marker.CUBE_LIST and mk.action == Marker.ADD
+    assert mk.ns != ""
+    assert mk.header.frame_id == MAP_FRAME
+    assert (mk.scale.x, mk.scale.y, mk.scale.z) == pytest.approx((VOXEL_SIZE,) * 3, abs=1e-12)
+    assert mk.color.a == 1.0
+    o = mk.pose.orientation
+    assert (o.w, o.x, o.y, o.z) == (1.0, 0.0, 0.0, 0.0)
+    assert len(mk.points) > 0 and len(mk.colors) == len(mk.points)
+    xyz = np.array([[p.x, p.y, p.z] for p in mk.points])
+    rgba = np.array([[c.r, c.g, c.b, c.a] for c in mk.colors])
+    assert np.isfinite(xyz).all()
+    assert (rgba[:, 3] == 1.0).all()
+    assert ((rgba[:, :3] >= 0.0) & (rgba[:, :3] <= 1.0)).all()
+    return mk
+
+
+def _late_joiner(live: Live, msg_type: type, topic: str, timeout_s: float = 5.0) -> list[Any]:
+    """What a new transient-local subscription to ``topic`` receives within ``timeout_s``."""
+    node = _InContext("dsg_test_late_joiner")
+    got: list[Any] = []
+    node.create_subscription(msg_type, topic, got.append, LATCHED)
+    executor = SingleThreadedExecutor(context=_InContext.ros_context)
+    executor.add_node(node)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while not got and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+            live.check_alive()
+    finally:
+        executor.shutdown()
+        node.destroy_node()
+    return got
+
+
+def _number(d: Diag, key: str) -> float:
+    value = d.values.get(key)
+    assert value not in (None, "n/a"), f"diagnostics {key} = {value!r} ({d.values})"
+    return float(value)
+
+
+# ------------------------------------------------------------------ tests
+
+
+def test_outputs_after_ten_seconds_of_data(live):
+    w = live.watcher
+    counts_before = {k: w.count(k) for k in w.kept}
+    first, last = live.stream.publish(10.0)
+    d = live.settle()
+
+    assert all(w.count(k) > counts_before[k] for k in w.kept), {k: (counts_before[k], w.count(k)) for k in w.kept}
+    assert w.diags, "no diagnostics"
+
+    # ~/poses: the window, in the map frame
+    pose_arrays = w.messages("poses")
+    for m in pose_arrays:
+        assert m.header.frame_id == MAP_FRAME
+        assert 1 <= len(m.poses) <= KEYFRAMES
+        for pose in m.poses:
+            _pose_ok(pose, "poses")
+    assert len(pose_arrays[-1].poses) == KEYFRAMES  # ~20 keyframes in 10 s: the window is full
+
+    # ~/path: every keyframe so far (marginalized ones too), stamps increasing within the data
+    for m in w.messages("path"):
+        assert m.header.frame_id == MAP_FRAME
+        stamps = _stamps(m)
+        assert np.all(np.diff(stamps) > 0), stamps
+        for ps in m.poses:
+            assert ps.header.frame_id == MAP_FRAME
+            _pose_ok(ps.pose, "path")
+    path = w.messages("path")[-1]
+    stamps = _stamps(path)
+    assert len(path.poses) > KEYFRAMES, "the path keeps keyframes that left the window"
+    assert first - 1e-6 <= stamps[0] and stamps[-1] <= last + 1e-6, (first, stamps, last)
+    assert len(path.poses) == int(d.values["keyframes"])
+
+    # ~/odometry: corrected odometry of base_link in map, stamps never going back
+    odometry = w.messages("odometry")
+    for m in odometry:
+        assert m.header.frame_id == MAP_FRAME and m.child_frame_id == BASE_FRAME
+        _pose_ok(m.pose.pose, "odometry")
+    odom_stamps = np.array([msgs.stamp_to_sec(m.header.stamp) for m in odometry])
+    assert np.all(np.diff(odom_stamps) >= 0)
+    assert odom_stamps[-1] == pytest.approx(live.stream.stamp_sec(live.stream.data.odom_stamps[live.stream.data.odom_stamps <= live.stream.last_t][-1]), abs=1e-6)
+
+    # ~/voxels: one CUBE_LIST, same ns/id each time, coloured, voxel-sized
+    voxels = w.messages("voxels")
+    assert len(voxels) >= 2
+    ids = {(mk.ns, mk.id) for mk in (_check_voxels(m) for m in voxels[-2:])}
+    assert len(ids) == 1, ids
+    assert len(voxels[-1].markers[0].points) == int(d.values["map_voxels"])
+
+    # ~/graph: line lists of segments, in the map frame
+    for m in w.messages("graph"):
+        assert {mk.ns for mk in m.markers} == {"odometry", "observations"}
+        for mk in m.markers:
+            assert mk.type == Marker.LINE_LIST and mk.action == Marker.ADD
+            assert mk.header.frame_id == MAP_FRAME
+            assert len(mk.points) % 2 == 0
+            assert np.isfinite([[p.x, p.y, p.z] for p in mk.points]).all()
+    odometry_lines = next(mk for mk in w.messages("graph")[-1].markers if mk.ns == "odometry")
+    assert len(odometry_lines.points) >= 2 * (KEYFRAMES - 1)
+
+    # /diagnostics
+    assert DIAGNOSTIC_KEYS <= set(d.values), sorted(DIAGNOSTIC_KEYS - set(d.values))
+    assert d.level != 2, d.message  # ERROR: a tick failed
+    assert d.values["ready"] == "true"
+    assert d.values["window_capacity"] == str(KEYFRAMES)  # the parameter override took effect
+    assert _number(d, "tick_ms") > 0.0
+    assert _number(d, "latency_ms_p50") > 0.0
+    assert 1 <= _number(d, "window_keyframes") <= KEYFRAMES
+    assert _number(d, "map_voxels") > 0
+    assert d.values["compilations_after_warmup"] == "0"
+    assert int(d.values["received_points"]) >= 0.9 * live.stream.sent["cloud"]
+    assert d.values["received_skipped_while_warming"] == "0"
+
+
+def test_save_calibration_and_reset(live):
+    w, stream = live.watcher, live.stream
+    if not w.messages("path"):  # run alone: make a map first
+        stream.publish(8.0)
+        live.settle()
+
+    # ~/save_calibration writes the versioned YAML
+    response = live.call(w.save)
+    assert response.success, response.message
+    assert str(live.calibration_file) in response.message
+    document = yaml.safe_load(live.calibration_file.read_text())
+    assert document["dsg_ros_calibration"] == cal.FILE_VERSION
+    assert document["metadata"]["source"] == "dsg_mapper"
+    theta = cal.load(live.calibration_file)
+    assert all(np.isfinite(np.asarray(v)).all() for v in theta.values())
+
+    # ~/reset clears the markers (DELETEALL on voxels and graph) ...
+    before = w.messages("path")[-1]
+    last_before = _stamps(before)[-1]
+    called = time.monotonic()
+    response = live.call(w.reset)
+    assert response.success, response.message
+
+    def deleted(topic: str) -> bool:
+        return any(m.markers and m.markers[0].action == Marker.DELETEALL for m in w.messages(topic, called))
+
+    live.wait_for(lambda: deleted("voxels") and deleted("graph"), 10.0, "DELETEALL on ~/voxels and ~/graph")
+    for topic in ("voxels", "graph"):
+        m = next(m for m in w.messages(topic, called) if m.markers[0].action == Marker.DELETEALL)
+        assert len(m.markers) == 1 and m.markers[0].header.frame_id == MAP_FRAME
+    # ... and no stale map or path is republished while no new data comes
+    live.fresh_diag(3)
+    assert all(m.markers[0].action == Marker.DELETEALL for m in w.messages("voxels", called)), "voxels republished after reset"
+    assert all(len(m.poses) == 0 for m in w.messages("path", called)), "the old path republished after reset"
+
+    # a late joiner gets the DELETEALL from the latched ~/voxels
+    got = _late_joiner(live, MarkerArray, f"/{NODE}/voxels")
+    assert got, "nothing latched on ~/voxels"
+    assert got[-1].markers[0].action == Marker.DELETEALL
+
+    # new data: the path restarts from the first keyframe after the reset
+    first, last = stream.publish(4.0)
+    live.settle()
+    after = w.messages("path")[-1]
+    stamps = _stamps(after)
+    assert 0 < len(after.poses) < len(before.poses)
+    assert stamps[0] >= first - 1e-6 and stamps[0] > last_before, (first, last_before, stamps)
+    _check_voxels(w.messages("voxels")[-1])
+    d = live.fresh_diag()
+    assert d.values["compilations_after_warmup"] == "0"
+    assert d.level != 2, d.message
+
+
+def test_reset_clears_the_latched_path(live):
+    w = live.watcher
+    if not w.messages("path"):
+        live.stream.publish(3.0)
+        live.settle()
+    called = time.monotonic()
+    assert live.call(w.reset).success
+    live.wait_for(lambda: any(m.markers and m.markers[0].action == Marker.DELETEALL for m in w.messages("voxels", called)), 10.0, "DELETEALL on ~/voxels")
+    got = _late_joiner(live, PathMsg, f"/{NODE}/path", timeout_s=3.0)
+    assert not got or len(got[-1].poses) == 0, f"a late joiner still gets a path of {len(got[-1].poses)} pre-reset keyframes"
+
+
+def _cloud(fields: list[tuple[str, int, int]], point_step: int, n: int, data: bytes, stamp) -> PointCloud2:
+    msg = PointCloud2()
+    msg.header.stamp = stamp
+    msg.header.frame_id = "lidar"
+    msg.height, msg.width = 1, n
+    msg.fields = [PointField(name=name, offset=offset, datatype=datatype, count=1) for name, offset, datatype in fields]
+    msg.is_bigendian = False
+    msg.point_step = point_step
+    msg.row_step = point_step * n
+    msg.data = data
+    msg.is_dense = False
+    return msg
+
+
+def test_malformed_input_is_skipped(live):
+    w, stream, pub = live.watcher, live.stream, live.stream.pub
+    stream.publish(2.0)
+    live.settle()
+    base = live.fresh_diag().values
+    poses_before = w.count("poses")
+    path_before = _stamps(w.messages("path")[-1])
+
+    n = 200
+    rng = np.random.default_rng(0)
+    good = rng.uniform(-5.0, 5.0, (n, 3)).astype("<f4")
+    xyz = [("x", 0, PointField.FLOAT32), ("y", 4, PointField.FLOAT32), ("z", 8, PointField.FLOAT32)]
+    stamp = msgs.sec_to_stamp(stream.stamp_sec() + 0.001)
+    bad_clouds = {
+        "no z field": _cloud(xyz[:2], 8, n, good[:, :2].tobytes(), stamp),
+        "point_step smaller than the fields": _cloud(xyz, 8, n, good[:, :2].tobytes(), stamp),
+        "truncated data": _cloud(xyz, 12, n, good.tobytes()[: 12 * n // 2], stamp),
+        "integer z": _cloud(xyz[:2] + [("z", 8, PointField.INT32)], 12, n, good.tobytes(), stamp),
+    }
+    nan_cloud = xyz_to_cloud(np.full((n, 3), np.nan), stamp, "lidar")
+
+    zero_quaternion = msgs.odometry_msg(stream.last_odom, msgs.sec_to_stamp(stream.stamp_sec() + 0.001), "odom", BASE_FRAME)
+    zero_quaternion.pose.pose.orientation.w = 0.0
+    zero_quaternion.pose.pose.orientation.x = zero_quaternion.pose.pose.orientation.y = zero_quaternion.pose.pose.orientation.z = 0.0
+    out_of_order = msgs.odometry_msg(stream.last_odom, msgs.sec_to_stamp(stream.stamp_sec() - 0.5), "odom", BASE_FRAME)
+
+    for m in [*bad_clouds.values(), nan_cloud]:
+        pub.pub_points.publish(m)
+        time.sleep(0.05)  # within the subscription's depth, whatever the executor does
+    pub.pub_odom.publish(zero_quaternion)
+    pub.pub_odom.publish(out_of_order)
+
+    def counted() -> Diag | None:
+        d = w.diags[-1]
+        v = d.values
+        done = int(v["received_points"]) >= int(base["received_points"]) + len(bad_clouds) + 1 and int(v["received_odom"]) >= int(base["received_odom"]) + 2
+        return d if done else None
+
+    live.wait_for(counted, 10.0, "the malformed messages to be received")
+    d = live.fresh_diag(2)
+    v = d.values
+    assert int(v["received_skipped_messages"]) - int(base["received_skipped_messages"]) == len(bad_clouds) + 2, (base, v)
+    assert int(v["rejected_odometry"]) - int(base["rejected_odometry"]) == 1, (base, v)  # the out-of-order one
+    assert int(v["dropped_points"]) - int(base["dropped_points"]) == n, (base, v)  # the all-NaN cloud
+    assert live.proc.poll() is None
+
+    # good data again: the node keeps mapping
+    bad_sent = time.monotonic()
+    first, last = stream.publish(3.0)
+    d = live.settle()
+    assert live.proc.poll() is None
+    assert w.count("poses") > poses_before
+    assert w.messages("poses", bad_sent), "no ~/poses after the malformed messages"
+    stamps = _stamps(w.messages("path")[-1])
+    assert stamps[-1] > path_before[-1] and stamps[-1] >= first, (path_before[-1], first, stamps[-1])
+    odom_stamp = msgs.stamp_to_sec(w.messages("odometry")[-1].header.stamp)
+    assert odom_stamp == pytest.approx(stream.stamp_sec(stream.data.odom_stamps[stream.data.odom_stamps <= stream.last_t][-1]), abs=1e-6)
+    assert d.level != 2, d.message
+    assert d.values["compilations_after_warmup"] == "0"
+    assert int(d.values["received_skipped_messages"]) - int(base["received_skipped_messages"]) == len(bad_clouds) + 2, "good data was skipped"
