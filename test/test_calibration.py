@@ -1,0 +1,385 @@
+"""Calibration: self-supervised online learning, the calibration file, the
+config loader, and the trajectory metrics runs are scored with.
+
+The self-supervised run compiles one mapper (calibration on, ~1 min cold);
+everything else here is numpy and YAML. Supervised learning is checked in
+test_mapper.py on that module's supervised run, which saves a second compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from dsg_ros import se3
+from dsg_ros.config import from_mapping, load_yaml, to_mapping
+from dsg_ros.learn import calibration as cal
+from dsg_ros.learn.online import CalibrationConfig
+from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
+from dsg_ros.mapping import metrics
+from dsg_ros.mapping.evaluate import summarize
+from dsg_ros.mapping.replay import RunRecord, drive
+from dsg_ros.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
+from dsg_ros.solve import SolverConfig
+
+DURATION_S = 30.0
+# Odometry over-reads forward motion by 3 % and drifts 1 deg/s in yaw.
+ODOMETRY = OdometryConfig(scale=(1.03, 1.0, 1.0), yaw_rate_bias_deg_s=1.0)
+TRUE_SCALE = ODOMETRY.true_calibration().scale
+TRUE_YAW_BIAS_DEG_S = ODOMETRY.yaw_rate_bias_deg_s
+
+
+@dataclass
+class Learning:
+    sim: SimData
+    mapper: Mapper
+    record: RunRecord = field(default_factory=RunRecord)
+    losses: list[float] = field(default_factory=list)
+
+    def final(self) -> cal.CalibrationSummary:
+        return cal.CalibrationSummary.of(self.mapper.theta)
+
+
+@pytest.fixture(scope="module")
+def self_supervised() -> Learning:
+    """30 s with no reference stream: calibration every 3 keyframes from held-out scans alone."""
+    sim = simulate(SimConfig(duration_s=DURATION_S, lidar=LidarConfig(azimuths=256), odometry=ODOMETRY, seed=0))
+    mapper = Mapper(
+        MapperConfig(
+            window=WindowConfig(keyframes=5, max_voxels=1024, max_observations_per_keyframe=400),
+            voxel_size=0.4,
+            calibration=CalibrationConfig(every_keyframes=3),
+            T_base_sensor=tuple(float(v) for v in sim.T_base_sensor),
+        )
+    )
+    out = Learning(sim, mapper)
+
+    def on_tick(_: TickResult) -> None:
+        if mapper.calibrator.steps > len(out.losses):
+            out.losses.append(mapper.calibrator.last_loss)
+
+    out.record = drive(mapper, sim.events(), use_reference=False, on_tick=on_tick)
+    return out
+
+
+# ------------------------------------------------------------ online learning
+
+
+def test_self_supervised_calibration_moves_the_forward_scale_toward_the_truth(self_supervised: Learning):
+    calibrator = self_supervised.mapper.calibrator
+    assert calibrator.steps >= 10 and len(self_supervised.losses) == calibrator.steps
+    assert np.all(np.isfinite(self_supervised.losses))
+    assert calibrator.snapshots and not any(bool(s.has_reference) for s in calibrator.snapshots), "no reference: self-supervised loss"
+    assert self_supervised.record.warnings == 0 and self_supervised.record.last.diagnostics["rollbacks"] == 0
+    learned = self_supervised.final()
+    # With no reference the held-out scans alone pull the scale from 1.0 toward 1.03
+    # (measured 1.0345, overshooting a little); the yaw-rate bias overshoots more (measured 1.34 deg/s),
+    # so only a gain over zero is asserted. The loss itself is dominated by scan-to-map
+    # noise and does not fall visibly in 30 s (measured ~0.01 throughout), so it is not asserted.
+    assert abs(learned.odom_scale[0] - TRUE_SCALE[0]) < 0.5 * abs(1.0 - TRUE_SCALE[0])
+    assert abs(learned.odom_bias_angular_deg_s[2] - TRUE_YAW_BIAS_DEG_S) < 0.75 * TRUE_YAW_BIAS_DEG_S
+    # Groups switched off by default stay exactly where they were.
+    assert learned.odom_bias_linear_m_s == (0.0, 0.0, 0.0) and learned.extrinsic_translation_m == (0.0, 0.0, 0.0)
+
+
+def test_self_supervised_mapping_beats_raw_odometry(self_supervised: Learning):
+    sim = self_supervised.sim
+    summary = summarize(
+        self_supervised.mapper,
+        self_supervised.record,
+        DURATION_S,
+        ground_truth=lambda t: interpolate(sim.gt_stamps, sim.T_world_base, t),
+        odometry=lambda t: interpolate(sim.odom_stamps, sim.T_odom_base, t),
+    )
+    assert summary["ate_estimate"] < 0.5 * summary["ate_odom"]
+    assert summary["compilations_after_warmup"] == 0
+
+
+# ------------------------------------------------------------ calibration file
+
+
+def _theta(seed: int = 0) -> cal.Theta:
+    rng = np.random.default_rng(seed)
+    return {k: rng.normal(size=np.shape(v)) * 10.0 ** rng.integers(-12, 3) for k, v in cal.zero_theta().items()}
+
+
+def _leftovers(folder: Path, keep: str) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name != keep)
+
+
+def test_calibration_file_round_trips_exactly_and_is_versioned_yaml(tmp_path: Path):
+    theta = _theta()
+    path = cal.save(tmp_path / "nested" / "calibration.yaml", theta, {"source": "test", "seed": 3})
+    assert path == tmp_path / "nested" / "calibration.yaml"
+    loaded = cal.load(path)
+    assert set(loaded) == set(theta)
+    for name, value in theta.items():
+        assert np.asarray(loaded[name]).shape == np.shape(value)
+        np.testing.assert_array_equal(np.asarray(loaded[name], np.float64), value)
+    document = yaml.safe_load(path.read_text())
+    assert document["dsg_ros_calibration"] == cal.FILE_VERSION == 1
+    assert set(document["theta"]) == set(theta) and document["metadata"] == {"source": "test", "seed": 3}
+    assert document["summary"]["odom_scale"] == pytest.approx(np.exp(theta["odom_log_scale"]).tolist())
+    assert _leftovers(path.parent, path.name) == []
+
+
+def test_saving_replaces_a_file_atomically_and_a_failed_save_leaves_it_intact(tmp_path: Path):
+    path = tmp_path / "calibration.yaml"
+    cal.save(path, _theta(0))
+    cal.save(path, _theta(1))
+    np.testing.assert_array_equal(np.asarray(cal.load(path)["odom_bias"]), _theta(1)["odom_bias"])
+    assert _leftovers(tmp_path, path.name) == []
+    before = path.read_bytes()
+    # Fails while writing (numpy scalars are not safe YAML) ...
+    with pytest.raises(yaml.YAMLError):
+        cal.save(path, _theta(2), {"seed": np.int64(3)})
+    # ... or before (a non-finite calibration is refused).
+    broken = _theta(2)
+    broken["odom_bias"][1] = np.nan
+    with pytest.raises(ValueError, match="odom_bias"):
+        cal.save(path, broken)
+    assert path.read_bytes() == before and _leftovers(tmp_path, path.name) == []
+
+
+_GOOD = {"odom_log_scale": [0.01, 0.0, 0.0], "odom_bias": [0.0] * 6, "extrinsic": [0.0] * 6, "log_sigma_odom": 0.0, "log_sigma_obs": 0.0}
+
+
+def _document(**theta_changes) -> dict:
+    theta = {**_GOOD, **theta_changes}
+    return {"dsg_ros_calibration": 1, "theta": {k: v for k, v in theta.items() if v is not None}}
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        (yaml.safe_dump({**_document(), "dsg_ros_calibration": 2}), "version 2"),
+        (yaml.safe_dump(_document()["theta"]), "dsg_ros_calibration"),  # no version key
+        (yaml.safe_dump([1, 2, 3]), "not a dsg_ros calibration file"),
+        ("dsg_ros_calibration: 1\ntheta: {odom_bias: [0, 0\n", "cannot read"),  # broken YAML
+        (yaml.safe_dump(_document(odom_log_scale=[0.0, 0.0])), "odom_log_scale"),  # wrong shape
+        (yaml.safe_dump(_document(log_sigma_obs=[0.0])), "log_sigma_obs"),  # a vector for a scalar
+        (yaml.safe_dump(_document(odom_bias=[0.0, float("nan"), 0, 0, 0, 0])), "odom_bias"),
+        (yaml.safe_dump(_document(extrinsic=[0.0, 0, 0, 0, 0, float("inf")])), "extrinsic"),
+        (yaml.safe_dump({**_document(), "theta": {**_GOOD, "odom_skew": [1.0]}}), "odom_skew"),  # unknown parameter
+    ],
+    ids=["wrong_version", "no_version", "not_a_mapping", "broken_yaml", "wrong_shape", "vector_for_scalar", "nan", "inf", "unknown_key"],
+)
+def test_loading_a_bad_calibration_file_names_the_file_and_the_problem(tmp_path: Path, text: str, problem: str):
+    path = tmp_path / "calibration.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem) as error:
+        cal.load(path)
+    assert str(path) in str(error.value)
+
+
+def test_loading_a_missing_calibration_file_is_a_value_error(tmp_path: Path):
+    with pytest.raises(ValueError, match="cannot read"):
+        cal.load(tmp_path / "absent.yaml")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: calibration.load silently fills in zero (identity) values for parameters the file lacks, so a "
+    "file with no theta section, or a truncated one, loads as 'no calibration' without any error",
+)
+@pytest.mark.parametrize("document", [{"dsg_ros_calibration": 1}, _document(odom_log_scale=None)], ids=["no_theta", "missing_parameter"])
+def test_loading_a_file_that_lacks_parameters_is_refused(tmp_path: Path, document: dict):
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump(document))
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        cal.load(path)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: calibration.load converts values with np.asarray outside its checks: a mapping value raises "
+    "TypeError and a non-numeric list a bare numpy ValueError, neither naming the file or the parameter",
+)
+@pytest.mark.parametrize("value", [{"x": 1.0}, ["a", "b", "c"]], ids=["mapping", "strings"])
+def test_loading_a_non_numeric_parameter_names_the_file_and_the_parameter(tmp_path: Path, value):
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump(_document(odom_log_scale=value)))
+    with pytest.raises(ValueError, match="odom_log_scale") as error:
+        cal.load(path)
+    assert str(path) in str(error.value)
+
+
+# ------------------------------------------------------------ config loader
+
+
+def test_a_nested_yaml_overrides_only_what_it_names(tmp_path: Path):
+    path = tmp_path / "run.yaml"
+    path.write_text(
+        "mapper:\n"
+        "  voxel_size: 1        # an int where a float is expected is fine\n"
+        "  T_base_sensor: [1, 0, 0, 0, 0.2, 0, 0.5]\n"
+        "  window:\n"
+        "    keyframes: 7\n"
+        "  keyframes: {distance_m: 0.8}\n"
+        "  calibration: {every_keyframes: 0}\n"
+        "sim:\n"
+        "  lidar: {azimuths: 64}\n"
+    )
+    data = load_yaml(path)
+    config = from_mapping(MapperConfig, data["mapper"], "mapper")
+    default = MapperConfig()
+    assert config.window == dataclasses.replace(default.window, keyframes=7)
+    assert config.keyframes == dataclasses.replace(default.keyframes, distance_m=0.8)
+    assert config.calibration == dataclasses.replace(default.calibration, every_keyframes=0)
+    assert config.voxel_size == 1.0 and isinstance(config.voxel_size, float)
+    assert config.T_base_sensor == (1.0, 0.0, 0.0, 0.0, 0.2, 0.0, 0.5)
+    assert config == dataclasses.replace(
+        default, window=config.window, keyframes=config.keyframes, calibration=config.calibration, voxel_size=1.0, T_base_sensor=config.T_base_sensor
+    )
+    sim = from_mapping(SimConfig, data["sim"], "sim")
+    assert sim == dataclasses.replace(SimConfig(), lidar=LidarConfig(azimuths=64))
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ({"window": {"keyframs": 3}}, r"mapper\.window: unknown key.*keyframs"),
+        ({"voxelsize": 0.1}, r"mapper: unknown key.*voxelsize"),
+        ({"calibration": {"solver": {"max_iters": 3}}}, r"mapper\.calibration\.solver: unknown key.*max_iters"),
+        ({"window": {"keyframes": "five"}}, r"mapper\.window\.keyframes: expected a number"),
+        ({"window": {"keyframes": 2.5}}, r"mapper\.window\.keyframes: expected an integer"),
+        ({"window": {"keyframes": True}}, r"mapper\.window\.keyframes"),
+        ({"window": 5}, r"mapper\.window: expected a mapping"),
+        ({"voxel_size": "0.2"}, r"mapper\.voxel_size: expected a number"),
+        ({"solver": {"method": "newton"}}, r"mapper\.solver\.method: 'newton' is not one of"),
+        ({"calibration": {"learn_extrinsic": "yes"}}, r"mapper\.calibration\.learn_extrinsic: expected true/false"),
+        ({"T_base_sensor": 1.0}, r"mapper\.T_base_sensor: expected a list"),
+        ({"T_base_sensor": [1, 0, 0, "x", 0, 0, 0]}, r"mapper\.T_base_sensor\[3\]"),
+        ({"voxel_size": -0.2}, r"mapper: .*voxel_size must be positive"),
+        ({"window": {"keyframes": 1}}, r"mapper\.window: .*at least 2 keyframes"),
+        ({"T_base_sensor": [2, 0, 0, 0, 0, 0, 0]}, r"mapper: .*T_base_sensor"),
+    ],
+)
+def test_config_errors_name_the_full_path(data: dict, problem: str):
+    with pytest.raises(ValueError, match=problem):
+        from_mapping(MapperConfig, data, "mapper")
+
+
+@pytest.mark.parametrize("text, problem", [("- a\n- b\n", "mapping at the top level"), ("mapper: [\n", "cannot read")])
+def test_load_yaml_refuses_what_is_not_a_config(tmp_path: Path, text: str, problem: str):
+    path = tmp_path / "run.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=problem):
+        load_yaml(path)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_yaml(tmp_path / "absent.yaml")
+    path.write_text("")
+    assert load_yaml(path) == {}
+
+
+def test_to_mapping_round_trips_through_yaml(tmp_path: Path):
+    mapper = dataclasses.replace(
+        MapperConfig(),
+        window=WindowConfig(keyframes=6, max_voxels=100, max_observations_per_keyframe=10),
+        solver=SolverConfig(max_iterations=4, linear_solver="dense", relative_tolerance=1e-7),
+        calibration=CalibrationConfig(every_keyframes=2, learn_extrinsic=True),
+        obs_sigma_m=0.07,
+    )
+    sim = dataclasses.replace(SimConfig(), lidar=LidarConfig(azimuths=32, fov_deg=(-10.0, 12.5)), odometry=ODOMETRY, seed=4)
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump({"mapper": to_mapping(mapper), "sim": to_mapping(sim)}))
+    data = load_yaml(path)
+    assert from_mapping(MapperConfig, data["mapper"], "mapper") == mapper
+    assert from_mapping(SimConfig, data["sim"], "sim") == sim
+    assert to_mapping(MapperConfig())["window"]["keyframes"] == WindowConfig().keyframes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: from_mapping builds a partially given nested config from its class defaults, not from the "
+    "parent field's default: `mapper.solver: {max_iterations: 5}` also switches linear_solver 'dense' -> 'auto' "
+    "and relative_tolerance 1e-6 -> 1e-5 (and calibration.solver's implicit_hessian 'gauss_newton' -> 'exact')",
+)
+@pytest.mark.parametrize("section", ["solver", "calibration"])
+def test_a_partial_nested_override_keeps_the_other_defaults(section: str):
+    if section == "solver":
+        config = from_mapping(MapperConfig, {"solver": {"max_iterations": 5}}, "mapper")
+        assert config.solver == dataclasses.replace(MapperConfig().solver, max_iterations=5)
+    else:
+        config = from_mapping(MapperConfig, {"calibration": {"solver": {"max_iterations": 2}}}, "mapper")
+        assert config.calibration.solver == dataclasses.replace(CalibrationConfig().solver, max_iterations=2)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: from_mapping does not check the length of fixed-length tuple fields (tuple[float, float]): "
+    "sim.lidar.fov_deg: [-15, 0, 15] is accepted and later makes np.linspace(*fov_deg, beams) build the wrong beams",
+)
+def test_a_fixed_length_tuple_of_the_wrong_length_is_refused():
+    with pytest.raises(ValueError, match=r"sim\.lidar\.fov_deg"):
+        from_mapping(SimConfig, {"lidar": {"fov_deg": [-15.0, 0.0, 15.0]}}, "sim")
+
+
+# ------------------------------------------------------------ metrics
+
+
+def _trajectory(n: int = 12) -> np.ndarray:
+    """A 3D corkscrew with turning orientation, (n, 7)."""
+    k = np.arange(n, dtype=float)
+    xi = np.stack([np.cos(0.5 * k) * 3, np.sin(0.5 * k) * 3, 0.2 * k, 0.1 * np.sin(k), 0.05 * k, 0.3 * k], axis=1)
+    return se3.exp(xi)
+
+
+def test_ate_removes_a_rigid_transform_but_not_a_shape_error():
+    reference = _trajectory()
+    T = se3.exp(np.array([5.0, -2.0, 1.0, 0.3, -0.2, 1.1]))
+    moved = se3.compose(np.broadcast_to(T, reference.shape), reference)
+    assert metrics.ate(moved, reference) == pytest.approx(0.0, abs=1e-9)
+    assert metrics.ate(moved, reference, align=False) > 1.0
+    # A pattern no rigid motion can absorb: ±d along z, alternating around a flat ring (Σ z·x = Σ z·y = Σ z = 0).
+    angles = np.arange(8) * np.pi / 4
+    ring = np.zeros((8, 7))
+    ring[:, 0], ring[:, 4], ring[:, 5] = 1.0, 2.0 * np.cos(angles), 2.0 * np.sin(angles)
+    bumpy = ring.copy()
+    bumpy[:, 6] = 0.1 * (-1.0) ** np.arange(8)
+    assert metrics.ate(bumpy, ring) == pytest.approx(0.1, abs=1e-9)
+    assert metrics.ate(se3.compose(np.broadcast_to(T, bumpy.shape), bumpy), ring) == pytest.approx(0.1, abs=1e-9)
+    # Without alignment a constant offset (0.3, 0.4, 0) is its length.
+    shifted = reference.copy()
+    shifted[:, 4:6] += [0.3, 0.4]
+    assert metrics.ate(shifted, reference, align=False) == pytest.approx(0.5, abs=1e-12)
+    with pytest.raises(ValueError):
+        metrics.ate(reference[:3], reference[:4])
+
+
+def test_rpe_is_zero_for_identical_or_rigidly_moved_trajectories_and_measures_step_errors():
+    reference = _trajectory()
+    assert metrics.rpe(reference, reference) == pytest.approx((0.0, 0.0), abs=1e-9)
+    T = se3.exp(np.array([1.0, 2.0, 3.0, 0.4, 0.0, -0.7]))
+    assert metrics.rpe(se3.compose(np.broadcast_to(T, reference.shape), reference), reference, delta=3) == pytest.approx((0.0, 0.0), abs=1e-9)
+    # Straight 1 m steps against 1.1 m steps: 0.1 m per step, no rotation error.
+    line = se3.exp(np.stack([np.arange(6.0), np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6)], axis=1))
+    longer = se3.exp(np.stack([1.1 * np.arange(6.0), np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6)], axis=1))
+    assert metrics.rpe(longer, line) == pytest.approx((0.1, 0.0), abs=1e-12)
+    assert metrics.rpe(longer, line, delta=2) == pytest.approx((0.2, 0.0), abs=1e-12)
+    # A 2 deg yaw error on every step.
+    turned = se3.exp(np.stack([np.arange(6.0), np.zeros(6), np.zeros(6), np.zeros(6), np.zeros(6), np.deg2rad(2.0) * np.arange(6.0)], axis=1))
+    assert metrics.rpe(turned, line)[1] == pytest.approx(2.0, abs=1e-9)
+    assert all(np.isnan(metrics.rpe(line[:2], line[:2], delta=2)))
+
+
+def test_write_tum_writes_stamp_translation_then_xyzw_quaternion(tmp_path: Path):
+    # 90 deg about z: wxyz = (cos 45, 0, 0, sin 45); a 10 deg roll, to tell qx from the rest.
+    yaw = se3.exp(np.array([1.0, 2.0, 3.0, 0.0, 0.0, np.pi / 2]))
+    roll = se3.exp(np.array([-1.5, 0.25, 0.0, np.deg2rad(10.0), 0.0, 0.0]))
+    poses = np.stack([yaw, roll])
+    path = metrics.write_tum(tmp_path / "out" / "trajectory.tum", np.array([1.5, 2.25]), poses)
+    rows = [line.split() for line in path.read_text().splitlines()]
+    assert [len(r) for r in rows] == [8, 8]
+    values = np.array(rows, float)
+    np.testing.assert_allclose(values[:, 0], [1.5, 2.25])
+    np.testing.assert_allclose(values[:, 1:4], poses[:, 4:], atol=1e-6)
+    np.testing.assert_allclose(values[0, 4:], [0.0, 0.0, np.sin(np.pi / 4), np.cos(np.pi / 4)], atol=1e-9)
+    np.testing.assert_allclose(values[1, 4:], [np.sin(np.deg2rad(5.0)), 0.0, 0.0, np.cos(np.deg2rad(5.0))], atol=1e-9)
+    np.testing.assert_allclose(values[:, 4:], poses[:, [1, 2, 3, 0]], atol=1e-9)
