@@ -16,10 +16,15 @@ import yaml
 T = TypeVar("T")
 
 
-def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "config") -> T:
-    """Build dataclass ``cls`` from nested mappings; missing keys keep their defaults."""
+def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "config", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from nested mappings; missing keys keep their
+    defaults, those of ``base`` when given. A nested section starts from its
+    parent's default for that field (``mapper.solver`` from MapperConfig's
+    solver, not from a bare SolverConfig), so a partial override changes only
+    what it names."""
+    base = cls() if base is None else base
     if data is None:
-        return cls()
+        return base
     if not isinstance(data, Mapping):
         raise ValueError(f"{where}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
@@ -29,9 +34,13 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "con
         raise ValueError(f"{where}: unknown key(s) {unknown}; {cls.__name__} has {sorted(fields)}")
     values = {}
     for name, value in data.items():
-        values[name] = _convert(hints[name], value, f"{where}.{name}")
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = from_mapping(hint, value, f"{where}.{name}", getattr(base, name))
+        else:
+            values[name] = _convert(hint, value, f"{where}.{name}")
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{where}: {exc}") from None
 
@@ -70,6 +79,10 @@ def _convert(hint: Any, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)):
             raise ValueError(f"{where}: expected a list, got {value!r}")
         args = typing.get_args(hint)
+        if args and args[-1] is not Ellipsis:  # tuple[float, float]: a fixed length
+            if len(value) != len(args):
+                raise ValueError(f"{where}: expected {len(args)} values, got {len(value)}")
+            return tuple(_convert(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value)))
         item = args[0] if args else Any
         return tuple(_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is typing.Literal:

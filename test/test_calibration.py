@@ -183,11 +183,6 @@ def test_loading_a_missing_calibration_file_is_a_value_error(tmp_path: Path):
         cal.load(tmp_path / "absent.yaml")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: calibration.load silently fills in zero (identity) values for parameters the file lacks, so a "
-    "file with no theta section, or a truncated one, loads as 'no calibration' without any error",
-)
 @pytest.mark.parametrize("document", [{"dsg_ros_calibration": 1}, _document(odom_log_scale=None)], ids=["no_theta", "missing_parameter"])
 def test_loading_a_file_that_lacks_parameters_is_refused(tmp_path: Path, document: dict):
     path = tmp_path / "calibration.yaml"
@@ -196,11 +191,6 @@ def test_loading_a_file_that_lacks_parameters_is_refused(tmp_path: Path, documen
         cal.load(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: calibration.load converts values with np.asarray outside its checks: a mapping value raises "
-    "TypeError and a non-numeric list a bare numpy ValueError, neither naming the file or the parameter",
-)
 @pytest.mark.parametrize("value", [{"x": 1.0}, ["a", "b", "c"]], ids=["mapping", "strings"])
 def test_loading_a_non_numeric_parameter_names_the_file_and_the_parameter(tmp_path: Path, value):
     path = tmp_path / "calibration.yaml"
@@ -295,12 +285,6 @@ def test_to_mapping_round_trips_through_yaml(tmp_path: Path):
     assert to_mapping(MapperConfig())["window"]["keyframes"] == WindowConfig().keyframes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: from_mapping builds a partially given nested config from its class defaults, not from the "
-    "parent field's default: `mapper.solver: {max_iterations: 5}` also switches linear_solver 'dense' -> 'auto' "
-    "and relative_tolerance 1e-6 -> 1e-5 (and calibration.solver's implicit_hessian 'gauss_newton' -> 'exact')",
-)
 @pytest.mark.parametrize("section", ["solver", "calibration"])
 def test_a_partial_nested_override_keeps_the_other_defaults(section: str):
     if section == "solver":
@@ -311,11 +295,6 @@ def test_a_partial_nested_override_keeps_the_other_defaults(section: str):
         assert config.calibration.solver == dataclasses.replace(CalibrationConfig().solver, max_iterations=2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: from_mapping does not check the length of fixed-length tuple fields (tuple[float, float]): "
-    "sim.lidar.fov_deg: [-15, 0, 15] is accepted and later makes np.linspace(*fov_deg, beams) build the wrong beams",
-)
 def test_a_fixed_length_tuple_of_the_wrong_length_is_refused():
     with pytest.raises(ValueError, match=r"sim\.lidar\.fov_deg"):
         from_mapping(SimConfig, {"lidar": {"fov_deg": [-15.0, 0.0, 15.0]}}, "sim")

@@ -130,19 +130,25 @@ def load(path: str | Path) -> Theta:
         raise ValueError(f"{path}: cannot read calibration: {exc}") from None
     if not isinstance(document, dict) or "dsg_ros_calibration" not in document:
         raise ValueError(f"{path}: not a dsg_ros calibration file (no 'dsg_ros_calibration' version key)")
-    if document["dsg_ros_calibration"] != FILE_VERSION:
-        raise ValueError(f"{path}: calibration file version {document['dsg_ros_calibration']} is not supported (expected {FILE_VERSION})")
+    version = document["dsg_ros_calibration"]
+    if isinstance(version, bool) or version != FILE_VERSION:
+        raise ValueError(f"{path}: calibration file version {version!r} is not supported (expected {FILE_VERSION})")
     theta = zero_theta()
-    given = document.get("theta") or {}
-    unknown = sorted(set(given) - set(theta))
-    if unknown:
-        raise ValueError(f"{path}: unknown calibration parameters {unknown}")
+    given = document.get("theta")
+    if not isinstance(given, dict):
+        raise ValueError(f"{path}: no 'theta' mapping of calibration parameters")
+    unknown, missing = sorted(set(given) - set(theta)), sorted(set(theta) - set(given))
+    if unknown or missing:
+        raise ValueError(f"{path}: calibration parameters {'unknown ' + str(unknown) if unknown else ''}"
+                         f"{' and ' if unknown and missing else ''}{'missing ' + str(missing) if missing else ''}")
     for name, default in theta.items():
-        if name in given:
+        try:
             value = np.asarray(given[name], np.float64)
-            if value.shape != default.shape or not np.all(np.isfinite(value)):
-                raise ValueError(f"{path}: {name} must be finite with shape {default.shape}, got {given[name]!r}")
-            theta[name] = jnp.asarray(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}: {name} must be numbers with shape {default.shape}, got {given[name]!r}") from None
+        if value.shape != default.shape or not np.all(np.isfinite(value)):
+            raise ValueError(f"{path}: {name} must be finite with shape {default.shape}, got {given[name]!r}")
+        theta[name] = jnp.asarray(value)
     return theta
 
 

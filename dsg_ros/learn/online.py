@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -50,8 +50,10 @@ class CalibrationConfig:
     # Planar motion at near-constant speed cannot tell a forward scale from a
     # forward velocity bias, nor identify most of the extrinsic: by default
     # learn the odometry scale and angular-rate bias only.
-    learn_odom_scale: bool = True
-    learn_odom_angular_bias: bool = True
+    # Per axis (x, y, z of the base): a ground robot only moves forward and
+    # turns about z; learning the others lets them drift with the noise.
+    learn_odom_scale: tuple[bool, bool, bool] = (True, False, False)
+    learn_odom_angular_bias: tuple[bool, bool, bool] = (False, False, True)
     learn_odom_linear_bias: bool = False
     learn_extrinsic: bool = False
     learn_noise: bool = False
@@ -62,9 +64,9 @@ class CalibrationConfig:
 
     def mask(self) -> Theta:
         """1 where theta is learned, 0 where it stays fixed."""
-        bias = np.concatenate([np.full(3, self.learn_odom_linear_bias), np.full(3, self.learn_odom_angular_bias)])
+        bias = np.concatenate([np.full(3, self.learn_odom_linear_bias), np.asarray(self.learn_odom_angular_bias)]).astype(np.float64)
         return {
-            "odom_log_scale": jnp.full(3, float(self.learn_odom_scale)),
+            "odom_log_scale": jnp.asarray(self.learn_odom_scale, jnp.float64),
             "odom_bias": jnp.asarray(bias, jnp.float64),
             "extrinsic": jnp.full(6, float(self.learn_extrinsic)),
             "log_sigma_odom": jnp.asarray(float(self.learn_noise)),
@@ -155,8 +157,7 @@ class OnlineCalibrator:
         self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
         self._mask = config.mask()
         # Masked gradients are exactly zero, and Adam then leaves them be.
-        schedule = optax.exponential_decay(config.learning_rate, config.decay_steps, 0.5, end_value=config.min_learning_rate)
-        self._optimizer = optax.adam(schedule)
+        self._optimizer = _optimizer(config)
         self._opt_state = self._optimizer.init(theta)
         self._T_base_sensor = T_base_sensor
         self.steps = 0
@@ -164,6 +165,10 @@ class OnlineCalibrator:
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
+
+    def clear(self) -> None:
+        """Forget buffered snapshots (after a map reset); the optimizer state stays."""
+        self.snapshots.clear()
 
     def ready(self) -> bool:
         return len(self.snapshots) >= self.config.batch
@@ -183,6 +188,14 @@ class OnlineCalibrator:
     def _run(self, theta: Theta, opt_state, batch: list[Snapshot]):
         stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
         return _calibration_step(theta, opt_state, stacked, self._T_base_sensor, self._mask, self.config, self._optimizer)
+
+
+@lru_cache(maxsize=None)
+def _optimizer(config: CalibrationConfig) -> optax.GradientTransformation:
+    """One optimizer object per config: it is a static argument of the jitted
+    step, so a fresh object per calibrator would recompile for every Mapper."""
+    schedule = optax.exponential_decay(config.learning_rate, config.decay_steps, 0.5, end_value=config.min_learning_rate)
+    return optax.adam(schedule)
 
 
 @partial(jax.jit, static_argnames=("config", "optimizer"))

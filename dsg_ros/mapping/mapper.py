@@ -110,6 +110,7 @@ class Mapper:
         self._inputs = threading.RLock()
         self._state = threading.RLock()
         self._clouds: deque[tuple[float, np.ndarray]] = deque()
+        self._last_cloud_stamp: float | None = None  # newest accepted, queued or not
         self._warnings: list[str] = []
         self._dirty = False
         self._last_report: dict[str, Any] | None = None
@@ -160,6 +161,9 @@ class Mapper:
         and counted (with ``dropped`` more the caller already removed); an empty
         or malformed cloud is skipped with a warning."""
         points = np.asarray(p_sensor)
+        if not np.isfinite(stamp):
+            self._warn(f"cloud stamp {stamp} is not finite; skipped")
+            return False
         if points.ndim != 2 or points.shape[1] != 3:
             self._warn(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3); skipped")
             return False
@@ -173,9 +177,10 @@ class Mapper:
             if not np.any(keep):
                 self._warn(f"cloud at {stamp:.3f} has no valid points ({non_finite} non-finite, the rest out of range); skipped")
                 return False
-            if self._clouds and stamp <= self._clouds[-1][0]:
-                self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._clouds[-1][0]:.6f}); skipped")
+            if self._last_cloud_stamp is not None and stamp <= self._last_cloud_stamp:
+                self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._last_cloud_stamp:.6f}); skipped")
                 return False
+            self._last_cloud_stamp = float(stamp)
             self._clouds.append((float(stamp), points[keep]))
             self.stats["clouds"] += 1
         return True
@@ -484,6 +489,8 @@ class Mapper:
             self.odometry.clear()
             self.reference.clear()
             self._clouds.clear()
+            self._last_cloud_stamp = None
+            self.calibrator.clear()
             self._dirty = False
 
     def _warn(self, message: str) -> None:

@@ -47,6 +47,17 @@ class VoxelMap:
         if frozen is not None:
             self._frozen[rows] = frozen
 
+    def observe(self, keys: np.ndarray, initial_positions: np.ndarray) -> None:
+        """Count one observation of each of ``keys`` (n,); unknown keys enter
+        at ``initial_positions`` (n, 3), free (not frozen)."""
+        keys = np.asarray(keys, np.int64)
+        rows = self.rows(keys)
+        unknown = rows < 0
+        if np.any(unknown):
+            self.update(keys[unknown], initial_positions[unknown], frozen=False)
+            rows = self.rows(keys)
+        np.add.at(self._counts, rows, 1)
+
     def positions(self, rows: np.ndarray) -> np.ndarray:
         return self._positions[rows]
 

@@ -54,6 +54,8 @@ def voxelize(p_sensor: np.ndarray, R_map_sensor: np.ndarray, t_map_sensor: np.nd
     """
     # A contiguous right operand keeps this a single BLAS call (a transposed
     # view makes numpy 10x slower here).
+    if p_sensor.shape[0] == 0:
+        return CellObservations(keys=np.zeros(0, np.int64), p_sensor=np.zeros((0, 3)), counts=np.zeros(0, np.int64))
     p_map = p_sensor.dot(np.ascontiguousarray(R_map_sensor.T)) + t_map_sensor
     keys = pack_cells(np.floor(p_map / voxel_size))
     # Sort once and sum contiguous runs: several times faster than np.unique
@@ -62,6 +64,6 @@ def voxelize(p_sensor: np.ndarray, R_map_sensor: np.ndarray, t_map_sensor: np.nd
     keys = keys[order]
     starts = np.flatnonzero(np.concatenate([[True], keys[1:] != keys[:-1]]))
     counts = np.diff(np.append(starts, keys.shape[0]))
-    sums = np.add.reduceat(np.take(p_sensor, order, axis=0), starts, axis=0) if keys.shape[0] else np.zeros((0, 3))
+    sums = np.add.reduceat(np.take(p_sensor, order, axis=0), starts, axis=0)
     keep = counts >= min_points
     return CellObservations(keys=keys[starts][keep], p_sensor=sums[keep] / counts[keep, None], counts=counts[keep])

@@ -194,6 +194,7 @@ class Window:
             voxel_vars[new] = new_vars
             self._voxel_of_key.update(zip(keys[new].tolist(), new_vars.tolist()))
             self._key_of_voxel.update(zip(new_vars.tolist(), keys[new].tolist()))
+        self.voxel_map.observe(keys, se3.apply(T_map_base, p_base))
         observed = ~anchored
         if np.any(observed):
             pairs = np.stack([np.full(int(observed.sum()), pose_var), voxel_vars[observed]], axis=1)

@@ -15,6 +15,7 @@ stored as ``wxyz_xyz`` (7,)). The solver ``vmap``s them over a slab.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterator, Literal, Sequence
 
 import jax
@@ -285,6 +286,9 @@ BUILTIN_TYPES: tuple[FactorType, ...] = (
 def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
     """A Gaussian prior over several variables, as marginalization leaves behind.
 
+    One FactorType object per ``var_kinds`` (cached): factor types are static
+    parts of a jitted graph, so equal windows share their compiled solves.
+
     Measurement (n_values + n_tangent,): each variable's linearization point
     (``wxyz_xyz`` or xyz) then an offset ``c`` in their stacked tangents.
     Residual ``[x_i ⊖ x̄_i]_i + c`` with ``T ⊖ T̄ = Log(T̄⁻¹T)``, ``v ⊖ v̄ = v − v̄``;
@@ -292,7 +296,11 @@ def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
     information ``LᵀL`` and gradient ``LᵀL c`` at the linearization point.
     Named by its variable kinds: ``linear_prior_pppp`` for four poses, ``v`` for a point.
     """
-    kinds = tuple(var_kinds)
+    return _linear_prior_type(tuple(var_kinds))
+
+
+@lru_cache(maxsize=None)
+def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
     value_dims = [VALUE_DIM[k] for k in kinds]
     tangent_dims = [TANGENT_DIM[k] for k in kinds]
     value_starts = np.cumsum([0, *value_dims])
