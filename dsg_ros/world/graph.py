@@ -39,7 +39,8 @@ class State:
     def retract(self, delta: Tangent) -> State:
         """Right-perturbation update ``T·Exp(δ)``, ``v + δ``."""
         poses = (jaxlie.SE3(self.poses) @ jaxlie.SE3.exp(delta.poses)).wxyz_xyz
-        return State(poses=poses, points=self.points + delta.points)
+        # jaxlie promotes float32 to float64 under x64; keep the state's dtype.
+        return State(poses=poses.astype(self.poses.dtype), points=self.points + delta.points)
 
 
 @jdc.pytree_dataclass
@@ -195,8 +196,12 @@ def slab_residuals(slab: FactorSlab, state: State) -> jax.Array:
     """Raw residuals (F, d), through the type's batched kernel when it has one."""
     ftype = slab.ftype
     if ftype.batched_residual is not None:
-        return ftype.batched_residual(state.poses, state.points, slab.slots, slab.measurement)
-    return jax.vmap(ftype.residual)(slab.values(state), slab.measurement)
+        r = ftype.batched_residual(state.poses, state.points, slab.slots, slab.measurement)
+    else:
+        r = jax.vmap(ftype.residual)(slab.values(state), slab.measurement)
+    # jaxlie's SE(3) ops promote float32 to float64 when x64 is on: keep the
+    # slab's dtype so float32 solves (the GPU default) stay float32.
+    return r.astype(slab.measurement.dtype)
 
 
 def slab_costs(slab: FactorSlab, state: State) -> jax.Array:
@@ -241,6 +246,8 @@ def linearize_slab(slab: FactorSlab, state: State) -> tuple[SlabLinearization, j
         r, jacs = ftype.batched_linearize(state.poses, state.points, slab.slots, slab.measurement)
     else:
         r, jacs = jax.vmap(ftype.linearize)(slab.values(state), slab.measurement)
+    dtype = slab.measurement.dtype  # see slab_residuals
+    r, jacs = r.astype(dtype), tuple(j.astype(dtype) for j in jacs)
     e = _whiten(slab, r)
     s = jnp.sum(e * e, axis=1)
     slab_cost = 0.5 * jnp.sum(jnp.where(slab.active, robust_rho(s, slab.robust_code, slab.robust_scale), 0.0))
