@@ -3,12 +3,13 @@
 Threads (why: a solve or a calibration step must never starve a subscription):
 
 * the executor thread runs subscriptions (they only convert and enqueue),
-  services and the diagnostics/voxel timers;
+  services and the diagnostics timer;
 * the tick thread warms the mapper up, then ticks it on every cloud (or at
   ``rate_hz`` when none comes) and publishes what the tick produced;
 * the calibration worker takes window snapshots from the tick thread, runs
   the outer-loop step and hands the new theta back; the tick thread applies
-  it between ticks.
+  it between ticks;
+* the voxel thread publishes the whole map at ``voxel_rate_hz``.
 
 Stamps come from messages (``use_sim_time`` only affects the node clock,
 used for diagnostics headers when no data arrived yet).
@@ -78,6 +79,7 @@ class MapperNode(Node):
         self._wake = threading.Event()
         self._reset_requested = threading.Event()
         self._reset_done = threading.Event()
+        self._map_lock = threading.Lock()  # a reset's DELETEALL and a map publication never interleave
         self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
         self._snapshots: queue.Queue = queue.Queue(maxsize=1)
         self._warned_once: set[str] = set()
@@ -94,14 +96,16 @@ class MapperNode(Node):
         self.create_service(Trigger, "~/save_calibration", self._on_save_calibration)
         self.create_service(Trigger, "~/reset", self._on_reset)
         self.create_timer(1.0 / s.diagnostics_rate_hz, self._publish_diagnostics)
-        self._voxel_period = 1.0 / s.voxel_rate_hz if s.voxel_rate_hz > 0 else None
-        self._last_voxels = 0.0
         self._tf = self._make_tf_broadcaster()
 
         self._ticker = threading.Thread(target=self._run_ticks, name="dsg_tick", daemon=True)
         self._learner = threading.Thread(target=self._run_calibration, name="dsg_calibration", daemon=True)
+        # The whole map as markers takes ~0.2 s per 100k voxels to build: its
+        # own thread, so ticks (and the latency they add) never wait for it.
+        self._voxeler = threading.Thread(target=self._run_voxels, name="dsg_voxels", daemon=True)
         self._ticker.start()
         self._learner.start()
+        self._voxeler.start()
 
     # ------------------------------------------------------------------ set-up
 
@@ -138,8 +142,8 @@ class MapperNode(Node):
             self._snapshots.put_nowait(None)  # wakes the calibration worker
         except queue.Full:
             pass
-        self._ticker.join(timeout=10.0)
-        self._learner.join(timeout=10.0)
+        for thread in (self._ticker, self._learner, self._voxeler):
+            thread.join(timeout=10.0)
 
     # --------------------------------------------------------------- callbacks
 
@@ -251,8 +255,9 @@ class MapperNode(Node):
     def _tick_once(self) -> None:
         if self._reset_requested.is_set():
             self._reset_requested.clear()
-            self.mapper.reset()
-            self._path.clear()
+            with self._map_lock:
+                self.mapper.reset()
+                self._path.clear()
             self._arrivals.clear()
             stamp = self._header_stamp()
             self.pub_voxels.publish(msgs.delete_all(self.settings.map_frame, stamp))
@@ -311,12 +316,6 @@ class MapperNode(Node):
             odom_edges, obs_edges = self.mapper.edges(s.graph_max_observations)
             self.pub_graph.publish(msgs.graph_markers(odom_edges, obs_edges, s.map_frame, stamp))
             self.counts["published_ticks"] += 1
-        now = time.monotonic()
-        if self._voxel_period is not None and now - self._last_voxels >= self._voxel_period and self._path:
-            self._last_voxels = now
-            _, centers, counts = self.mapper.voxels()
-            values = centers[:, 2] if s.voxel_color == "height" else counts.astype(np.float64)
-            self.pub_voxels.publish(msgs.voxel_markers(centers, values, self.mapper.config.voxel_size, s.map_frame, stamp))
 
     def _broadcast_tf(self, T_map_odom: np.ndarray, stamp) -> None:
         from geometry_msgs.msg import TransformStamped
@@ -326,6 +325,23 @@ class MapperNode(Node):
         t.transform.rotation.w, t.transform.rotation.x, t.transform.rotation.y, t.transform.rotation.z = (float(v) for v in T_map_odom[:4])
         t.transform.translation.x, t.transform.translation.y, t.transform.translation.z = (float(v) for v in T_map_odom[4:])
         self._tf.sendTransform(t)
+
+    def _run_voxels(self) -> None:
+        s = self.settings
+        if s.voxel_rate_hz <= 0:
+            return
+        while not self._stop.wait(1.0 / s.voxel_rate_hz):
+            if not self._path or self._reset_requested.is_set():
+                continue
+            try:
+                _, centers, counts = self.mapper.voxels()
+                values = centers[:, 2] if s.voxel_color == "height" else counts.astype(np.float64)
+                markers = msgs.voxel_markers(centers, values, self.mapper.config.voxel_size, s.map_frame, self._header_stamp())
+                with self._map_lock:
+                    if self._path:  # reset while building: the old map must not come back
+                        self.pub_voxels.publish(markers)
+            except Exception:
+                self.get_logger().error("voxel publication failed: " + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
 
     # ------------------------------------------------------------ calibration
 
