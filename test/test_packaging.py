@@ -107,6 +107,16 @@ def test_colcon_build_installs_launch_and_config(colcon_install: Path) -> None:
     assert expected, "config/ should hold at least hybrid.yaml"
     missing = [str(rel) for rel in expected if not (share / rel).is_file()]
     assert not missing, f"not installed into {share}: {missing}"
+    for rel in ("launch/hybrid.launch.py", "config/hybrid.yaml", "config/hybrid.rviz"):
+        assert (share / rel).is_file(), f"{rel} not installed"
+
+
+@pytest.mark.slow
+def test_colcon_build_installs_the_node_executable(colcon_install: Path) -> None:
+    node = colcon_install / "lib" / PACKAGE / "hybrid_node"  # `ros2 run dsg_ros hybrid_node`, the launch file's executable
+    assert node.is_file() and os.access(node, os.X_OK), f"missing or not executable: {node}"
+    text = node.read_text()  # a direct import, or setuptools' load_entry_point by name
+    assert "dsg_ros.ros.node" in text or "'hybrid_node'" in text, text
 
 
 @pytest.mark.slow
