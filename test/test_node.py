@@ -18,7 +18,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import threading
@@ -46,7 +45,7 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from dsg_ros.learn import calibration as cal  # noqa: E402
 from dsg_ros.ros import messages as msgs  # noqa: E402
-from dsg_ros.ros.live import NODE, Monitor  # noqa: E402
+from dsg_ros.ros.live import NODE, Monitor, stop_process  # noqa: E402
 from dsg_ros.ros.pointcloud import xyz_to_cloud  # noqa: E402
 from dsg_ros.ros.sim_publisher import SimPublisher  # noqa: E402
 from dsg_ros.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
@@ -329,13 +328,7 @@ def live(tmp_path_factory):
         h.wait_for_subscribers()
         yield h
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop_process(proc)
         if executor is not None:
             executor.shutdown()
         for n in nodes:

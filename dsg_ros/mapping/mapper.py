@@ -404,8 +404,7 @@ class Mapper:
             self.stats["rollbacks"] += 1
             self._warn(f"solve {rep['status']} (cost {rep['initial_cost']:.4g} -> {rep['final_cost']:.4g}); rolled back to the last good state")
             return rep, True
-        wm.set_state(x)
-        self.window.sync_map()
+        wm.set_state(x)  # free voxels reach the persistent map on export (voxels()), not every solve
         # Continue next tick only while the solve still makes progress: at its
         # floating-point floor (float32 above all) the relative test may never
         # pass, and re-solving every tick would buy nothing.

@@ -175,16 +175,22 @@ def run_live(
         time.sleep(1.5)
         return _summarize(monitor.seen, output, calibration_file, saved)
     finally:
-        if node_proc.poll() is None:
-            node_proc.send_signal(signal.SIGINT)
-            try:
-                node_proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                node_proc.kill()
+        stop_process(node_proc)
         executor.shutdown()
         monitor.destroy_node()
         rclpy.try_shutdown()
         node_log.close()
+
+
+def stop_process(proc: subprocess.Popen, timeout_s: float = 20.0) -> None:
+    """SIGINT (the node shuts its threads and DDS down cleanly), then kill after ``timeout_s``."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
 
 
 def _save_calibration(monitor: Monitor) -> str:

@@ -82,7 +82,6 @@ class MapperNode(Node):
         self._map_lock = threading.Lock()  # a reset's DELETEALL and a map publication never interleave
         self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
         self._snapshots: queue.Queue = queue.Queue(maxsize=1)
-        self._warned_once: set[str] = set()
 
         self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
         self.create_subscription(Odometry, "ground_truth", self._on_ground_truth, _qos(s.odom_reliability, s.odom_depth))

@@ -47,25 +47,26 @@ class NodeSettings:
 
 _RELIABILITY = ("best_effort", "reliable")
 
-# name → (description, range (lo, hi) or allowed strings, read-only)
-_NODE_DOCS: dict[str, tuple[str, Any, bool]] = {
-    "map_frame": ("frame of every published pose and marker", None, True),
-    "odom_frame": ("frame of the incoming odometry (the tf child of map_frame)", None, True),
-    "base_frame": ("robot base frame; clouds in this frame are moved to the sensor frame by the extrinsic", None, True),
-    "sensor_frame": ("frame_id clouds must carry (empty: any frame other than base_frame is the sensor)", None, True),
-    "rate_hz": ("tick rate when no cloud arrives; the mapper also ticks on each cloud if tick_on_cloud", (0.5, 200.0), True),
-    "tick_on_cloud": ("tick as soon as a cloud arrives (lowest latency) instead of waiting for the next period", None, True),
-    "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY, True),
-    "points_depth": ("QoS history depth of the points subscription", (1, 1000), True),
-    "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY, True),
-    "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000), True),
-    "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None, True),
-    "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None, False),
-    "voxel_rate_hz": ("how often the whole voxel map is published on ~/voxels (0: never)", (0.0, 50.0), False),
-    "voxel_color": ("colour voxels by 'height' or by observation 'count'", ("height", "count"), False),
-    "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000), False),
-    "diagnostics_rate_hz": ("how often /diagnostics is published", (0.1, 50.0), True),
-    "broadcast_tf": ("broadcast map → odom on /tf when tf2_ros is installed", None, True),
+# name → (description, range (lo, hi) or allowed strings). Every parameter is
+# read once at start (the node keeps a frozen NodeSettings), hence read-only.
+_NODE_DOCS: dict[str, tuple[str, Any]] = {
+    "map_frame": ("frame of every published pose and marker", None),
+    "odom_frame": ("frame of the incoming odometry (the tf child of map_frame)", None),
+    "base_frame": ("robot base frame; clouds in this frame are moved to the sensor frame by the extrinsic", None),
+    "sensor_frame": ("frame_id clouds must carry (empty: any frame other than base_frame is the sensor)", None),
+    "rate_hz": ("tick rate when no cloud arrives; the mapper also ticks on each cloud if tick_on_cloud", (0.5, 200.0)),
+    "tick_on_cloud": ("tick as soon as a cloud arrives (lowest latency) instead of waiting for the next period", None),
+    "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY),
+    "points_depth": ("QoS history depth of the points subscription", (1, 1000)),
+    "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY),
+    "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000)),
+    "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None),
+    "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None),
+    "voxel_rate_hz": ("how often the whole voxel map is published on ~/voxels (0: never)", (0.0, 50.0)),
+    "voxel_color": ("colour voxels by 'height' or by observation 'count'", ("height", "count")),
+    "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000)),
+    "diagnostics_rate_hz": ("how often /diagnostics is published", (0.1, 50.0)),
+    "broadcast_tf": ("broadcast map → odom on /tf when tf2_ros is installed", None),
 }
 
 _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
@@ -87,8 +88,8 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
 }
 
 
-def _descriptor(name: str, default: Any, description: str, constraint: Any, read_only: bool) -> ParameterDescriptor:
-    d = ParameterDescriptor(name=name, description=description, read_only=read_only)
+def _descriptor(name: str, default: Any, description: str, constraint: Any) -> ParameterDescriptor:
+    d = ParameterDescriptor(name=name, description=description, read_only=True)
     if isinstance(constraint, tuple) and constraint and isinstance(constraint[0], str):
         d.additional_constraints = "one of: " + ", ".join(constraint)
     elif isinstance(constraint, tuple):
@@ -137,13 +138,13 @@ def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
     by rclpy itself at declaration.
     """
     for f in fields(NodeSettings):
-        description, constraint, read_only = _NODE_DOCS[f.name]
-        node.declare_parameter(f.name, f.default, _descriptor(f.name, f.default, description, constraint, read_only))
+        description, constraint = _NODE_DOCS[f.name]
+        node.declare_parameter(f.name, f.default, _descriptor(f.name, f.default, description, constraint))
     for name, default in mapper_parameter_defaults().items():
         description, constraint = _MAPPER_DOCS.get(name[len("mapper.") :], (f"MapperConfig field {name[len('mapper.'):]}", None))
-        node.declare_parameter(name, default, _descriptor(name, default, description, constraint, True))
+        node.declare_parameter(name, default, _descriptor(name, default, description, constraint))
     values = {f.name: node.get_parameter(f.name).value for f in fields(NodeSettings)}
-    for name, (_, constraint, _) in _NODE_DOCS.items():
+    for name, (_, constraint) in _NODE_DOCS.items():
         if isinstance(constraint, tuple) and isinstance(constraint[0], str) and values[name] not in constraint:
             raise ValueError(f"parameter {name}: {values[name]!r} is not one of {constraint}")
     settings = NodeSettings(**values)
