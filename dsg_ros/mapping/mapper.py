@@ -59,9 +59,10 @@ class MapperConfig:
     obs_sigma_m: float = 0.05
     obs_huber: float = 3.0
     solver: SolverConfig = field(
-        # At most 3 LM iterations per tick: an unconverged window stays dirty
-        # and the next tick continues from there, which bounds the tick time.
-        default_factory=lambda: SolverConfig(max_iterations=3, linear_solver="dense", relative_tolerance=1e-6)
+        # One LM iteration per tick: an unconverged window stays dirty and the
+        # next ticks (100 ms apart) continue from there. Measured on the default
+        # sim run: keyframe ticks 97 ms instead of 142 ms with 3, same accuracy.
+        default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", relative_tolerance=1e-6)
     )
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)

@@ -72,6 +72,10 @@ class _Slots:
     def give_back(self, slot: int) -> None:
         heapq.heappush(self._free, slot)
 
+    def give_back_many(self, slots: list[int]) -> None:
+        self._free.extend(slots)
+        heapq.heapify(self._free)
+
     @property
     def used(self) -> int:
         return self.capacity - len(self._free)
@@ -329,16 +333,19 @@ class WorldModel:
     def remove_factors(self, factor_ids: Sequence[int] | np.ndarray) -> None:
         """Remove factors (all ids are checked before any is removed)."""
         located = [self._factor(f) for f in factor_ids]
+        rows_of: dict[str, list[int]] = {}
         for fid, (name, row) in zip(factor_ids, located):
-            host = self._slabs[name]
             del self._factors[int(fid)]
             self._removed_factors.add(int(fid))
-            host.active[row] = False
-            host.slots[row] = 0
-            host.var_ids[row] = -1
-            host.factor_ids[row] = -1
-            host.measurement[row] = host.ftype.neutral()
-            host.alloc.give_back(row)
+            rows_of.setdefault(name, []).append(row)
+        for name, rows in rows_of.items():  # one bulk write per slab: marginalization frees thousands
+            host = self._slabs[name]
+            host.active[rows] = False
+            host.slots[rows] = 0
+            host.var_ids[rows] = -1
+            host.factor_ids[rows] = -1
+            host.measurement[rows] = host.ftype.neutral()
+            host.alloc.give_back_many(rows)
 
     def slab_rows(self, type_name: str) -> SlabRows:
         """Read-only per-row view of one slab: which rows are active, their variable and factor ids."""
