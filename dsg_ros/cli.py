@@ -181,7 +181,9 @@ def _node(argv: list[str]) -> int:
         epilog="example: dsg-ros node --params-file config/hybrid.yaml --ros-args -p use_sim_time:=true -r odom:=/robot/odom",
     )
     parser.add_argument("--params-file", metavar="YAML", help="ROS parameters file (default: the installed config/hybrid.yaml)")
-    args, ros_args = parser.parse_known_args(argv)
+    split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    args = parser.parse_args(argv[:split])  # strict: a misspelt option is an error, not a silent ROS argument
+    ros_args = argv[split:]
     from dsg_ros.ros.node import main as node_main
     from dsg_ros.ros.params import default_params_file
 
@@ -208,7 +210,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     say = _progress(True)
     output = Path(args.output)
-    summary = run_live(Path(args.params_file) if args.params_file else default_params_file(), output, args.duration, args.seed, args.rate, say=say)
+    try:
+        summary = run_live(Path(args.params_file) if args.params_file else default_params_file(), output, args.duration, args.seed, args.rate, say=say)
+    except (RuntimeError, FileNotFoundError) as exc:  # the node or publisher failed: say where to look
+        print(f"dsg-ros demo: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # run_live has already stopped the node
+        return 130
     (output / "summary.json").write_text(json.dumps(summary, indent=2))
     received, published = summary["received"], summary["published"]
     human = [

@@ -12,10 +12,24 @@ from conftest import DATA
 CLI = [sys.executable, "-m", "dsg_ros.cli"]
 
 
-@pytest.mark.parametrize("args", [["--help"], ["hero", "--help"], ["solve-g2o", "--help"], ["bench", "core", "--help"]])
+SUBCOMMANDS = [
+    ["hero"], ["solve-g2o"], ["run-sim"], ["demo"], ["node"], ["sim-publisher"], ["bench", "core"], ["bench", "mapping"], ["bench", "node"],
+]
+
+
+@pytest.mark.parametrize("args", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "dsg-ros")
 def test_every_subcommand_teaches_with_help(args):
-    out = subprocess.run(CLI + args, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "usage: dsg-ros" in out.stdout
+    if not args:  # the top-level help lists every command
+        assert all(cmd[0] in out.stdout for cmd in SUBCOMMANDS)
+
+
+@pytest.mark.parametrize("command", ["node", "sim-publisher"])
+def test_ros_commands_refuse_a_misspelt_option(command):
+    # Their ROS arguments pass through after --ros-args; anything else must be theirs.
+    out = subprocess.run(CLI + [command, "--durration", "5"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "unrecognized arguments: --durration" in out.stderr
 
 
 def test_solve_g2o_prints_json_last(tmp_path):

@@ -9,6 +9,7 @@ nodes with ``use_sim_time`` follow the simulation.
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Sequence
 
@@ -90,7 +91,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reliable", action="store_true", help="publish points RELIABLE instead of the SensorDataQoS best effort")
     parser.add_argument("--clock", action="store_true", help="publish /clock (sim time from 1000 s) for nodes with use_sim_time")
     parser.add_argument("--wait", type=float, default=30.0, help="seconds to wait for a points subscriber before publishing anyway (default 30)")
-    args, ros_args = parser.parse_known_args(argv)
+    argv = list(argv) if argv is not None else sys.argv[1:]
+    split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
+    args = parser.parse_args(argv[:split])  # strict: a misspelt option is an error, not a silent ROS argument
+    ros_args = argv[split:]
     data = simulate(SimConfig(seed=args.seed, duration_s=args.duration))
     rclpy.init(args=ros_args)
     node = SimPublisher(data, rate=args.rate, reliable_points=args.reliable, clock=args.clock)
