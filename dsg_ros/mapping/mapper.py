@@ -438,6 +438,7 @@ class Mapper:
             "window_voxels": counts["points"],
             "window_observations": counts["voxel_point_obs"],
             "map_voxels": len(window.voxel_map),
+            "dropped_observations": window.dropped_observations,  # no free voxel slot: raise window.max_voxels if this grows
             "compilations": compilations,
             "compilations_after_warmup": compilations - self._compilations_at_warmup,
             "last_solve": self._last_report,

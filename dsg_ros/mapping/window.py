@@ -110,6 +110,7 @@ class Window:
         self._voxel_of_key: dict[int, int] = {}
         self._key_of_voxel: dict[int, int] = {}
         self._sequence = 0
+        self.dropped_observations = 0  # new cells refused because every voxel slot was taken
         # Raw inputs per slab row, so measurements can be rebuilt when the
         # calibration changes: odometry increment and its duration; the
         # observation centroid in the sensor frame.
@@ -186,6 +187,7 @@ class Window:
         free_slots = wm.capacity.points - wm.counts()["points"]
         if new.shape[0] > free_slots:  # out of voxel slots: observe what fits
             dropped = new[free_slots:]
+            self.dropped_observations += int(dropped.shape[0])
             keep = np.setdiff1d(np.arange(keys.shape[0]), dropped)
             keys, p_sensor, p_base, voxel_vars, map_rows, anchored = (a[keep] for a in (keys, p_sensor, p_base, voxel_vars, map_rows, anchored))
             new = np.flatnonzero((voxel_vars < 0) & ~anchored)
