@@ -396,6 +396,7 @@ class MapperNode(Node):
             "calibration_age_s": age,
             "dropped_points": self.mapper.stats["dropped_points"],
             "dropped_clouds": self.mapper.stats["dropped_clouds"],
+            "dropped_observations": d.get("dropped_observations"),
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
             **{f"received_{k}": v for k, v in self.counts.items()},
         }
