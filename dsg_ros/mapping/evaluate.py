@@ -42,7 +42,7 @@ def summarize(
         "rpe_estimate": metrics.rpe(estimate, truth)[0],
         "tick_ms_p50": float(np.percentile(ticks, 50)),
         "tick_ms_p99": float(np.percentile(ticks, 99)),
-        "keyframe_tick_ms_p50": _keyframe_tick_p50(record),
+        "keyframe_tick_ms_p50": float(np.median(record.keyframe_tick_ms)) if record.keyframe_tick_ms else None,
         "calibration_ms_p50": float(np.median(record.calibration_ms)) if record.calibration_ms else None,
         "calibration_steps": mapper.calibrator.steps,
         "compilations_after_warmup": diag.get("compilations_after_warmup"),
@@ -59,12 +59,6 @@ def summarize(
         summary["png"] = str(plot_top_view(output / "map.png", mapper.voxels()[1], estimate, truth, odom))
         summary["tum"] = str(output)
     return summary
-
-
-def _keyframe_tick_p50(record: RunRecord) -> float | None:
-    ticks = np.asarray(record.tick_ms)
-    heavy = ticks[ticks > np.percentile(ticks, 50) * 3] if ticks.size else ticks
-    return float(np.median(heavy)) if heavy.size else None
 
 
 def plot_top_view(path: Path, voxels: np.ndarray, estimate: np.ndarray, truth: np.ndarray, odom: np.ndarray) -> Path:

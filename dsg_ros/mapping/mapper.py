@@ -59,10 +59,11 @@ class MapperConfig:
     obs_sigma_m: float = 0.05
     obs_huber: float = 3.0
     solver: SolverConfig = field(
-        # One LM iteration per tick: an unconverged window stays dirty and the
-        # next ticks (100 ms apart) continue from there. Measured on the default
-        # sim run: keyframe ticks 97 ms instead of 142 ms with 3, same accuracy.
-        default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", relative_tolerance=1e-6)
+        # At most 3 LM iterations per tick; an unconverged window stays dirty
+        # and the next tick continues. (1 per tick cut keyframe ticks from 142
+        # to 97 ms but spread the solve over more ticks: lower throughput and
+        # higher node latency on a 2-core CPU, see bench/RESULTS.md notes.)
+        default_factory=lambda: SolverConfig(max_iterations=3, linear_solver="dense", relative_tolerance=1e-6)
     )
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)

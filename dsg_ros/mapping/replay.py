@@ -20,6 +20,7 @@ class RunRecord:
 
     keyframe_poses: dict[float, np.ndarray] = field(default_factory=dict)  # stamp → T_map_base
     tick_ms: list[float] = field(default_factory=list)
+    keyframe_tick_ms: list[float] = field(default_factory=list)  # ticks that added a keyframe
     calibration_ms: list[float] = field(default_factory=list)
     calibration: list[tuple[float, CalibrationSummary]] = field(default_factory=list)
     warnings: int = 0
@@ -54,6 +55,8 @@ def drive(
             mapper.add_cloud(stamp, payload)
             result = mapper.tick()
             record.tick_ms.append(result.diagnostics["tick_ms"])
+            if result.keyframes_added:
+                record.keyframe_tick_ms.append(result.diagnostics["tick_ms"])
             record.warnings += len(result.warnings)
             record.keyframe_poses.update(zip(result.window_stamps.tolist(), result.window_poses))
             if calibrate and result.diagnostics["calibration_due"]:
