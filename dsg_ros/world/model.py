@@ -117,8 +117,9 @@ class WorldModel:
         self._slot_owner = {"pose": np.full(capacity.poses, -1, np.int64), "point": np.full(capacity.points, -1, np.int64)}
         self._vars: dict[int, tuple[str, int]] = {}
         self._factors: dict[int, tuple[str, int]] = {}
-        self._removed_vars: set[int] = set()
-        self._removed_factors: set[int] = set()
+        # Ids are handed out in increasing order and never reused, so an id
+        # below the next one that is not live was removed (no set of removed
+        # ids: a long mapping run removes millions of factors).
         self._next_var_id = 0
         self._next_factor_id = 0
         self._slabs: dict[str, _HostSlab] = {}
@@ -206,7 +207,6 @@ class WorldModel:
         self.remove_factors(users)
         for var_id, kind, slot in located:
             del self._vars[var_id]
-            self._removed_vars.add(var_id)
             self._active[kind][slot] = False
             self._slot_owner[kind][slot] = -1
             self._values[kind][slot] = _IDENTITY_WXYZ_XYZ if kind == "pose" else 0.0
@@ -227,7 +227,7 @@ class WorldModel:
         try:
             return self._vars[int(var_id)]
         except KeyError:
-            if int(var_id) in self._removed_vars:
+            if 0 <= int(var_id) < self._next_var_id:
                 raise KeyError(f"variable {var_id} was removed") from None
             raise KeyError(f"no variable with id {var_id}") from None
 
@@ -336,7 +336,6 @@ class WorldModel:
         rows_of: dict[str, list[int]] = {}
         for fid, (name, row) in zip(factor_ids, located):
             del self._factors[int(fid)]
-            self._removed_factors.add(int(fid))
             rows_of.setdefault(name, []).append(row)
         for name, rows in rows_of.items():  # one bulk write per slab: marginalization frees thousands
             host = self._slabs[name]
@@ -381,7 +380,7 @@ class WorldModel:
         try:
             return self._factors[int(factor_id)]
         except KeyError:
-            if int(factor_id) in self._removed_factors:
+            if 0 <= int(factor_id) < self._next_factor_id:
                 raise KeyError(f"factor {factor_id} was removed") from None
             raise KeyError(f"no factor with id {factor_id}") from None
 
