@@ -42,7 +42,6 @@ class SimPublisher(Node):
         self.pub_points = self.create_publisher(PointCloud2, "points", points_qos)
         self.pub_clock = self.create_publisher(Clock, "/clock", 10) if clock else None
         self.sent = {"odom": 0, "ground_truth": 0, "cloud": 0}
-        self.cloud_sent_at: dict[float, float] = {}  # cloud stamp → perf_counter when published
 
     def wait_for_subscribers(self, timeout_s: float) -> bool:
         """Wait until something subscribes to points (discovery takes a moment)."""
@@ -67,7 +66,6 @@ class SimPublisher(Node):
                 self.pub_clock.publish(Clock(clock=stamp))
             if kind == "cloud":
                 self.pub_points.publish(xyz_to_cloud(payload, stamp, self.frames["cloud"]))
-                self.cloud_sent_at[msgs.stamp_to_sec(stamp)] = time.perf_counter()
                 if on_progress is not None and self.sent["cloud"] % 50 == 0:
                     on_progress(self.sent["cloud"], total)
             else:
