@@ -67,3 +67,20 @@ def enable_compile_cache(path: str | None = None) -> str | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
     return directory
+
+
+def rss_mb(pid: int | str = "self") -> float | None:
+    """Resident memory of a process in MiB (Linux /proc), or None if it cannot
+    be read; for this process without /proc, the peak RSS instead."""
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    if pid == "self":
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    return None

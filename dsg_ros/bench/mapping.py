@@ -8,7 +8,6 @@ checked against the issue's goals and the verdicts are printed.
 
 from __future__ import annotations
 
-import resource
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -16,19 +15,12 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dsg_ros import runtime
 from dsg_ros.bench import report
 from dsg_ros.mapping import Mapper, MapperConfig
 from dsg_ros.mapping.replay import drive
 from dsg_ros.sim.run import run as run_sim
 from dsg_ros.sim.scenario import SimConfig, simulate
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as handle:
-        for line in handle:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024.0
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def run(
@@ -61,7 +53,7 @@ def _memory(duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
 
     def sample(result) -> None:
         if result.stamp is not None and (not samples or result.stamp - samples[-1][0] >= 10.0):
-            samples.append((result.stamp, _rss_mb()))
+            samples.append((result.stamp, runtime.rss_mb()))
             if len(samples) % 6 == 0:
                 say(f"  t={result.stamp:.0f} s  RSS {samples[-1][1]:.0f} MB  map voxels {len(mapper.window.voxel_map)}")
 
@@ -85,33 +77,33 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str]]:
     truth = d["true_calibration"]
     out = [
         (f"ATE estimate ≤ 1/5 of odometry's: {d['ate_estimate']:.3f} m vs {d['ate_odom']:.3f} m ({d['ate_odom'] / d['ate_estimate']:.1f}x)",
-         "met" if d["ate_estimate"] <= d["ate_odom"] / 5 else "MISSED"),
+         report.verdict(d["ate_estimate"] <= d["ate_odom"] / 5)),
     ]
     if c:
         scale_err = abs(c["odom_scale"][0] - truth["odom_scale"][0]) / truth["odom_scale"][0]
         bias_err = abs(c["odom_bias_angular_deg_s"][2] - truth["yaw_rate_bias_deg_s"])
         out += [
             (f"learned forward scale within 0.5 %: {c['odom_scale'][0]:.4f} vs {truth['odom_scale'][0]:.4f} ({100 * scale_err:.2f} %)",
-             "met" if scale_err <= 0.005 else "MISSED"),
+             report.verdict(scale_err <= 0.005)),
             (f"learned yaw-rate bias within 0.1 deg/s: {c['odom_bias_angular_deg_s'][2]:.3f} vs {truth['yaw_rate_bias_deg_s']:.3f}",
-             "met" if bias_err <= 0.1 else "MISSED"),
+             report.verdict(bias_err <= 0.1)),
         ]
     out += [
-        (f"tick p50 ≤ 25 ms: {d['tick_ms_p50']:.1f} ms", "met" if d["tick_ms_p50"] <= 25 else "MISSED"),
-        (f"tick p99 ≤ 60 ms: {d['tick_ms_p99']:.1f} ms", "met" if d["tick_ms_p99"] <= 60 else "MISSED"),
+        (f"tick p50 ≤ 25 ms: {d['tick_ms_p50']:.1f} ms", report.verdict(d["tick_ms_p50"] <= 25)),
+        (f"tick p99 ≤ 60 ms: {d['tick_ms_p99']:.1f} ms", report.verdict(d["tick_ms_p99"] <= 60)),
     ]
     if d.get("calibration_ms_p50") and d.get("keyframe_tick_ms_p50"):
         ratio = d["calibration_ms_p50"] / d["keyframe_tick_ms_p50"]
         out.append((f"calibration step ≤ 3x a (keyframe) tick: {d['calibration_ms_p50']:.0f} ms vs {d['keyframe_tick_ms_p50']:.0f} ms ({ratio:.1f}x)",
-                    "met" if ratio <= 3 else "MISSED"))
+                    report.verdict(ratio <= 3)))
     out += [
-        (f"realtime factor ≥ 5x: {d['realtime_factor']:.2f}x", "met" if d["realtime_factor"] >= 5 else "MISSED"),
-        (f"zero compilations after warm-up: {d['compilations_after_warmup']}", "met" if d["compilations_after_warmup"] == 0 else "MISSED"),
+        (f"realtime factor ≥ 5x: {d['realtime_factor']:.2f}x", report.verdict(d["realtime_factor"] >= 5)),
+        (f"zero compilations after warm-up: {d['compilations_after_warmup']}", report.verdict(d["compilations_after_warmup"] == 0)),
     ]
     if "memory" in r:
         m = r["memory"]
         out.append((f"RSS growth < 5 % over {m['duration_s']:.0f} s: {m['rss_mb_after_60s']:.0f} → {m['rss_mb_end']:.0f} MB ({m['rss_growth_pct']:+.1f} %)",
-                    "met" if m["rss_growth_pct"] < 5 else "MISSED"))
+                    report.verdict(m["rss_growth_pct"] < 5)))
     return out
 
 
@@ -139,5 +131,5 @@ def _markdown(r: dict[str, Any]) -> str:
     if "memory" in r:
         m = r["memory"]
         lines.append(f"| RSS over {m['duration_s']:.0f} s simulated | {m['rss_mb_after_60s']:.0f} MB at 60 s → {m['rss_mb_end']:.0f} MB ({m['rss_growth_pct']:+.1f} %), {m['map_voxels']} map voxels |")
-    lines += ["", "| goal | verdict |", "|---|---|"] + [f"| {g} | {v} |" for g, v in r["goals"]]
+    lines += ["", *report.goal_table(r["goals"])]
     return "\n".join(lines)

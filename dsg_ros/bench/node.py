@@ -30,14 +30,14 @@ def _verdicts(live: dict[str, Any]) -> list[tuple[str, str]]:
     received = live["received"].get("points", 0)
     dropped = int(live.get("dropped_clouds") or 0)
     out = [
-        (f"latency p50 ≤ 40 ms: {p50} ms", "met" if p50 is not None and p50 <= 40 else "MISSED"),
-        (f"latency p99 ≤ 100 ms: {p99} ms", "met" if p99 is not None and p99 <= 100 else "MISSED"),
-        (f"no dropped ticks at 10 Hz: {dropped} of {received} clouds dropped", "met" if dropped == 0 else "MISSED"),
+        (f"latency p50 ≤ 40 ms: {p50} ms", report.verdict(p50 is not None and p50 <= 40)),
+        (f"latency p99 ≤ 100 ms: {p99} ms", report.verdict(p99 is not None and p99 <= 100)),
+        (f"no dropped ticks at 10 Hz: {dropped} of {received} clouds dropped", report.verdict(dropped == 0)),
     ]
     if "node_rss_mb_start" in live:
         growth = 100.0 * (live["node_rss_mb_end"] - live["node_rss_mb_start"]) / live["node_rss_mb_start"]
         out.append((f"node RSS flat: {live['node_rss_mb_start']:.0f} → {live['node_rss_mb_end']:.0f} MB ({growth:+.1f} %) "
-                    f"over {live.get('duration_s', 0):.0f} s (the goal asks for 10 minutes)", "met" if growth < 5 else "MISSED"))
+                    f"over {live.get('duration_s', 0):.0f} s (the goal asks for 10 minutes)", report.verdict(growth < 5)))
     return out
 
 
@@ -59,7 +59,6 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| published | {live['published']} |",
         f"| ATE odometry / estimate | {live.get('ate_odom', float('nan')):.3f} / {live.get('ate_estimate', float('nan')):.3f} m |",
         "",
-        "| goal | verdict |",
-        "|---|---|",
-    ] + [f"| {g} | {v} |" for g, v in r["goals"]]
+        *report.goal_table(r["goals"]),
+    ]
     return "\n".join(lines)

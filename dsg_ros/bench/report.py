@@ -65,6 +65,15 @@ def machine_line(info: dict[str, Any]) -> str:
     )
 
 
+def verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def goal_table(goals: list[tuple[str, str]]) -> list[str]:
+    """Markdown rows: one per (goal with its figure, verdict)."""
+    return ["| goal | verdict |", "|---|---|"] + [f"| {g} | {v} |" for g, v in goals]
+
+
 def finish(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str, say) -> dict[str, Any]:
     """Write the suite's JSON and RESULTS.md section, print each goal's verdict; returns ``results`` with the paths."""
     json_path, md_path = write(output_dir, suite, results, markdown)

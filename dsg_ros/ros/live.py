@@ -29,6 +29,7 @@ from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from dsg_ros import runtime
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import metrics
 from dsg_ros.mapping.evaluate import plot_top_view
@@ -96,17 +97,6 @@ class Monitor(Node):
         into.append((stamp, T))
 
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status") as handle:
-            for line in handle:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        return None
-    return None
-
-
 def _float(diag: dict[str, str], key: str) -> float | None:
     try:
         return float(diag[key])
@@ -163,7 +153,7 @@ def run_live(
         )
         run_start = time.monotonic()
         while pub_proc.poll() is None:
-            rss = _rss_mb(node_proc.pid)
+            rss = runtime.rss_mb(node_proc.pid)
             if rss is not None:
                 monitor.seen.rss_mb.append((time.monotonic() - run_start, rss))
             time.sleep(1.0)
