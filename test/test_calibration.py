@@ -52,7 +52,7 @@ def self_supervised() -> Learning:
     sim = simulate(SimConfig(duration_s=DURATION_S, lidar=LidarConfig(azimuths=256), odometry=ODOMETRY, seed=0))
     mapper = Mapper(
         MapperConfig(
-            window=WindowConfig(keyframes=5, max_voxels=1024, max_observations_per_keyframe=400),
+            window=WindowConfig(keyframes=5, max_voxels=1024, max_observations_per_keyframe=400, max_anchors_per_keyframe=200),
             voxel_size=0.4,
             calibration=CalibrationConfig(every_keyframes=3),
             T_base_sensor=tuple(float(v) for v in sim.T_base_sensor),
@@ -271,7 +271,7 @@ def test_load_yaml_refuses_what_is_not_a_config(tmp_path: Path, text: str, probl
 def test_to_mapping_round_trips_through_yaml(tmp_path: Path):
     mapper = dataclasses.replace(
         MapperConfig(),
-        window=WindowConfig(keyframes=6, max_voxels=100, max_observations_per_keyframe=10),
+        window=WindowConfig(keyframes=6, max_voxels=100, max_observations_per_keyframe=10, max_anchors_per_keyframe=5),
         solver=SolverConfig(max_iterations=4, linear_solver="dense", relative_tolerance=1e-7),
         calibration=CalibrationConfig(every_keyframes=2, learn_extrinsic=True),
         obs_sigma_m=0.07,

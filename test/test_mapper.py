@@ -29,7 +29,7 @@ from dsg_ros.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpo
 DURATION_S = 30.0  # 300 clouds at 10 Hz
 # Odometry over-reads forward motion by 3 % and drifts 1 deg/s in yaw: what calibration learns.
 ODOMETRY = OdometryConfig(scale=(1.03, 1.0, 1.0), yaw_rate_bias_deg_s=1.0)
-WINDOW = WindowConfig(keyframes=5, max_voxels=1024, max_observations_per_keyframe=400)
+WINDOW = WindowConfig(keyframes=5, max_voxels=1024, max_observations_per_keyframe=400, max_anchors_per_keyframe=200)
 
 
 def _config(sim: SimData, every_keyframes: int = 3) -> MapperConfig:
@@ -63,6 +63,7 @@ class Run:
     problems: list[str] = field(default_factory=list)
     marginalized: int = 0
     max_window: int = 0
+    final_window: int = 0
     stats: dict = field(default_factory=dict)
     calibration_steps: int = 0
     calibration_loss: float | None = None
@@ -90,6 +91,7 @@ def run() -> Run:
     out.record = drive(mapper, sim.events(), use_reference=True, on_tick=check)
     out.compilations_at_end = runtime.compilation_count()
     out.stats = dict(mapper.stats)
+    out.final_window = len(mapper.window.keyframes)
     out.calibration_steps, out.calibration_loss = mapper.calibrator.steps, mapper.calibrator.last_loss
     out.snapshots_with_reference = [bool(s.has_reference) for s in mapper.calibrator.snapshots]
     out.theta = {k: np.asarray(v) for k, v in mapper.theta.items()}
@@ -115,8 +117,11 @@ def test_a_long_run_never_recompiles_and_publishes_valid_poses(run: Run):
     assert run.compilations_at_end == run.compilations_after_warm_up, "a tick compiled something after warm-up"
     # The window filled, then every keyframe beyond it left through marginalization.
     assert stats["keyframes"] > 2 * WINDOW.keyframes
-    assert run.max_window == WINDOW.keyframes and diagnostics["window_keyframes"] == WINDOW.keyframes
-    assert run.marginalized == stats["keyframes"] - WINDOW.keyframes
+    # drive() makes room after each tick (Mapper.marginalize), so between
+    # keyframes a full window holds one keyframe less.
+    assert run.max_window == WINDOW.keyframes and diagnostics["window_keyframes"] in (WINDOW.keyframes - 1, WINDOW.keyframes)
+    assert len(record.marginalization_ms) > 0, "drive() marginalizes after the tick"
+    assert run.marginalized + len(record.marginalization_ms) == stats["keyframes"] - run.final_window
     assert diagnostics["map_voxels"] > diagnostics["window_voxels"] > 0
     # Calibration ran, several steps, with finite parameters and loss.
     assert run.calibration_steps >= 5

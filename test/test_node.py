@@ -270,7 +270,7 @@ def _params_file(directory: Path, calibration_file: Path) -> Path:
     p = document["/**"]["ros__parameters"]
     p.update(rate_hz=10.0, voxel_rate_hz=5.0, diagnostics_rate_hz=5.0, calibration_file=str(calibration_file))
     m = p["mapper"]
-    m["window"].update(keyframes=KEYFRAMES, max_voxels=1024, max_observations_per_keyframe=300)
+    m["window"].update(keyframes=KEYFRAMES, max_voxels=1024, max_observations_per_keyframe=300, max_anchors_per_keyframe=150)
     m["voxel_size"] = VOXEL_SIZE
     m["calibration"]["every_keyframes"] = 0
     m["T_base_sensor"] = [float(v) for v in SimConfig().T_base_sensor]  # the sim's lidar extrinsic, as live.py

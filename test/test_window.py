@@ -26,7 +26,7 @@ def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: in
     rng = np.random.default_rng(0)
     truth = [se3.exp(np.array([1.0 * i, 0.1 * np.sin(i), 0.0, 0.0, 0.0, 0.2 * i])) for i in range(keyframes)]
     voxels = [np.array([i + 0.5, 2.0 + 0.3 * np.cos(i), 0.5 * np.sin(i)]) for i in range(keyframes + seen)]
-    win = Window(WindowConfig(keyframes=window, max_voxels=64, max_observations_per_keyframe=seen))
+    win = Window(WindowConfig(keyframes=window, max_voxels=64, max_observations_per_keyframe=seen, max_anchors_per_keyframe=3))
     batch = WorldModel(Capacity(poses=keyframes, points=keyframes + seen, factors={"prior_se3": 1, "odom_se3": keyframes, "voxel_point_obs": keyframes * seen}))
     poses, points, worst = [], {}, 0.0
     for i in range(keyframes):
@@ -66,7 +66,7 @@ def test_marginalized_window_equals_batch():
 
 def test_marginalization_freezes_voxels_into_the_map():
     # Same capacities as above, so the compiled kernels are reused.
-    win = Window(WindowConfig(keyframes=4, max_voxels=64, max_observations_per_keyframe=3))
+    win = Window(WindowConfig(keyframes=4, max_voxels=64, max_observations_per_keyframe=3, max_anchors_per_keyframe=3))
     step = se3.exp(np.array([0.1, 0, 0, 0, 0, 0]))
     cells = CellObservations(keys=np.array([10, 11]), p_sensor=np.zeros((2, 3)), counts=np.ones(2, np.int64))
     reports = []
@@ -85,3 +85,22 @@ def test_marginalization_freezes_voxels_into_the_map():
     assert len(vars_) == 0 and win.model.counts()["voxel_anchor_obs"] == 2
     with pytest.raises(ValueError):
         WindowConfig(keyframes=1)
+
+
+def test_anchor_rows_are_thinned_to_the_best_supported_cells():
+    win = Window(WindowConfig(keyframes=2, max_voxels=8, max_observations_per_keyframe=3, max_anchors_per_keyframe=1))
+    step = se3.exp(np.array([0.1, 0, 0, 0, 0, 0]))
+    p = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+    for i in range(3):  # the third keyframe marginalizes the first: cells 10 and 11 freeze
+        cells = CellObservations(keys=np.array([10, 11]), p_sensor=p, counts=np.array([1, 5]))
+        T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
+        win.add_keyframe(float(i), T, T, None if i == 0 else (step, 1.0, step), ODOM, cells, p - [0.1 * i, 0, 0], OBS)
+    win.add_keyframe(3.0, T, T, (step, 1.0, step), ODOM, cells, p, OBS)  # sees both frozen cells again
+    anchors = win.model.slab_rows("voxel_anchor_obs")
+    newest = anchors.active & (anchors.var_ids[:, 0] == win.keyframes[-1].var)
+    assert int(newest.sum()) == 1, "one anchor row per keyframe at most"
+    kept = win.model.measurements("voxel_anchor_obs")[newest][0, :3]
+    frozen_keys, frozen_positions, _ = win.voxel_map.export()
+    np.testing.assert_allclose(kept, frozen_positions[frozen_keys == 11][0], err_msg="the cell seen by 5 points is kept")
+    with pytest.raises(ValueError, match="anchor"):
+        WindowConfig(max_anchors_per_keyframe=0)

@@ -48,6 +48,21 @@ def test_removed_and_unknown_ids_are_named_in_errors():
         wm.set_measurement(f, se3())
 
 
+def test_factor_rows_match_factor_row_and_name_bad_ids():
+    wm = _model(prior_se3=4)
+    a = wm.add_pose(se3())
+    ids = [wm.add_factor("prior_se3", [a], se3(float(i))) for i in range(4)]
+    wm.remove_factor(ids[1])
+    again = wm.add_factor("prior_se3", [a], se3(9.0))  # reuses the freed row
+    live = [ids[3], again, ids[0], ids[2]]
+    np.testing.assert_array_equal(wm.factor_rows("prior_se3", live), [wm.factor_row(f)[1] for f in live])
+    assert wm.factor_rows("prior_se3", []).shape == (0,)
+    with pytest.raises(KeyError, match=f"factor {ids[1]} was removed"):
+        wm.factor_rows("prior_se3", [ids[0], ids[1]])
+    with pytest.raises(KeyError, match="no factor with id 99"):
+        wm.factor_rows("prior_se3", [99])
+
+
 def test_variables_in_use_need_cascade():
     wm = _model()
     a, b = wm.add_pose(se3()), wm.add_pose(se3(1.0))

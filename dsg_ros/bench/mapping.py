@@ -116,7 +116,7 @@ def _markdown(r: dict[str, Any]) -> str:
         report.machine_line(r["machine"]),
         "",
         f"Default sim run ({d['ticks']} ticks, {d['keyframes']} keyframes, {d['voxels']} voxels); window {w['keyframes']} keyframes, "
-        f"{w['max_voxels']} voxel slots, {w['max_observations_per_keyframe']} observations per keyframe. "
+        f"{w['max_voxels']} voxel slots, {w['max_observations_per_keyframe']} observations ({w['max_anchors_per_keyframe']} of frozen voxels) per keyframe. "
         "Reproduce: `dsg-ros bench mapping`.",
         "",
         "| measure | value |",
@@ -125,6 +125,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| RPE odometry / estimate (per keyframe) | {d['rpe_odom']:.4f} / {d['rpe_estimate']:.4f} m |",
         f"| tick p50 / p99 / keyframe-tick p50 | {d['tick_ms_p50']:.1f} / {d['tick_ms_p99']:.1f} / {d['keyframe_tick_ms_p50']:.1f} ms |",
         f"| calibration step p50 ({d['calibration_steps']} steps) | {d['calibration_ms_p50']:.0f} ms |" if d.get("calibration_ms_p50") else "| calibration | off |",
+        f"| marginalization after each full-window tick, p50 (not in the tick) | {d['marginalization_ms_p50']:.1f} ms |" if d.get("marginalization_ms_p50") else "| marginalization | none |",
         f"| realtime factor | {d['realtime_factor']:.2f}x |",
         f"| compilations after warm-up | {d['compilations_after_warmup']} |",
     ]

@@ -104,8 +104,8 @@ def build_problem(dtype: Any = None) -> HeroProblem:
     return HeroProblem(
         graph=wm.graph(),
         x0=wm.pack_state(),
-        odom_rows=np.array([wm.factor_row(f)[1] for f in odom]),
-        obs_rows=np.array([wm.factor_row(f)[1] for f in obs]),
+        odom_rows=wm.factor_rows("odom_se3", odom),
+        obs_rows=wm.factor_rows("voxel_point_obs", obs),
         pose_slots=np.array([wm.slot(p) for p in poses]),
         voxel_slots=np.array([wm.slot(v) for v in voxels]),
     )

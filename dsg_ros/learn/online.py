@@ -80,10 +80,11 @@ class Snapshot:
 
     graph: the window graph with the newest keyframe's observation rows off.
     odom_raw (W, 7), odom_dt (W,): raw increments per odometry row.
-    obs_p_sensor / anchor_p_sensor (R, 3): centroids per observation row.
+    obs_p_sensor (R, 3) / anchor_p_sensor (A, 3): centroids per observation
+    and per anchor row.
     odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
     prev_slot, new_slot (): pose slots of the last two keyframes.
-    held_obs / held_anchor (R,): held-out rows usable for the self-supervised score.
+    held_obs (R,) / held_anchor (A,): held-out rows usable for the self-supervised score.
     reference (7,), has_reference (): reference T_prev_new, if any.
     """
 
@@ -186,7 +187,7 @@ class OnlineCalibrator:
         self._run(theta, self._optimizer.init(theta), [snapshot] * self.config.batch)[2].block_until_ready()
 
     def _run(self, theta: Theta, opt_state, batch: list[Snapshot]):
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *batch)
+        stacked = jax.tree.map(lambda *a: np.stack(a), *batch)  # host stack, one transfer
         return _calibration_step(theta, opt_state, stacked, self._T_base_sensor, self._mask, self.config, self._optimizer)
 
 

@@ -44,6 +44,7 @@ def summarize(
         "tick_ms_p99": float(np.percentile(ticks, 99)),
         "keyframe_tick_ms_p50": float(np.median(record.keyframe_tick_ms)) if record.keyframe_tick_ms else None,
         "calibration_ms_p50": float(np.median(record.calibration_ms)) if record.calibration_ms else None,
+        "marginalization_ms_p50": float(np.median(record.marginalization_ms)) if record.marginalization_ms else None,
         "calibration_steps": mapper.calibrator.steps,
         "compilations_after_warmup": diag.get("compilations_after_warmup"),
         "rollbacks": diag.get("rollbacks"),

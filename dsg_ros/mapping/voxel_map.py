@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import repeat
+
 import numpy as np
+
+
+def lookup(table: dict[int, int], keys: np.ndarray) -> np.ndarray:
+    """``table[k]`` per key (n,), −1 where absent (vectorized enough for 100k keys a second)."""
+    return np.fromiter(map(table.get, np.asarray(keys).tolist(), repeat(-1)), np.int64, count=len(keys))
 
 
 class VoxelMap:
@@ -26,8 +33,7 @@ class VoxelMap:
 
     def rows(self, keys: np.ndarray) -> np.ndarray:
         """Row per key (n,), −1 where the key is unknown."""
-        get = self._row.get
-        return np.fromiter((get(int(k), -1) for k in keys), np.int64, count=len(keys))
+        return lookup(self._row, keys)
 
     def update(self, keys: np.ndarray, positions: np.ndarray, add_counts: np.ndarray | int = 0, frozen: bool | None = None) -> None:
         """Insert or overwrite positions (n, 3) of ``keys`` (n,); add to their counts."""

@@ -28,7 +28,7 @@ import jax_dataclasses as jdc
 import numpy as np
 
 from dsg_ros import se3
-from dsg_ros.mapping.voxel_map import VoxelMap
+from dsg_ros.mapping.voxel_map import VoxelMap, lookup
 from dsg_ros.mapping.voxels import CellObservations
 from dsg_ros.solve import schur
 from dsg_ros.solve.normal import linearize
@@ -48,12 +48,16 @@ class WindowConfig:
     # 0.2 m) keep a keyframe tick near 0.1 s on a 2-core CPU.
     max_voxels: int = 4096
     max_observations_per_keyframe: int = 1500
+    # Observations of frozen (out-of-window) voxels per keyframe, best-supported
+    # first: a few hundred pin a pose to the old map as well as a thousand, and
+    # every anchor row is linearized at every LM iteration.
+    max_anchors_per_keyframe: int = 750
 
     def __post_init__(self) -> None:
         if self.keyframes < 2:
             raise ValueError("the window needs at least 2 keyframes")
-        if self.max_voxels < 1 or self.max_observations_per_keyframe < 1:
-            raise ValueError("voxel and observation capacities must be positive")
+        if self.max_voxels < 1 or self.max_observations_per_keyframe < 1 or self.max_anchors_per_keyframe < 1:
+            raise ValueError("voxel, observation and anchor capacities must be positive")
 
 
 @dataclass
@@ -98,7 +102,7 @@ class Window:
                     "prior_se3": 1,
                     "odom_se3": W,
                     "voxel_point_obs": W * config.max_observations_per_keyframe,
-                    "voxel_anchor_obs": W * config.max_observations_per_keyframe,
+                    "voxel_anchor_obs": W * config.max_anchors_per_keyframe,
                     self.prior_type.name: 1,
                 },
             ),
@@ -117,7 +121,8 @@ class Window:
         n_obs = W * config.max_observations_per_keyframe
         self.odom_raw = np.tile(se3.IDENTITY, (W, 1))
         self.odom_dt = np.zeros(W)
-        self.obs_p_sensor = {"voxel_point_obs": np.zeros((n_obs, 3)), "voxel_anchor_obs": np.zeros((n_obs, 3))}
+        n_anchor = W * config.max_anchors_per_keyframe
+        self.obs_p_sensor = {"voxel_point_obs": np.zeros((n_obs, 3)), "voxel_anchor_obs": np.zeros((n_anchor, 3))}
 
     # ------------------------------------------------------------------ queries
 
@@ -126,7 +131,13 @@ class Window:
         return len(self.keyframes) == self.config.keyframes
 
     def pose(self, keyframe: Keyframe) -> np.ndarray:
-        return np.asarray(self.model.value(keyframe.var).wxyz_xyz)
+        """The keyframe's current ``T_map_base`` (7,)."""
+        return self.model.values("pose")[self.model.slot(keyframe.var)].copy()
+
+    def poses(self) -> np.ndarray:
+        """Every window keyframe's ``T_map_base`` (K, 7), oldest first."""
+        slots = [self.model.slot(kf.var) for kf in self.keyframes]
+        return self.model.values("pose")[slots].reshape(-1, 7)
 
     def window_voxels(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(keys, var ids, free mask) of voxels holding a window slot."""
@@ -178,9 +189,9 @@ class Window:
         keys, p_sensor, counts = cells.keys, cells.p_sensor, cells.counts
         if keys.shape[0] > cfg.max_observations_per_keyframe:
             keep = np.argsort(-counts, kind="stable")[: cfg.max_observations_per_keyframe]
-            keys, p_sensor, p_base = keys[keep], p_sensor[keep], p_base[keep]
+            keys, p_sensor, p_base, counts = keys[keep], p_sensor[keep], p_base[keep], counts[keep]
         wm = self.model
-        voxel_vars = np.fromiter((self._voxel_of_key.get(int(k), -1) for k in keys), np.int64, len(keys))
+        voxel_vars = lookup(self._voxel_of_key, keys)
         map_rows = self.voxel_map.rows(keys)
         anchored = (voxel_vars < 0) & (map_rows >= 0) & self.voxel_map.frozen(np.maximum(map_rows, 0))
         new = np.flatnonzero((voxel_vars < 0) & ~anchored)
@@ -189,7 +200,9 @@ class Window:
             dropped = new[free_slots:]
             self.dropped_observations += int(dropped.shape[0])
             keep = np.setdiff1d(np.arange(keys.shape[0]), dropped)
-            keys, p_sensor, p_base, voxel_vars, map_rows, anchored = (a[keep] for a in (keys, p_sensor, p_base, voxel_vars, map_rows, anchored))
+            keys, p_sensor, p_base, counts, voxel_vars, map_rows, anchored = (
+                a[keep] for a in (keys, p_sensor, p_base, counts, voxel_vars, map_rows, anchored)
+            )
             new = np.flatnonzero((voxel_vars < 0) & ~anchored)
         if new.shape[0]:
             new_vars = wm.add_points(se3.apply(T_map_base, p_base[new]))
@@ -198,6 +211,10 @@ class Window:
             self._key_of_voxel.update(zip(new_vars.tolist(), keys[new].tolist()))
         self.voxel_map.observe(keys, se3.apply(T_map_base, p_base))
         observed = ~anchored
+        if anchored.sum() > cfg.max_anchors_per_keyframe:  # thin to the best-supported
+            candidates = np.flatnonzero(anchored)
+            anchored = np.zeros_like(anchored)
+            anchored[candidates[np.argsort(-counts[candidates], kind="stable")[: cfg.max_anchors_per_keyframe]]] = True
         if np.any(observed):
             pairs = np.stack([np.full(int(observed.sum()), pose_var), voxel_vars[observed]], axis=1)
             self._add_rows("voxel_point_obs", wm.add_factors("voxel_point_obs", pairs, p_base[observed], noise, robust), p_sensor[observed])
@@ -208,8 +225,7 @@ class Window:
         return int(keys.shape[0])
 
     def _add_rows(self, name: str, factor_ids: np.ndarray, p_sensor: np.ndarray) -> None:
-        rows = np.array([self.model.factor_row(int(f))[1] for f in factor_ids])
-        self.obs_p_sensor[name][rows] = p_sensor
+        self.obs_p_sensor[name][self.model.factor_rows(name, factor_ids)] = p_sensor
 
     # ---------------------------------------------------------- marginalization
 

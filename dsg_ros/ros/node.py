@@ -294,6 +294,8 @@ class MapperNode(Node):
         self._tick_ms.append(result.diagnostics["tick_ms"])
         if result.diagnostics["calibration_due"] and self.settings.calibrate_online and self._snapshots.empty():
             self._snapshots.put_nowait(self.mapper.calibration_snapshot())
+        # Published: now make room for the next keyframe (off the latency path).
+        self.mapper.marginalize()
 
     def _header_stamp(self):
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()

@@ -73,6 +73,7 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "window.keyframes": ("keyframes in the sliding window (fixed capacity: no recompilation)", (2, 200)),
     "window.max_voxels": ("free voxel slots in the window", (1, 1_000_000)),
     "window.max_observations_per_keyframe": ("voxel observations kept per keyframe (the most-supported cells)", (1, 100_000)),
+    "window.max_anchors_per_keyframe": ("observations of frozen (out-of-window) voxels kept per keyframe, most-supported first", (1, 100_000)),
     "keyframes.distance_m": ("a new keyframe after this much travel", (0.0, 100.0)),
     "keyframes.angle_deg": ("... or this much rotation", (0.0, 360.0)),
     "keyframes.interval_s": ("... or this much time", (0.0, 3600.0)),

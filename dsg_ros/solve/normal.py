@@ -8,8 +8,9 @@ an identity diagonal, so they never move and never make ``H`` singular.
 Two storage layouts, chosen once per graph shape:
 
 * dense: pose–pose blocks as a dense (6P, 6P) matrix, pose–point blocks as
-  (P, V, 6, 3), point–point blocks as (V, 3, 3); points are eliminated by the
-  Schur complement (``dsg_ros.solve.schur``).
+  (P, 6, V, 3) (a free reshape to the (6P, 3V) matrix B), point–point blocks
+  as (V, 3, 3); points are eliminated by the Schur complement
+  (``dsg_ros.solve.schur``).
 * sparse: every block of every factor, flat; assembled and factorized on the
   host (``dsg_ros.solve.sparse``) for pose graphs too large for a dense system.
 
@@ -34,7 +35,12 @@ MAX_DIAGONAL = 1e32
 
 @jdc.pytree_dataclass
 class DenseBlocks:
-    """H_pp (6P, 6P), H_pl (P, V, 6, 3), H_ll (V, 3, 3)."""
+    """H_pp (6P, 6P), H_pl (P, 6, V, 3), H_ll (V, 3, 3).
+
+    H_pl is laid out so that ``reshape(6P, 3V)`` is the pose–point block
+    matrix without a transpose: on CPU, moving these megabytes is what an LM
+    iteration of a mapping window mostly spends its time on.
+    """
 
     H_pp: jax.Array
     H_pl: jax.Array
@@ -135,7 +141,10 @@ def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlo
             else:
                 point_point.append((sa, blk))
     H_pp = _scatter_rows((P, P, 6, 6), pose_pose, dtype)
-    H_pl = _scatter_rows((P, V, 6, 3), pose_point, dtype)
+    H_pl = jnp.zeros((P, 6, V, 3), dtype)
+    if pose_point:
+        p, v, blk = (jnp.concatenate([part[i] for part in pose_point]) for i in range(3))
+        H_pl = H_pl.at[p, :, v, :].add(blk)
     H_ll = _scatter_rows((V, 3, 3), point_point, dtype)
     H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P)
     H_pp = H_pp + jnp.diag(1.0 - free.poses.reshape(-1))

@@ -36,9 +36,11 @@ def _reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array,
     A = blocks.H_pp + jnp.diag(lam * system.diag.poses.reshape(-1))
     C = blocks.H_ll + (lam * system.diag.points)[:, :, None] * jnp.eye(3, dtype=A.dtype)
     C_inv = _inv3_spd(C)
-    B = jnp.transpose(blocks.H_pl, (0, 2, 1, 3)).reshape(6 * P, 3 * V)
-    W = jnp.einsum("pvac,vcb->pvab", blocks.H_pl, C_inv)
-    W = jnp.transpose(W, (0, 2, 1, 3)).reshape(6 * P, 3 * V)
+    B = blocks.H_pl.reshape(6 * P, 3 * V)
+    # W = H_pl C⁻¹ per voxel, as three broadcast multiply-adds: XLA on CPU
+    # turns the equivalent einsum into a batched dot wrapped in transposes.
+    H = blocks.H_pl
+    W = sum(H[..., c : c + 1] * C_inv[None, None, :, c, :] for c in range(3)).reshape(6 * P, 3 * V)
     S = A - W @ B.T
     return 0.5 * (S + S.T), C_inv, W
 
@@ -68,7 +70,7 @@ def apply(system: NormalSystem, fac: DenseFactor, rhs: Tangent) -> Tangent:
         d_p = jsl.cho_solve((fac.chol, True), r_p)
     else:
         d_p = r_p
-    B = jnp.transpose(blocks.H_pl, (0, 2, 1, 3)).reshape(6 * P, 3 * V)
+    B = blocks.H_pl.reshape(6 * P, 3 * V)
     t_l = (r_l - B.T @ d_p).reshape(V, 3)
     d_l = jnp.einsum("vab,vb->va", fac.C_inv, t_l)
     return Tangent(d_p.reshape(P, 6), d_l)

@@ -361,6 +361,21 @@ class WorldModel:
         """(type name, row in that type's slab) of a factor."""
         return self._factor(factor_id)
 
+    def factor_rows(self, type_name: str, factor_ids: Sequence[int] | np.ndarray) -> np.ndarray:
+        """Rows (n,) of ``factor_ids`` in one type's slab, vectorized (KeyError if one is not there)."""
+        host = self._slabs[type_name]
+        ids = np.asarray(factor_ids, np.int64)
+        live = np.flatnonzero(host.factor_ids >= 0)
+        order = np.argsort(host.factor_ids[live])
+        sorted_ids = host.factor_ids[live][order]
+        pos = np.clip(np.searchsorted(sorted_ids, ids), 0, max(sorted_ids.shape[0] - 1, 0))
+        found = sorted_ids.shape[0] > 0 and np.all(sorted_ids[pos] == ids) if ids.size else True
+        if not found:
+            missing = ids[sorted_ids[pos] != ids] if sorted_ids.size else ids
+            self._factor(int(missing[0]))  # raises the precise error
+            raise KeyError(f"factor {int(missing[0])} is not a {type_name} factor")
+        return live[order][pos]
+
     def factor_ids(self, type_name: str | None = None) -> list[int]:
         return sorted(f for f, (n, _) in self._factors.items() if type_name is None or n == type_name)
 
