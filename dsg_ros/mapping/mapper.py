@@ -190,6 +190,15 @@ class Mapper:
             self.stats["clouds"] += 1
         return True
 
+    def cloud_ready(self) -> bool:
+        """Whether the oldest queued cloud is covered by odometry, i.e. the next
+        tick would use it. A driver that ticks on arrival asks this after each
+        odometry sample: a cloud that came before its odometry is then mapped
+        as soon as that odometry lands, not a tick period later."""
+        with self._inputs:
+            latest = self.odometry.latest_stamp
+            return bool(self._clouds) and latest is not None and self._clouds[0][0] <= latest
+
     # -------------------------------------------------------------------- tick
 
     def tick(self) -> TickResult:

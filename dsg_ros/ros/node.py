@@ -162,6 +162,8 @@ class MapperNode(Node):
             self.get_logger().warning(warning, throttle_duration_sec=2.0)
         if not self.mapper.add_odometry(stamp, T_odom_base):
             self.counts["skipped_messages"] += 1
+        elif self.settings.tick_on_cloud and self.mapper.cloud_ready():
+            self._wake.set()  # a cloud was waiting for this odometry
 
     def _on_ground_truth(self, msg: Odometry) -> None:
         self.counts["ground_truth"] += 1

@@ -55,7 +55,7 @@ _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "base_frame": ("robot base frame; clouds in this frame are moved to the sensor frame by the extrinsic", None),
     "sensor_frame": ("frame_id clouds must carry (empty: any frame other than base_frame is the sensor)", None),
     "rate_hz": ("tick rate when no cloud arrives; the mapper also ticks on each cloud if tick_on_cloud", (0.5, 200.0)),
-    "tick_on_cloud": ("tick as soon as a cloud arrives (lowest latency) instead of waiting for the next period", None),
+    "tick_on_cloud": ("tick as soon as a cloud can be mapped (it arrived and odometry covers its stamp) instead of waiting for the next period", None),
     "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY),
     "points_depth": ("QoS history depth of the points subscription", (1, 1000)),
     "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY),
