@@ -313,7 +313,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "run-sim",
         help="run the simulator through the online mapper and score it against ground truth",
         description=(
-            "Simulate a LiDAR robot in a seeded indoor world (odometry with a 3 %% scale and 1 deg/s yaw-rate "
+            "Simulate a LiDAR robot in a seeded indoor world (odometry with a 3 % scale and 1 deg/s yaw-rate "
             "bias by default), run the online mapper with periodic calibration, and report ATE/RPE of "
             "odometry and estimate, tick latency, the learned calibration and recompilations. Writes a "
             "top-view PNG, TUM trajectories (for evo) and calibration.yaml to --output."

@@ -331,13 +331,15 @@ class Mapper:
         meas = wm.measurements("voxel_anchor_obs")
         # Host arrays: the calibrator stacks a batch with numpy and sends it
         # to the device once (stacking ~50 device leaves eagerly took ~25 ms).
+        # Window buffers are copied: the tick thread keeps editing them (the
+        # next marginalization, new keyframes) while a worker learns from this.
         return jax.device_get(Snapshot(
             graph=jdc.replace(graph, slabs=slabs),
             x0=wm.pack_state(),
-            odom_raw=jnp.asarray(window.odom_raw),
-            odom_dt=jnp.asarray(window.odom_dt),
-            obs_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_point_obs"]),
-            anchor_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_anchor_obs"]),
+            odom_raw=np.array(window.odom_raw),
+            odom_dt=np.array(window.odom_dt),
+            obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
+            anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
             odom_L=jnp.broadcast_to(jnp.diag(1.0 / jnp.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
             obs_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (R, 3, 3)),
             anchor_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (wm.capacity.factors["voxel_anchor_obs"], 3, 3)),
@@ -346,9 +348,9 @@ class Mapper:
             held_obs=jnp.asarray(held_obs & supported),
             held_anchor=jnp.asarray(held_anchor),
             held_obs_voxel=jnp.asarray(voxel_slots),
-            held_obs_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_point_obs"]),
-            held_anchor_meas=jnp.asarray(meas),
-            held_anchor_p_sensor=jnp.asarray(window.obs_p_sensor["voxel_anchor_obs"]),
+            held_obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
+            held_anchor_meas=np.array(meas),
+            held_anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
             reference=jnp.asarray(reference),
             has_reference=jnp.asarray(has_reference),
         ))

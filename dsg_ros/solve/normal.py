@@ -38,8 +38,8 @@ class DenseBlocks:
     """H_pp (6P, 6P), H_pl (P, 6, V, 3), H_ll (V, 3, 3).
 
     H_pl is laid out so that ``reshape(6P, 3V)`` is the pose–point block
-    matrix without a transpose: on CPU, moving these megabytes is what an LM
-    iteration of a mapping window mostly spends its time on.
+    matrix without a transpose: on CPU, moving these megabytes took a third
+    of an LM iteration of a mapping window.
     """
 
     H_pp: jax.Array
