@@ -88,7 +88,10 @@ class Snapshot:
     and per anchor row.
     odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
     prev_slot, new_slot (): pose slots of the last two keyframes.
-    held_obs (R,) / held_anchor (A,): held-out rows usable for the self-supervised score.
+    held_obs (R,) / held_anchor (A,): held-out rows usable for the self-supervised
+    score (their centroids are ``obs_p_sensor`` / ``anchor_p_sensor``, the
+    frozen voxels' positions the anchor slab's measurements).
+    held_obs_voxel (R,): voxel slot of each held-out observation row.
     reference (7,), has_reference (): reference T_prev_new, if any.
     """
 
@@ -106,9 +109,6 @@ class Snapshot:
     held_obs: jax.Array
     held_anchor: jax.Array
     held_obs_voxel: jax.Array
-    held_obs_p_sensor: jax.Array
-    held_anchor_meas: jax.Array
-    held_anchor_p_sensor: jax.Array
     reference: jax.Array
     has_reference: jax.Array
 
@@ -142,10 +142,10 @@ def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config
     supervised = jnp.sum(err[:3] ** 2) + config.rotation_weight_m**2 * jnp.sum(err[3:] ** 2)
     # Self-supervised: held-out observations of the newest scan against the map.
     T_new_inv = T_new.inverse()
-    p_obs = observations_in_base(theta, T_base_sensor, snap.held_obs_p_sensor)
+    p_obs = observations_in_base(theta, T_base_sensor, snap.obs_p_sensor)
     r_obs = (T_new_inv @ x.points[snap.held_obs_voxel]) - p_obs
-    p_anchor = observations_in_base(theta, T_base_sensor, snap.held_anchor_p_sensor)
-    r_anchor = (T_new_inv @ snap.held_anchor_meas[:, :3]) - p_anchor
+    p_anchor = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor)
+    r_anchor = (T_new_inv @ snap.graph.slab("voxel_anchor_obs").measurement[:, :3]) - p_anchor
     sq = jnp.concatenate([jnp.where(snap.held_obs[:, None], r_obs**2, 0.0), jnp.where(snap.held_anchor[:, None], r_anchor**2, 0.0)])
     count = jnp.maximum(jnp.sum(snap.held_obs) + jnp.sum(snap.held_anchor), 1)
     # A robust mean: cells can change between views (occlusion, new surfaces).

@@ -304,7 +304,7 @@ class Mapper:
     def _snapshot(self) -> Snapshot:
         """The window as a learning example, the newest keyframe's observations held out."""
         wm, window = self.window.model, self.window
-        graph = wm.graph()
+        graph = wm.graph(on_device=False)
         W, R = self.config.window.keyframes, wm.capacity.factors["voxel_point_obs"]
         newest = window.keyframes[-1] if window.keyframes else None
         prev = window.keyframes[-2] if len(window.keyframes) >= 2 else newest
@@ -318,7 +318,7 @@ class Mapper:
         voxel_slots = np.zeros(R, np.int32)
         voxel_slots[held_obs] = [wm.slot(int(v)) for v in obs.var_ids[held_obs, 1]]
         slabs = tuple(
-            jdc.replace(sl, active=jnp.array(wm.slab_rows(sl.ftype.name).active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False)))
+            jdc.replace(sl, active=sl.active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False))
             for sl in graph.slabs
         )
         c = self.config
@@ -328,32 +328,29 @@ class Mapper:
                 ref_prev, ref_new = self.reference.interpolate(prev.stamp), self.reference.interpolate(newest.stamp)
             if ref_prev is not None and ref_new is not None:
                 reference, has_reference = se3.between(ref_prev, ref_new), True
-        meas = wm.measurements("voxel_anchor_obs")
         # Host arrays: the calibrator stacks a batch with numpy and sends it
         # to the device once (stacking ~50 device leaves eagerly took ~25 ms).
         # Window buffers are copied: the tick thread keeps editing them (the
         # next marginalization, new keyframes) while a worker learns from this.
-        return jax.device_get(Snapshot(
+        obs_L = np.eye(3) / c.obs_sigma_m
+        return Snapshot(
             graph=jdc.replace(graph, slabs=slabs),
-            x0=wm.pack_state(),
+            x0=wm.pack_state(on_device=False),
             odom_raw=np.array(window.odom_raw),
             odom_dt=np.array(window.odom_dt),
             obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
             anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
-            odom_L=jnp.broadcast_to(jnp.diag(1.0 / jnp.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
-            obs_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (R, 3, 3)),
-            anchor_L=jnp.broadcast_to(jnp.eye(3) / c.obs_sigma_m, (wm.capacity.factors["voxel_anchor_obs"], 3, 3)),
-            prev_slot=jnp.asarray(wm.slot(prev.var) if prev else 0, jnp.int32),
-            new_slot=jnp.asarray(wm.slot(newest.var) if newest else 0, jnp.int32),
-            held_obs=jnp.asarray(held_obs & supported),
-            held_anchor=jnp.asarray(held_anchor),
-            held_obs_voxel=jnp.asarray(voxel_slots),
-            held_obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
-            held_anchor_meas=np.array(meas),
-            held_anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
-            reference=jnp.asarray(reference),
-            has_reference=jnp.asarray(has_reference),
-        ))
+            odom_L=np.broadcast_to(np.diag(1.0 / np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
+            obs_L=np.broadcast_to(obs_L, (R, 3, 3)),
+            anchor_L=np.broadcast_to(obs_L, (wm.capacity.factors["voxel_anchor_obs"], 3, 3)),
+            prev_slot=np.asarray(wm.slot(prev.var) if prev else 0, np.int32),
+            new_slot=np.asarray(wm.slot(newest.var) if newest else 0, np.int32),
+            held_obs=held_obs & supported,
+            held_anchor=held_anchor,
+            held_obs_voxel=voxel_slots,
+            reference=np.asarray(reference, np.float64),
+            has_reference=np.asarray(has_reference),
+        )
 
     def _ready_clouds(self):
         """Pop clouds covered by odometry; drop those that waited too long."""

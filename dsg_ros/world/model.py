@@ -423,15 +423,17 @@ class WorldModel:
 
     # ------------------------------------------------------------ device views
 
-    def pack_state(self) -> State:
-        """Every slot's value as device arrays: poses (P, 7), points (V, 3).
+    def pack_state(self, on_device: bool = True) -> State:
+        """Every slot's value as device arrays (numpy ones if not ``on_device``):
+        poses (P, 7), points (V, 3).
 
         Always copies: on CPU ``jnp.asarray`` may alias the host buffers that
         later edits write into.
         """
+        xp = jnp if on_device else np
         return State(
-            poses=jnp.array(self._values["pose"], self.dtype),
-            points=jnp.array(self._values["point"], self.dtype),
+            poses=xp.array(self._values["pose"], self.dtype),
+            points=xp.array(self._values["point"], self.dtype),
         )
 
     def unpack_state(self, state: State) -> dict[int, jaxlie.SE3 | np.ndarray]:
@@ -468,23 +470,25 @@ class WorldModel:
         """Read-only view of every slot's value: poses (P, 7) or points (V, 3)."""
         return _readonly(self._values[kind])
 
-    def graph(self) -> Graph:
-        """The factor graph as fixed-shape device arrays (a jit-able pytree)."""
+    def graph(self, on_device: bool = True) -> Graph:
+        """The factor graph as fixed-shape device arrays (a jit-able pytree);
+        numpy copies if not ``on_device`` (to batch on the host before one transfer)."""
+        xp = jnp if on_device else np
         slabs = tuple(
             FactorSlab(
                 ftype=h.ftype,
-                slots=jnp.array(h.slots),
-                measurement=jnp.array(h.measurement, self.dtype),
-                sqrt_info=jnp.array(h.sqrt_info, self.dtype),
-                robust_code=jnp.array(h.robust_code),
-                robust_scale=jnp.array(h.robust_scale, self.dtype),
-                active=jnp.array(h.active),
+                slots=xp.array(h.slots),
+                measurement=xp.array(h.measurement, self.dtype),
+                sqrt_info=xp.array(h.sqrt_info, self.dtype),
+                robust_code=xp.array(h.robust_code),
+                robust_scale=xp.array(h.robust_scale, self.dtype),
+                active=xp.array(h.active),
             )
             for _, h in sorted(self._slabs.items())
         )
         return Graph(
-            pose_active=jnp.array(self._active["pose"]),
-            point_active=jnp.array(self._active["point"]),
+            pose_active=xp.array(self._active["pose"]),
+            point_active=xp.array(self._active["point"]),
             slabs=slabs,
         )
 
