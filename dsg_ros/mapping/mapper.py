@@ -130,6 +130,8 @@ class Mapper:
         Returns the seconds it took. Afterwards ticks never compile (the
         diagnostics count ``compilations_after_warmup``). Called by the first
         ``tick`` if not before; the persistent XLA cache makes later starts quick.
+        Ends with ``runtime.settle_heap()``: what compiling left behind is then
+        never walked by the garbage collector in the middle of a tick.
         """
         started = time.perf_counter()
         wm = self.window.model
@@ -140,6 +142,7 @@ class Mapper:
         if self.config.calibration.every_keyframes:
             self.calibrator.warm_up(self.theta, self._snapshot())
         self._compilations_at_warmup = runtime.compilation_count()
+        runtime.settle_heap()
         return time.perf_counter() - started
 
     # ------------------------------------------------------------------ inputs

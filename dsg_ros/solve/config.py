@@ -42,9 +42,10 @@ class SolverConfig:
     truncated_iterations: int = 3
     # Implicit mode's Hessian: "exact" runs conjugate gradients on autodiff
     # Hessian-vector products, preconditioned by the solver's JᵀJ
-    # factorization; "gauss_newton" uses that factorization alone (one solve,
-    # cheaper to compile and run; exact only when residuals vanish at the
-    # optimum, a few percent off on noisy problems).
+    # factorization; "gauss_newton" uses that factorization alone and a
+    # first-order ∂(gradient)/∂θ (one solve and one reverse pass through the
+    # residuals: cheaper to compile and run; exact only when residuals vanish
+    # at the optimum, a few percent off on noisy problems).
     implicit_hessian: ImplicitHessian = "exact"
     implicit_iterations: int = 20
     implicit_tolerance: float = 1e-12

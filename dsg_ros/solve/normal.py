@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import jax_dataclasses as jdc
 
 from dsg_ros.world.factors import TANGENT_DIM
-from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, free_mask, linearize_slab
+from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, free_mask, linearize_slab, slab_tangent
 
 # Marquardt damping scales each diagonal entry; clamping keeps unconstrained
 # directions damped and huge ones finite (GTSAM clamps the same way).
@@ -77,10 +77,7 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
         kinds, offsets = slab.ftype.var_kinds, lin.offsets()
-        column_free = jnp.concatenate(
-            [_free_of(free, kind, slab.slots[:, pos]) for pos, kind in enumerate(kinds)], axis=1
-        )
-        jac = lin.jacobian * column_free[:, None, :]
+        jac = lin.jacobian * slab_tangent(slab, free)[:, None, :]
         g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
         for pos, kind in enumerate(kinds):
             grads[kind].append((slab.slots[:, pos], g[:, offsets[pos] : offsets[pos] + TANGENT_DIM[kind]]))
@@ -91,10 +88,6 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
     else:
         blocks, diag = _sparse_blocks(grams, free, P, V, dtype)
     return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks), total
-
-
-def _free_of(free: Tangent, kind: str, slots: jax.Array) -> jax.Array:
-    return free.poses[slots] if kind == "pose" else free.points[slots]
 
 
 def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:

@@ -142,6 +142,12 @@ class Graph:
         return iter(self.slabs)
 
 
+def slab_tangent(slab: FactorSlab, t: Tangent) -> jax.Array:
+    """Rows of ``t`` for each factor's variables, in Jacobian column order (F, n)."""
+    parts = [t.poses[slab.slots[:, pos]] if kind == "pose" else t.points[slab.slots[:, pos]] for pos, kind in enumerate(slab.ftype.var_kinds)]
+    return jnp.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
+
+
 def free_mask(graph: Graph) -> Tangent:
     """1.0 where a variable is active and touched by an active factor, else 0.0.
 
