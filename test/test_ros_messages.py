@@ -16,10 +16,10 @@ from builtin_interfaces.msg import Time  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
 from geometry_msgs.msg import Point  # noqa: E402
 from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.serialization import serialize_message  # noqa: E402
+from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from std_msgs.msg import ColorRGBA  # noqa: E402
-from visualization_msgs.msg import Marker  # noqa: E402
+from std_msgs.msg import ColorRGBA, Header  # noqa: E402
+from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
 from dsg_ros import se3  # noqa: E402
 from dsg_ros.ros import messages as rm  # noqa: E402
@@ -261,6 +261,10 @@ def test_pose_array_odometry_and_path():
 # --- markers ----------------------------------------------------------------
 
 
+def _markers(data: bytes) -> list[Marker]:
+    return list(deserialize_message(data, MarkerArray).markers)
+
+
 def test_voxel_markers():
     rng = np.random.default_rng(6)
     centers = rng.uniform(-5, 5, (200, 3))
@@ -268,7 +272,7 @@ def test_voxel_markers():
     centers[77, 2] = np.inf
     values = centers[:, 2].copy()
     values[10] = np.nan  # a finite center with a bad value is still drawn
-    (m,) = rm.voxel_markers(centers, values, 0.2, "map", STAMP).markers
+    (m,) = _markers(rm.voxel_markers(centers, values, 0.2, "map", STAMP))
     assert (m.type, m.action, m.id, m.ns, m.header.frame_id) == (Marker.CUBE_LIST, Marker.ADD, 0, "voxels", "map")
     assert len(m.points) == len(m.colors) == 197
     o = m.pose.orientation
@@ -281,18 +285,32 @@ def test_voxel_markers():
     np.testing.assert_array_equal(pts, centers[np.isfinite(centers).all(axis=1)])
 
 
-def test_marker_fast_path_equals_constructed_messages():
-    (m,) = rm.voxel_markers(np.array([[0.5, -1.25, 3.0]]), np.array([1.0]), 0.1, "map", STAMP).markers
-    assert m.points[0] == Point(x=0.5, y=-1.25, z=3.0)
-    c = m.colors[0]
-    assert c == ColorRGBA(r=c.r, g=c.g, b=c.b, a=1.0)
-    reference = Marker()
-    reference.points, reference.colors = [Point(x=0.5, y=-1.25, z=3.0)], [ColorRGBA(r=c.r, g=c.g, b=c.b, a=1.0)]
-    probe = Marker()
-    probe.points, probe.colors = m.points, m.colors
-    assert serialize_message(probe) == serialize_message(reference)
-    m.points[0].x = 2.0  # the properties still work on them
-    assert m.points[0].x == 2.0
+@pytest.mark.parametrize("frame_id", ["map", "odom_a", "world_frame"])  # shifts the points' alignment padding
+@pytest.mark.parametrize("n", [1, 2, 5])
+def test_spliced_markers_serialize_as_rclpy_does(frame_id, n):
+    rng = np.random.default_rng(n)
+    centers, values = rng.normal(size=(n, 3)), rng.normal(size=n)
+    reference = Marker(header=Header(stamp=STAMP, frame_id=frame_id), ns="voxels", id=0, type=Marker.CUBE_LIST, action=Marker.ADD)
+    reference.pose.orientation.w = 1.0
+    reference.scale.x = reference.scale.y = reference.scale.z = 0.2
+    reference.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)
+    reference.points = [Point(x=x, y=y, z=z) for x, y, z in centers.tolist()]
+    reference.colors = [ColorRGBA(r=r, g=g, b=b, a=1.0) for r, g, b in rm.colorize(values).tolist()]
+    # Bytes may differ in CDR padding (unspecified content): compare messages.
+    expected = deserialize_message(serialize_message(MarkerArray(markers=[reference])), MarkerArray)  # colours as float32
+    assert deserialize_message(rm.voxel_markers(centers, values, 0.2, frame_id, STAMP), MarkerArray) == expected
+
+    edges = rng.normal(size=(n, 2, 3))
+    lines = []
+    for ns, width, part in (("odometry", 0.03, edges[: n // 2]), ("observations", 0.005, edges)):
+        m = Marker(header=Header(stamp=STAMP, frame_id=frame_id), ns=ns, id=0, type=Marker.LINE_LIST, action=Marker.ADD)
+        m.pose.orientation.w, m.scale.x = 1.0, width
+        m.points = [Point(x=x, y=y, z=z) for x, y, z in part.reshape(-1, 3).tolist()]
+        lines.append(m)
+    got = _markers(rm.graph_markers(edges[: n // 2], edges, frame_id, STAMP))
+    for m, g in zip(lines, got):
+        m.color = g.color  # the colours are graph_markers' choice
+    assert got == lines
 
 
 def test_colorize_robust_range_constant_and_unknown():
@@ -305,7 +323,7 @@ def test_colorize_robust_range_constant_and_unknown():
 
 
 def test_empty_voxels_still_publish_marker():
-    (m,) = rm.voxel_markers(np.empty((0, 3)), np.empty(0), 0.2, "map", STAMP).markers
+    (m,) = _markers(rm.voxel_markers(np.empty((0, 3)), np.empty(0), 0.2, "map", STAMP))
     assert m.type == Marker.CUBE_LIST and len(m.points) == 0
 
 
@@ -313,13 +331,13 @@ def test_graph_markers():
     odom = np.arange(4 * 6, dtype=float).reshape(4, 2, 3)
     obs = np.random.default_rng(7).normal(size=(9, 2, 3))
     obs[4, 1, 0] = np.nan
-    markers = rm.graph_markers(odom, obs, "map", STAMP).markers
+    markers = _markers(rm.graph_markers(odom, obs, "map", STAMP))
     assert [(m.ns, m.id, m.type) for m in markers] == [("odometry", 0, Marker.LINE_LIST), ("observations", 0, Marker.LINE_LIST)]
     assert [len(m.points) for m in markers] == [8, 16]
     assert all(m.pose.orientation.w == 1.0 and m.scale.x > 0 for m in markers)
     assert markers[0].color != markers[1].color
     assert [markers[0].points[1].x, markers[0].points[2].x] == [3.0, 6.0]  # pairwise flattening
-    empty = rm.graph_markers(np.empty((0, 2, 3)), np.empty((0, 2, 3)), "map", STAMP).markers
+    empty = _markers(rm.graph_markers(np.empty((0, 2, 3)), np.empty((0, 2, 3)), "map", STAMP))
     assert len(empty) == 2 and all(len(m.points) == 0 for m in empty)
 
 

@@ -199,8 +199,7 @@ class Mapper:
         odometry sample: a cloud that came before its odometry is then mapped
         as soon as that odometry lands, not a tick period later."""
         with self._inputs:
-            latest = self.odometry.latest_stamp
-            return bool(self._clouds) and latest is not None and self._clouds[0][0] <= latest
+            return bool(self._clouds) and self.odometry.covers(self._clouds[0][0])
 
     # -------------------------------------------------------------------- tick
 
@@ -360,7 +359,7 @@ class Mapper:
         latest = self.odometry.latest_stamp
         while self._clouds:
             stamp, points = self._clouds[0]
-            if latest is not None and stamp <= latest:
+            if self.odometry.covers(stamp):
                 self._clouds.popleft()
                 yield stamp, points
                 continue

@@ -6,13 +6,11 @@ w, x, y, z then translation. Stamps on the NumPy side are float seconds.
 
 from __future__ import annotations
 
-import gc
 import math
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 from builtin_interfaces.msg import Time
+from rclpy.serialization import serialize_message
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, Quaternion
 from nav_msgs.msg import Odometry, Path
@@ -183,62 +181,52 @@ def colorize(values: np.ndarray, colormap: str = "height") -> np.ndarray:
     return np.stack([np.interp(t, table[:, 0], table[:, c]) for c in (1, 2, 3)], axis=-1)
 
 
-# rosidl's generated __init__ parses keywords and runs a checking property
-# setter per field. Filling the private slots (the fields' storage in
-# rosidl_generator_py) directly builds Points and ColorRGBAs ~2× faster, which
-# is what matters at 10⁵ voxels; test_ros_messages checks the result equals and serializes like
-# constructed messages. Classes without these slots (distros before Jazzy
-# have no _check_fields) go through the constructors.
-_SLOTS_OK = all(
-    {f"_{f}" for f in cls.get_fields_and_field_types()} | {"_check_fields"} <= set(cls.__slots__) for cls in (Point, ColorRGBA)
-)
-_CHECK_FIELDS = _SLOTS_OK and Point()._check_fields  # what __init__ would set (ROS_PYTHON_CHECK_FIELDS)
+# Markers carry 10⁵ points. Building one Python Point and ColorRGBA per voxel
+# and letting rclpy convert them back holds the GIL for ~1 µs per field, which
+# stalled the node's executor and tick threads for 60-300 ms per map. Instead
+# rclpy serializes the marker with one placeholder point (and colour), and the
+# arrays are spliced into those bytes. CDR aligns each primitive to its size
+# relative to the payload start; a point is 24 bytes and a colour 16, so the
+# spliced arrays shift everything after them by multiples of 8 and the rest of
+# the message stays correctly aligned. test_ros_messages checks the result
+# against rclpy serializing the same message built field by field.
+_POINT_MARK = np.array([7.0e-301, -3.0e-299, 5.0e-297])
+_COLOR_MARK = np.array([0.123, -7.5, 3.25e-3, 96.0], np.float32)
 
 
-def _point(x: float, y: float, z: float, new=Point.__new__) -> Point:
-    p = new(Point)
-    p._x, p._y, p._z, p._check_fields = x, y, z, _CHECK_FIELDS
-    return p
-
-
-def _color(r: float, g: float, b: float, a: float, new=ColorRGBA.__new__) -> ColorRGBA:
-    c = new(ColorRGBA)
-    c._r, c._g, c._b, c._a, c._check_fields = r, g, b, a, _CHECK_FIELDS
-    return c
-
-
-@contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building 10⁵ small acyclic objects: each
-    allocation burst otherwise triggers full collections that traverse the
-    whole heap (large in the node, with JAX loaded); ~2× at 100k voxels.
-    Nothing is leaked: the objects hold no cycles, and the prior state is
-    restored."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-def _points(xyz: np.ndarray) -> list[Point]:
-    """Point messages of rows of ``xyz`` (N, 3)."""
-    with _gc_paused():
-        rows = np.asarray(xyz, np.float64).tolist()
-        if _SLOTS_OK:
-            return [_point(*row) for row in rows]
-        return [Point(x=x, y=y, z=z) for x, y, z in rows]
-
-
-def _colors(rgba: np.ndarray) -> list[ColorRGBA]:
-    """ColorRGBA messages of rows of ``rgba`` (N, 4)."""
-    with _gc_paused():
-        rows = np.asarray(rgba, np.float64).tolist()
-        if _SLOTS_OK:
-            return [_color(*row) for row in rows]
-        return [ColorRGBA(r=r, g=g, b=b, a=a) for r, g, b, a in rows]
+def _serialized(array: MarkerArray, fills: list[tuple[np.ndarray, np.ndarray | None]]) -> bytes:
+    """CDR bytes of ``array`` with ``fills[k] = (xyz (N, 3), rgba (N, 4) or None)``
+    as the points (and colours) of marker k; ``array``'s markers must not hold
+    points or colours of their own."""
+    for m, (xyz, rgba) in zip(array.markers, fills):
+        if len(xyz):
+            m.points = [Point(x=float(_POINT_MARK[0]), y=float(_POINT_MARK[1]), z=float(_POINT_MARK[2]))]
+            if rgba is not None:
+                m.colors = [ColorRGBA(r=float(_COLOR_MARK[0]), g=float(_COLOR_MARK[1]), b=float(_COLOR_MARK[2]), a=float(_COLOR_MARK[3]))]
+    raw = serialize_message(array)
+    order = "<" if raw[1] & 1 else ">"  # encapsulation header: odd = little endian
+    one = np.array(1, order + "u4").tobytes()
+    point_mark, color_mark = _POINT_MARK.astype(order + "f8").tobytes(), _COLOR_MARK.astype(order + "f4").tobytes()
+    parts, pos = [], 0
+    for xyz, rgba in fills:
+        n = len(xyz)
+        if not n:
+            continue
+        count = np.array(n, order + "u4").tobytes()
+        i = raw.index(point_mark, pos)
+        length_at = i - 4 if raw[i - 4 : i] == one else i - 8  # 4 bytes of padding may align the first float64
+        if raw[length_at : length_at + 4] != one:
+            raise RuntimeError("unexpected CDR layout around Marker.points")
+        parts += [raw[pos:length_at], count, raw[length_at + 4 : i], np.ascontiguousarray(xyz, order + "f8").tobytes()]
+        pos = i + len(point_mark)
+        if rgba is not None:
+            j = raw.index(color_mark, pos)
+            if raw[j - 4 : j] != one:
+                raise RuntimeError("unexpected CDR layout around Marker.colors")
+            parts += [raw[pos : j - 4], count, np.ascontiguousarray(rgba, order + "f4").tobytes()]
+            pos = j + len(color_mark)
+    parts.append(raw[pos:])
+    return b"".join(parts)
 
 
 def _marker(kind: int, ns: str, frame_id: str, stamp: Time) -> Marker:
@@ -257,11 +245,12 @@ def voxel_markers(
     stamp: Time,
     ns: str = "voxels",
     colormap: str = "height",
-) -> MarkerArray:
+) -> bytes:
     """One CUBE_LIST marker (``ns``, id 0) of voxel ``centers`` (N, 3) in
-    ``frame_id``, coloured by ``values`` (N,) through :func:`colorize`.
-    Centers with a non-finite coordinate are dropped (RViz would reject the
-    whole marker)."""
+    ``frame_id``, coloured by ``values`` (N,) through :func:`colorize`, as a
+    serialized MarkerArray: publish it as is, or
+    ``deserialize_message(data, MarkerArray)`` to look inside. Centers with a
+    non-finite coordinate are dropped (RViz would reject the whole marker)."""
     centers = np.asarray(centers, np.float64).reshape(-1, 3)
     values = np.asarray(values, np.float64).reshape(-1)
     if values.shape[0] != centers.shape[0]:
@@ -273,9 +262,8 @@ def voxel_markers(
     m = _marker(Marker.CUBE_LIST, ns, frame_id, stamp)
     m.scale.x = m.scale.y = m.scale.z = float(voxel_size)
     m.color = ColorRGBA(r=1.0, g=1.0, b=1.0, a=1.0)  # per-point colours override it; alpha 0 would hide them in some RViz versions
-    m.points = _points(centers)
-    m.colors = _colors(np.column_stack([colorize(values, colormap), np.ones(len(values))]))
-    return MarkerArray(markers=[m])
+    rgba = np.column_stack([colorize(values, colormap), np.ones(len(values))])
+    return _serialized(MarkerArray(markers=[m]), [(centers, rgba)])
 
 
 def delete_all(frame_id: str, stamp: Time, ns: str = "") -> MarkerArray:
@@ -287,28 +275,33 @@ def delete_all(frame_id: str, stamp: Time, ns: str = "") -> MarkerArray:
     return MarkerArray(markers=[m])
 
 
-def _line_list(edges: np.ndarray, ns: str, width: float, rgba: tuple[float, float, float, float], frame_id: str, stamp: Time) -> Marker:
-    edges = np.asarray(edges, np.float64).reshape(-1, 2, 3)
-    edges = edges[np.isfinite(edges).all(axis=(1, 2))]
+def _line_list(ns: str, width: float, rgba: tuple[float, float, float, float], frame_id: str, stamp: Time) -> Marker:
     m = _marker(Marker.LINE_LIST, ns, frame_id, stamp)
     m.scale.x = width
     m.color = ColorRGBA(r=rgba[0], g=rgba[1], b=rgba[2], a=rgba[3])
-    m.points = _points(edges.reshape(-1, 3))
     return m
 
 
-def graph_markers(odom_edges: np.ndarray, obs_edges: np.ndarray, frame_id: str, stamp: Time) -> MarkerArray:
+def _finite_edges(edges: np.ndarray) -> np.ndarray:
+    """Endpoints (2E', 3) of the edges (E, 2, 3) whose both ends are finite."""
+    edges = np.asarray(edges, np.float64).reshape(-1, 2, 3)
+    return edges[np.isfinite(edges).all(axis=(1, 2))].reshape(-1, 3)
+
+
+def graph_markers(odom_edges: np.ndarray, obs_edges: np.ndarray, frame_id: str, stamp: Time) -> bytes:
     """Factor-graph edges as two LINE_LIST markers, ns "odometry" and
     "observations" (id 0 each): ``odom_edges`` (E, 2, 3) pose→pose and
-    ``obs_edges`` (F, 2, 3) pose→voxel, endpoints in ``frame_id``. Edges with
-    a non-finite endpoint are dropped. An empty list still yields its marker,
+    ``obs_edges`` (F, 2, 3) pose→voxel, endpoints in ``frame_id``; a
+    serialized MarkerArray (see :func:`voxel_markers`). Edges with a
+    non-finite endpoint are dropped. An empty list still yields its marker,
     with no points, so RViz clears the previous lines instead of keeping them."""
-    return MarkerArray(
+    array = MarkerArray(
         markers=[
-            _line_list(odom_edges, "odometry", 0.03, (1.0, 0.55, 0.0, 1.0), frame_id, stamp),
-            _line_list(obs_edges, "observations", 0.005, (0.3, 0.7, 1.0, 0.3), frame_id, stamp),
+            _line_list("odometry", 0.03, (1.0, 0.55, 0.0, 1.0), frame_id, stamp),
+            _line_list("observations", 0.005, (0.3, 0.7, 1.0, 0.3), frame_id, stamp),
         ]
     )
+    return _serialized(array, [(_finite_edges(odom_edges), None), (_finite_edges(obs_edges), None)])
 
 
 # --- diagnostics ------------------------------------------------------------

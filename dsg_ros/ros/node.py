@@ -82,6 +82,8 @@ class MapperNode(Node):
         self._map_lock = threading.Lock()  # a reset's DELETEALL and a map publication never interleave
         self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
         self._snapshots: queue.Queue = queue.Queue(maxsize=1)
+        self._learning = threading.Event()  # a snapshot is queued or being learned from
+        self._next_calibration = 0.0  # time.monotonic() before which no calibration step starts
 
         self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
         self.create_subscription(Odometry, "ground_truth", self._on_ground_truth, _qos(s.odom_reliability, s.odom_depth))
@@ -294,7 +296,17 @@ class MapperNode(Node):
             self._arrivals.pop(k, None)
         self._last = result
         self._tick_ms.append(result.diagnostics["tick_ms"])
-        if result.diagnostics["calibration_due"] and self.settings.calibrate_online and self._snapshots.empty():
+        # One calibration step in flight at most, and at most one per
+        # calibration_period_s: a step that comes due sooner is skipped, not
+        # queued. In stretches of back-to-back keyframes, learning running
+        # beside every tick and marginalization doubled their time on 2 cores.
+        now = time.monotonic()
+        if (
+            result.diagnostics["calibration_due"] and self.settings.calibrate_online
+            and not self._learning.is_set() and now >= self._next_calibration
+        ):
+            self._learning.set()
+            self._next_calibration = now + self.settings.calibration_period_s
             self._snapshots.put_nowait(self.mapper.calibration_snapshot())
         # Published: now make room for the next keyframe (off the latency path).
         self.mapper.marginalize()
@@ -358,6 +370,8 @@ class MapperNode(Node):
             except Exception:
                 self.get_logger().error("calibration step failed: " + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
                 continue
+            finally:
+                self._learning.clear()
             if theta is not None:
                 try:
                     self._theta_queue.put_nowait(theta)

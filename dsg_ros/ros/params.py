@@ -38,7 +38,8 @@ class NodeSettings:
     odom_depth: int = 100
     calibration_file: str = ""
     calibrate_online: bool = True
-    voxel_rate_hz: float = 0.5  # the whole map as markers costs ~70 ms of Python per 35k voxels
+    calibration_period_s: float = 1.0
+    voxel_rate_hz: float = 0.5  # the whole map as markers costs ~10 ms per 35k voxels
     voxel_color: str = "height"
     graph_max_observations: int = 2000
     diagnostics_rate_hz: float = 1.0
@@ -62,6 +63,7 @@ _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000)),
     "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None),
     "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None),
+    "calibration_period_s": ("least wall-clock time between two online calibration steps (a step due sooner is skipped): caps the CPU learning takes from ticks", (0.0, 3600.0)),
     "voxel_rate_hz": ("how often the whole voxel map is published on ~/voxels (0: never)", (0.0, 50.0)),
     "voxel_color": ("colour voxels by 'height' or by observation 'count'", ("height", "count")),
     "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000)),
@@ -85,6 +87,7 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "odom_sigma_m": ("odometry noise per keyframe increment, translation", (1e-6, 100.0)),
     "odom_sigma_rad": ("odometry noise per keyframe increment, rotation", (1e-6, 10.0)),
     "obs_sigma_m": ("voxel observation noise", (1e-6, 100.0)),
+    "odometry.max_extrapolation_s": ("a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample", (0.0, 1.0)),
     "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
 }
 
