@@ -38,6 +38,7 @@ from dsg_ros.sim.scenario import SimConfig
 from dsg_ros.sim.trajectory import interpolate
 
 NODE = "dsg_mapper"
+RSS_SETTLE_S = 60.0  # data seconds before node RSS growth is measured
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Observed:
     ground_truth: list[tuple[float, np.ndarray]] = field(default_factory=list)
     odom: list[tuple[float, np.ndarray]] = field(default_factory=list)
     rss_mb: list[tuple[float, float]] = field(default_factory=list)  # (seconds since start, node RSS)
+    data_start_s: float | None = None  # when the first odometry arrived (the publisher simulates first)
 
 
 class Monitor(Node):
@@ -156,6 +158,8 @@ def run_live(
             rss = runtime.rss_mb(node_proc.pid)
             if rss is not None:
                 monitor.seen.rss_mb.append((time.monotonic() - run_start, rss))
+            if monitor.seen.data_start_s is None and monitor.seen.odom:
+                monitor.seen.data_start_s = time.monotonic() - run_start
             time.sleep(1.0)
         if pub_proc.returncode != 0:
             raise RuntimeError(f"the sim publisher exited with code {pub_proc.returncode}; see {output / 'sim_publisher.log'}")
@@ -214,8 +218,14 @@ def _summarize(seen: Observed, output: Path, calibration_file: Path, saved: str)
         "save_calibration": saved,
     }
     if seen.rss_mb:
+        # Growth is measured from the first minute of data on (as bench
+        # mapping does): before that the node fills its window and caches.
         rss = np.array(seen.rss_mb)
-        summary["node_rss_mb_start"], summary["node_rss_mb_end"] = float(rss[min(5, len(rss) - 1), 1]), float(rss[-1, 1])
+        begin = (seen.data_start_s or 0.0) + RSS_SETTLE_S
+        first = int(np.searchsorted(rss[:, 0], begin)) if rss[-1, 0] > begin else len(rss) // 2
+        summary["node_rss_mb_start"], summary["node_rss_mb_end"] = float(rss[first, 1]), float(rss[-1, 1])
+        summary["node_rss_span_s"] = float(rss[-1, 0] - rss[first, 0])
+        summary["node_rss_mb_every_30s"] = [round(float(v), 1) for v in rss[first::30, 1]]
     if calibration_file.exists():
         summary["calibration"] = cal.CalibrationSummary.of(cal.load(calibration_file)).__dict__
     path = seen.path

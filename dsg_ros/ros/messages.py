@@ -119,13 +119,19 @@ def path(stamps: np.ndarray, poses: np.ndarray, frame_id: str, stamp: Time) -> P
     poses = np.asarray(poses, np.float64).reshape(-1, 7)
     if stamps.shape[0] != poses.shape[0]:
         raise ValueError(f"{stamps.shape[0]} stamps for {poses.shape[0]} poses")
-    return Path(
-        header=Header(stamp=stamp, frame_id=frame_id),
-        poses=[
-            PoseStamped(header=Header(stamp=sec_to_stamp(t), frame_id=frame_id), pose=pose_to_msg(T))
-            for t, T in zip(stamps.tolist(), poses)
-        ],
-    )
+    return path_of([pose_stamped(t, T, frame_id) for t, T in zip(stamps.tolist(), poses)], frame_id, stamp)
+
+
+def pose_stamped(t: float, T: np.ndarray, frame_id: str) -> PoseStamped:
+    """PoseStamped of ``T`` (7,) in ``frame_id`` at ``t`` float seconds."""
+    return PoseStamped(header=Header(stamp=sec_to_stamp(t), frame_id=frame_id), pose=pose_to_msg(T))
+
+
+def path_of(entries: list[PoseStamped], frame_id: str, stamp: Time) -> Path:
+    """nav_msgs/Path of ready-made ``entries``: a long-running node keeps the
+    PoseStamped of keyframes that left the window (their estimates are final)
+    instead of rebuilding thousands of them per keyframe."""
+    return Path(header=Header(stamp=stamp, frame_id=frame_id), poses=entries)
 
 
 def odometry_msg(T: np.ndarray, stamp: Time, frame_id: str, child_frame_id: str) -> Odometry:

@@ -31,7 +31,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from nav_msgs.msg import Odometry, Path as PathMsg
-from geometry_msgs.msg import PoseArray
+from geometry_msgs.msg import PoseArray, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import PointCloud2
@@ -69,7 +69,7 @@ class MapperNode(Node):
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._tick_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._arrivals: dict[float, float] = {}
-        self._path: dict[float, np.ndarray] = {}  # keyframe stamp → last T_map_base
+        self._path: dict[float, PoseStamped] = {}  # keyframe stamp → its last estimate (T_map_base)
         self._last: TickResult | None = None
         self._last_stamp = None  # newest data stamp, for headers
         self._calibrated_at: float | None = None
@@ -324,10 +324,10 @@ class MapperNode(Node):
             if self._tf is not None and result.T_map_odom is not None:
                 self._broadcast_tf(result.T_map_odom, msgs.sec_to_stamp(result.odometry_stamp))
         if result.solve is not None or result.keyframes_added:
-            self._path.update(zip(result.window_stamps.tolist(), result.window_poses))
+            # Only window keyframes move: the others' messages are reused.
+            self._path.update((t, msgs.pose_stamped(t, T, s.map_frame)) for t, T in zip(result.window_stamps.tolist(), result.window_poses))
             self.pub_poses.publish(msgs.pose_array(result.window_poses, stamp, s.map_frame))
-            keys = sorted(self._path)
-            self.pub_path.publish(msgs.path(np.array(keys), np.array([self._path[k] for k in keys]).reshape(-1, 7), s.map_frame, stamp))
+            self.pub_path.publish(msgs.path_of([self._path[k] for k in sorted(self._path)], s.map_frame, stamp))
             odom_edges, obs_edges = self.mapper.edges(s.graph_max_observations)
             self.pub_graph.publish(msgs.graph_markers(odom_edges, obs_edges, s.map_frame, stamp))
             self.counts["published_ticks"] += 1
