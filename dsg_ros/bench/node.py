@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from dsg_ros.bench import report
 from dsg_ros.ros.live import run_live
+from dsg_ros.ros.node import LATENCY_WINDOW
 from dsg_ros.ros.params import default_params_file
 
 
@@ -54,7 +55,8 @@ def _markdown(r: dict[str, Any]) -> str:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| cloud arrival → publication, p50 / p99 | {live.get('latency_ms_p50')} / {live.get('latency_ms_p99')} ms |",
+        f"| cloud arrival → publication, p50 / p99 (the node's last {min(LATENCY_WINDOW, live['received'].get('points', 0))} clouds) "
+        f"| {live.get('latency_ms_p50')} / {live.get('latency_ms_p99')} ms |",
         f"| tick p50 / p99 | {live.get('tick_ms_p50')} / {live.get('tick_ms_p99')} ms |",
         f"| received | {live['received']} |",
         f"| published | {live['published']} |",
