@@ -39,6 +39,7 @@ from rclpy.context import Context  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
@@ -101,13 +102,13 @@ class Watcher(Monitor, _InContext):
         with self.lock:
             self.kept[name].append((time.monotonic(), m))
 
-    def _on_path(self, m: PathMsg) -> None:
-        super()._on_path(m)
-        self._keep("path", m)
+    def _on_path(self, data: bytes) -> None:  # Monitor takes the large topics serialized
+        super()._on_path(data)
+        self._keep("path", deserialize_message(data, PathMsg))
 
-    def _on_voxels(self, m: MarkerArray) -> None:
-        super()._on_voxels(m)
-        self._keep("voxels", m)
+    def _on_voxels(self, data: bytes) -> None:
+        super()._on_voxels(data)
+        self._keep("voxels", deserialize_message(data, MarkerArray))
 
     def _on_diagnostics(self, m: DiagnosticArray) -> None:
         super()._on_diagnostics(m)

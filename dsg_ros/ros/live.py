@@ -26,8 +26,9 @@ from nav_msgs.msg import Odometry, Path as PathMsg
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.serialization import deserialize_message
 from std_srvs.srv import Trigger
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from dsg_ros import runtime
 from dsg_ros.learn import calibration as cal
@@ -46,8 +47,8 @@ class Observed:
     """What the monitor saw on the node's topics."""
 
     counts: dict[str, int] = field(default_factory=lambda: {"poses": 0, "path": 0, "voxels": 0, "graph": 0, "odometry": 0, "diagnostics": 0})
-    path: PathMsg | None = None
-    voxels: np.ndarray = field(default_factory=lambda: np.zeros((0, 3)))
+    path_raw: bytes | None = None  # the last ~/path, serialized
+    voxels_raw: bytes | None = None  # the last ~/voxels, serialized
     diagnostics: dict[str, str] = field(default_factory=dict)
     ground_truth: list[tuple[float, np.ndarray]] = field(default_factory=list)
     odom: list[tuple[float, np.ndarray]] = field(default_factory=list)
@@ -63,9 +64,12 @@ class Monitor(Node):
         self.seen = Observed()
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(PoseArray, f"/{NODE}/poses", lambda m: self._count("poses"), 10)
-        self.create_subscription(PathMsg, f"/{NODE}/path", self._on_path, latched)
-        self.create_subscription(MarkerArray, f"/{NODE}/voxels", self._on_voxels, latched)
-        self.create_subscription(MarkerArray, f"/{NODE}/graph", lambda m: self._count("graph"), 10)
+        # The large topics arrive serialized and only the last one is decoded,
+        # at the end: decoding ~10⁵ points per map into Python objects took
+        # CPU from the node under test on the same cores.
+        self.create_subscription(PathMsg, f"/{NODE}/path", self._on_path, latched, raw=True)
+        self.create_subscription(MarkerArray, f"/{NODE}/voxels", self._on_voxels, latched, raw=True)
+        self.create_subscription(MarkerArray, f"/{NODE}/graph", lambda m: self._count("graph"), 10, raw=True)
         self.create_subscription(Odometry, f"/{NODE}/odometry", lambda m: self._count("odometry"), 50)
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.create_subscription(Odometry, "ground_truth", lambda m: self._record(self.seen.ground_truth, m), 100)
@@ -75,15 +79,13 @@ class Monitor(Node):
     def _count(self, name: str) -> None:
         self.seen.counts[name] += 1
 
-    def _on_path(self, m: PathMsg) -> None:
+    def _on_path(self, data: bytes) -> None:
         self._count("path")
-        self.seen.path = m
+        self.seen.path_raw = data
 
-    def _on_voxels(self, m: MarkerArray) -> None:
+    def _on_voxels(self, data: bytes) -> None:
         self._count("voxels")
-        cubes = [mk for mk in m.markers if mk.type == mk.CUBE_LIST]
-        if cubes:
-            self.seen.voxels = np.array([[p.x, p.y, p.z] for p in cubes[0].points]).reshape(-1, 3)
+        self.seen.voxels_raw = data
 
     def _on_diagnostics(self, m: DiagnosticArray) -> None:
         for status in m.status:
@@ -97,6 +99,14 @@ class Monitor(Node):
         except msgs.MessageError:
             return  # the node logs and skips it; the monitor just does not score it
         into.append((stamp, T))
+
+
+def _voxel_centers(data: bytes | None) -> np.ndarray:
+    """Centers (N, 3) of the CUBE_LIST in a serialized ~/voxels message."""
+    if data is None:
+        return np.zeros((0, 3))
+    cubes = [m for m in deserialize_message(data, MarkerArray).markers if m.type == Marker.CUBE_LIST]
+    return np.array([[p.x, p.y, p.z] for p in cubes[0].points]).reshape(-1, 3) if cubes else np.zeros((0, 3))
 
 
 def _float(diag: dict[str, str], key: str) -> float | None:
@@ -228,7 +238,7 @@ def _summarize(seen: Observed, output: Path, calibration_file: Path, saved: str)
         summary["node_rss_mb_every_30s"] = [round(float(v), 1) for v in rss[first::30, 1]]
     if calibration_file.exists():
         summary["calibration"] = cal.CalibrationSummary.of(cal.load(calibration_file)).__dict__
-    path = seen.path
+    path = deserialize_message(seen.path_raw, PathMsg) if seen.path_raw is not None else None
     if path is not None and len(path.poses) >= 3 and len(seen.ground_truth) >= 2:
         stamps = np.array([msgs.stamp_to_sec(p.header.stamp) for p in path.poses])
         estimate = np.array([[p.pose.orientation.w, p.pose.orientation.x, p.pose.orientation.y, p.pose.orientation.z,
@@ -240,5 +250,5 @@ def _summarize(seen: Observed, output: Path, calibration_file: Path, saved: str)
         truth, odom = interpolate(gt_t, gt, stamps), interpolate(od_t, od, stamps)
         summary["ate_odom"] = metrics.ate(odom, truth)
         summary["ate_estimate"] = metrics.ate(estimate, truth)
-        summary["png"] = str(plot_top_view(output / "map.png", seen.voxels, estimate, truth, odom))
+        summary["png"] = str(plot_top_view(output / "map.png", _voxel_centers(seen.voxels_raw), estimate, truth, odom))
     return summary
