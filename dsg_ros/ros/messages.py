@@ -210,7 +210,15 @@ def _serialized(array: MarkerArray, fills: list[tuple[np.ndarray, np.ndarray | N
             if rgba is not None:
                 m.colors = [ColorRGBA(r=float(_COLOR_MARK[0]), g=float(_COLOR_MARK[1]), b=float(_COLOR_MARK[2]), a=float(_COLOR_MARK[3]))]
     raw = serialize_message(array)
-    order = "<" if raw[1] & 1 else ">"  # encapsulation header: odd = little endian
+    if raw[0] != 0 or raw[1] not in (0, 1):
+        # Not plain CDR (an rmw serializing XCDR2, whose headers depend on
+        # sizes): build the Python objects after all.
+        for m, (xyz, rgba) in zip(array.markers, fills):
+            m.points = [Point(x=x, y=y, z=z) for x, y, z in np.asarray(xyz, np.float64).tolist()]
+            if rgba is not None:
+                m.colors = [ColorRGBA(r=r, g=g, b=b, a=a) for r, g, b, a in np.asarray(rgba, np.float64).tolist()]
+        return serialize_message(array)
+    order = "<" if raw[1] == 1 else ">"  # encapsulation 0x0001: CDR little endian, 0x0000: big endian
     one = np.array(1, order + "u4").tobytes()
     point_mark, color_mark = _POINT_MARK.astype(order + "f8").tobytes(), _COLOR_MARK.astype(order + "f4").tobytes()
     parts, pos = [], 0
