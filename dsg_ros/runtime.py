@@ -73,7 +73,7 @@ def enable_compile_cache(path: str | None = None) -> str | None:
 def settle_heap() -> None:
     """Collect once, then keep every surviving object out of later collections.
 
-    Drivers call it after warm-up. Tracing and compiling leave millions of
+    ``Mapper.warm_up`` ends with it. Tracing and compiling leave millions of
     long-lived objects (JAX's caches); a full collection walks all of them
     and, holding the GIL, stalled every thread of the node for ~0.3 s. Frozen
     objects are still freed by reference counting when dropped.

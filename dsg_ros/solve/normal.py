@@ -57,12 +57,14 @@ class SparseBlocks:
 
 @jdc.pytree_dataclass
 class NormalSystem:
-    """A linearized problem: gradient, damping diagonal, free mask and H's blocks."""
+    """A linearized problem: gradient, damping diagonal, free mask, H's blocks,
+    and the per-slab linearizations they were assembled from."""
 
     grad: Tangent
     diag: Tangent
     free: Tangent
     blocks: DenseBlocks | SparseBlocks
+    slabs: tuple[SlabLinearization, ...]
 
 
 def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, jax.Array]:
@@ -87,7 +89,7 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
         blocks, diag = _sparse_blocks(grams, free, P, V, dtype)
-    return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks), total
+    return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks, slabs=tuple(lin for lin, _ in grams)), total
 
 
 def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:

@@ -231,11 +231,14 @@ class SlabLinearization:
 
     The Jacobian's columns hold each connected variable's tangent block in
     position order (n = Σ tangent dims); ``offsets()`` gives where each starts.
+    Both carry ``root_weight`` (F,), the square root of the IRLS weight (zero
+    on inactive rows).
     """
 
     slab: FactorSlab
     residual: jax.Array
     jacobian: jax.Array
+    root_weight: jax.Array
 
     def offsets(self) -> tuple[int, ...]:
         out, start = [], 0
@@ -263,4 +266,4 @@ def linearize_slab(slab: FactorSlab, state: State) -> tuple[SlabLinearization, j
     jac = jnp.concatenate(jacs, axis=2) if len(jacs) > 1 else jacs[0]
     jac = jnp.where(slab.active[:, None, None], jac, 0.0)
     jac = batched_matmul(root_w[:, None, None] * slab.sqrt_info, jac)
-    return SlabLinearization(slab, root_w[:, None] * e, jac), slab_cost
+    return SlabLinearization(slab, root_w[:, None] * e, jac, root_w), slab_cost
