@@ -6,6 +6,7 @@ solver's differentiation mode. One jitted step function, compiled once.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable
 
 import jax
@@ -20,16 +21,18 @@ def fit(
     optimizer: optax.GradientTransformation,
     steps: int,
     progress: Callable[[int, float], None] | None = None,
+    compiler_options: dict[str, Any] | None = None,
 ) -> tuple[Params, list[float], Any]:
     """Run ``steps`` optimizer updates of ``loss_fn(theta) -> (loss, aux)``.
 
     Returns the final parameters, the loss before each step plus the loss at
     the final parameters (``steps + 1`` values), and the final ``aux``. The
     final evaluation reuses the compiled step (its update is discarded), so
-    reporting costs no second compilation.
+    reporting costs no second compilation. ``compiler_options`` go to XLA
+    (see ``runtime.fast_compile_options``).
     """
 
-    @jax.jit
+    @partial(jax.jit, compiler_options=compiler_options)
     def step(theta: Params, opt_state: Any) -> tuple[Params, Any, jax.Array, Any]:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(theta)
         updates, opt_state = optimizer.update(grads, opt_state, theta)
