@@ -71,7 +71,7 @@ def apply(system: NormalSystem, fac: DenseFactor, rhs: Tangent) -> Tangent:
     else:
         d_p = r_p
     B = blocks.H_pl.reshape(6 * P, 3 * V)
-    t_l = (r_l - B.T @ d_p).reshape(V, 3)
+    t_l = (r_l - d_p @ B).reshape(V, 3)  # dᵀB, not Bᵀd: XLA on CPU copies a transposed B first
     d_l = jnp.einsum("vab,vb->va", fac.C_inv, t_l)
     return Tangent(d_p.reshape(P, 6), d_l)
 

@@ -156,7 +156,7 @@ class WorldModel:
             )
         ids = np.arange(self._next_var_id, self._next_var_id + len(slots), dtype=np.int64)
         self._next_var_id += len(slots)
-        self._vars.update((int(v), (kind, s)) for v, s in zip(ids, slots))
+        self._vars.update(zip(ids.tolist(), ((kind, s) for s in slots)))
         self._values[kind][slots] = values
         self._active[kind][slots] = True
         self._slot_owner[kind][slots] = ids
@@ -283,10 +283,15 @@ class WorldModel:
             meas = _as_poses(meas, f"{type_name} measurement")
         slots = np.empty_like(var_ids)
         for pos, want in enumerate(ftype.var_kinds):
-            for i, vid in enumerate(var_ids[:, pos]):
-                kind, slots[i, pos] = self._var(vid)
+            # Plain dict lookups over Python ints: a keyframe adds thousands of factors.
+            column = var_ids[:, pos].tolist()
+            found = [self._vars.get(v) for v in column]
+            if None in found:
+                self._var(column[found.index(None)])  # raises the specific KeyError
+            for vid, (kind, _) in zip(column, found):
                 if kind != want:
                     raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
+            slots[:, pos] = [slot for _, slot in found]
         sqrt_info = self._sqrt_info(ftype, noise)
         rows = host.alloc.take(n)
         if rows is None:
@@ -295,7 +300,7 @@ class WorldModel:
             )
         ids = np.arange(self._next_factor_id, self._next_factor_id + n, dtype=np.int64)
         self._next_factor_id += n
-        self._factors.update((int(f), (type_name, r)) for f, r in zip(ids, rows))
+        self._factors.update(zip(ids.tolist(), ((type_name, r) for r in rows)))
         robust = robust or Robust()
         host.slots[rows] = slots
         host.var_ids[rows] = var_ids
