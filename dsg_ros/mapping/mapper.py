@@ -66,7 +66,7 @@ class MapperConfig:
         # A relative decrease of 1e-4 is converged for a map: the next
         # keyframe re-solves the window anyway (1e-6 kept windows dirty for
         # extra ticks with the same ATE).
-        default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", relative_tolerance=1e-4)
+        default_factory=lambda: SolverConfig(max_iterations=3, linear_solver="dense", relative_tolerance=1e-4)
     )
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)
