@@ -312,9 +312,13 @@ class MapperNode(Node):
         # Published: now make room for the next keyframe (off the latency
         # path), and only then start learning: the two side by side took
         # ~5x as long as the marginalization alone.
-        self.mapper.marginalize()
-        if snapshot is not None:
-            self._snapshots.put_nowait(snapshot)
+        try:
+            self.mapper.marginalize()
+        finally:
+            # Queued even if marginalizing failed: _learning is set, and only
+            # the worker clears it.
+            if snapshot is not None:
+                self._snapshots.put_nowait(snapshot)
 
     def _header_stamp(self):
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
