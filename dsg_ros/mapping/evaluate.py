@@ -45,6 +45,8 @@ def summarize(
         "keyframe_tick_ms_p50": float(np.median(record.keyframe_tick_ms)) if record.keyframe_tick_ms else None,
         "calibration_ms_p50": float(np.median(record.calibration_ms)) if record.calibration_ms else None,
         "marginalization_ms_p50": float(np.median(record.marginalization_ms)) if record.marginalization_ms else None,
+        "refine_ms_p50": float(np.median(record.refine_ms)) if record.refine_ms else None,
+        "refine_ms_p99": float(np.percentile(record.refine_ms, 99)) if record.refine_ms else None,
         "calibration_steps": mapper.calibrator.steps,
         "compilations_after_warmup": diag.get("compilations_after_warmup"),
         "rollbacks": diag.get("rollbacks"),

@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -59,15 +59,16 @@ class MapperConfig:
     obs_sigma_m: float = 0.05
     obs_huber: float = 3.0
     solver: SolverConfig = field(
-        # At most 3 LM iterations per tick; an unconverged window stays dirty
-        # and the next tick continues. (1 per tick cut keyframe ticks from 142
-        # to 97 ms but spread the solve over more ticks: lower throughput and
-        # higher node latency on a 2-core CPU, see bench/RESULTS.md notes.)
-        # A relative decrease of 1e-4 is converged for a map: the next
-        # keyframe re-solves the window anyway (1e-6 kept windows dirty for
-        # extra ticks with the same ATE).
-        default_factory=lambda: SolverConfig(max_iterations=3, linear_solver="dense", relative_tolerance=1e-4)
+        # One LM iteration per solve: a keyframe's tick solves once and
+        # publishes; ``Mapper.refine()`` (drivers call it after publishing)
+        # continues off the latency path. A relative decrease of 1e-4 is
+        # converged for a map: the next keyframe re-solves the window anyway
+        # (1e-6 kept windows refining with the same ATE).
+        default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", relative_tolerance=1e-4)
     )
+    # LM iterations one ``refine()`` call runs at most (while the window
+    # still improves); with the keyframe tick's one, up to 5 per keyframe.
+    refine_iterations: int = 4
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -75,6 +76,8 @@ class MapperConfig:
     def __post_init__(self) -> None:
         if self.voxel_size <= 0:
             raise ValueError("voxel_size must be positive")
+        if self.refine_iterations < 0:
+            raise ValueError("refine_iterations must be >= 0")
         if se3.normalized(np.asarray(self.T_base_sensor)) is None:
             raise ValueError(f"T_base_sensor {self.T_base_sensor} is not a valid wxyz_xyz pose")
 
@@ -204,7 +207,11 @@ class Mapper:
     # -------------------------------------------------------------------- tick
 
     def tick(self) -> TickResult:
-        """Turn pending clouds into keyframes, solve the window, report."""
+        """Turn pending clouds into keyframes, solve the window if one was added, report.
+
+        The solve runs ``solver.max_iterations`` (one by default): enough to
+        place the new keyframe; ``refine()`` carries on after publishing.
+        """
         if self._compilations_at_warmup is None:
             self.warm_up()
         started = time.perf_counter()
@@ -219,7 +226,7 @@ class Mapper:
                     if report is not None:
                         marginalized.append(report)
             solve_report, rolled_back = None, False
-            if self._dirty and self.window.keyframes:
+            if added and self._dirty and self.window.keyframes:
                 solve_report, rolled_back = self._solve()
         with self._inputs:
             warnings, self._warnings = self._warnings, []
@@ -245,6 +252,29 @@ class Mapper:
             if not self.window.full:
                 return None
             return self.window.marginalize_oldest()
+
+    def refine(self, interrupt: Callable[[], bool] | None = None) -> int:
+        """Continue solving the window off the latency path; returns the LM iterations run.
+
+        A keyframe's tick solves just enough to publish; drivers call this
+        after publishing (and after ``marginalize()``) to run up to
+        ``refine_iterations`` more while the window still improves (also
+        after ``set_theta`` changed its measurements). The next tick
+        publishes the refined window. ``interrupt`` is asked before each
+        solve: the node passes "a cloud is waiting", so refining delays a
+        cloud by one LM iteration at most.
+        """
+        iterations = 0
+        per_solve = self.config.solver.max_iterations
+        while iterations < self.config.refine_iterations and not (interrupt is not None and interrupt()):
+            with self._state:
+                if not (self._dirty and self.window.keyframes):
+                    break
+                _, rolled_back = self._solve()
+            iterations += per_solve
+            if rolled_back:
+                break
+        return iterations
 
     # ------------------------------------------------------------- calibration
 
@@ -432,6 +462,9 @@ class Mapper:
         finite = bool(np.all(np.isfinite(np.asarray(x.poses)))) and bool(np.all(np.isfinite(np.asarray(x.points))))
         diverged = rep["status"] == "non_finite" or not finite or not np.isfinite(rep["final_cost"]) or rep["final_cost"] > rep["initial_cost"] * (1 + 1e-9) + 1e-12
         if diverged:
+            # Not retried: the same solve would diverge again. The next
+            # keyframe or calibration update solves the window afresh.
+            self._dirty = False
             self.stats["rollbacks"] += 1
             self._warn(f"solve {rep['status']} (cost {rep['initial_cost']:.4g} -> {rep['final_cost']:.4g}); rolled back to the last good state")
             return rep, True

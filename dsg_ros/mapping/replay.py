@@ -23,6 +23,7 @@ class RunRecord:
     keyframe_tick_ms: list[float] = field(default_factory=list)  # ticks that added a keyframe
     calibration_ms: list[float] = field(default_factory=list)
     marginalization_ms: list[float] = field(default_factory=list)  # after the tick, off the latency path
+    refine_ms: list[float] = field(default_factory=list)  # after the tick, off the latency path (when it ran)
     calibration: list[tuple[float, CalibrationSummary]] = field(default_factory=list)
     warnings: int = 0
     wall_s: float = 0.0
@@ -42,10 +43,10 @@ def drive(
     on_tick: Callable[[TickResult], None] | None = None,
 ) -> RunRecord:
     """Feed events in order, ticking after every cloud (the node ticks at the
-    cloud rate too); run calibration when a tick says it is due, then make
-    room for the next keyframe (``Mapper.marginalize``), as the node does after
-    publishing. A keyframe's estimate is the last one it had before leaving
-    the window."""
+    cloud rate too); run calibration when a tick says it is due, then, as the
+    node does after publishing, make room for the next keyframe
+    (``Mapper.marginalize``) and refine the window (``Mapper.refine``). A
+    keyframe's estimate is the last one it had before leaving the window."""
     record = RunRecord()
     started = time.perf_counter()
     for kind, stamp, payload in events:
@@ -69,6 +70,9 @@ def drive(
             marginalizing = time.perf_counter()
             if mapper.marginalize() is not None:
                 record.marginalization_ms.append(1000.0 * (time.perf_counter() - marginalizing))
+            refining = time.perf_counter()
+            if mapper.refine():
+                record.refine_ms.append(1000.0 * (time.perf_counter() - refining))
             record.last = result
             if on_tick is not None:
                 on_tick(result)

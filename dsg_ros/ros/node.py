@@ -319,6 +319,9 @@ class MapperNode(Node):
             # the worker clears it.
             if snapshot is not None:
                 self._snapshots.put_nowait(snapshot)
+        # Then refine the window until it converges or the next cloud can be
+        # mapped (_wake), whichever comes first; the next tick publishes it.
+        self.mapper.refine(interrupt=self._wake.is_set)
 
     def _header_stamp(self):
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
