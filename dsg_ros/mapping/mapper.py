@@ -139,7 +139,7 @@ class Mapper:
         started = time.perf_counter()
         wm = self.window.model
         self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].as_dict()
-        self.window.reduced_system({}, np.zeros(wm.capacity.points, bool))
+        self.window.warm_up()
         self._correct(np.tile(se3.IDENTITY, (1, 1)), np.zeros(1))
         np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
         if self.config.calibration.every_keyframes:
@@ -179,11 +179,13 @@ class Mapper:
             self._warn(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3); skipped")
             return False
         points = points.astype(np.float64, copy=False)
-        finite = np.all(np.isfinite(points), axis=1)
-        ranges = np.linalg.norm(np.where(finite[:, None], points, 0.0), axis=1)
-        keep = finite & (ranges >= self.config.min_range_m) & (ranges <= self.config.max_range_m)
+        # A squared range is non-finite exactly when a coordinate is (or is
+        # beyond 1e154 m), and then fails both range tests.
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq_range = np.einsum("ij,ij->i", points, points)
+        keep = (sq_range >= self.config.min_range_m**2) & (sq_range <= self.config.max_range_m**2)
         with self._inputs:
-            non_finite = int((~finite).sum()) + dropped
+            non_finite = int(np.count_nonzero(~np.isfinite(sq_range))) + dropped
             self.stats["dropped_points"] += non_finite
             if not np.any(keep):
                 self._warn(f"cloud at {stamp:.3f} has no valid points ({non_finite} non-finite, the rest out of range); skipped")
