@@ -169,6 +169,41 @@ def test_supervised_calibration_leaves_unobservable_scales_alone(run: Run):
     assert abs(learned.odom_scale[1] - 1.0) < 0.01 and abs(learned.odom_scale[2] - 1.0) < 0.01
 
 
+def test_ticks_solve_only_new_keyframes_and_refine_finishes_the_window(feeder: Feeder):
+    """The latency path solves a new keyframe with solver.max_iterations; refine()
+    continues it (after publishing) until the window converges, and an
+    interrupt stops it before any work."""
+    mapper = feeder.mapper
+    per_solve = mapper.config.solver.max_iterations
+    results = feeder.feed(0.0, 3.0)  # ticks only, as a driver that never refines
+    assert any(r.keyframes_added for r in results)
+    for r in results:
+        if r.keyframes_added:
+            assert r.solve is not None and r.solve["iterations"] <= per_solve
+        else:
+            assert r.solve is None, "a tick without a new keyframe solved on the latency path"
+    before = mapper.window.poses().copy()
+    assert mapper.refine(interrupt=lambda: True) == 0
+    np.testing.assert_array_equal(mapper.window.poses(), before)
+
+    reports, total = [], 0
+    while (iterations := mapper.refine()) > 0:
+        total += iterations
+        reports.append(mapper.tick().diagnostics["last_solve"])
+        assert total <= 40, "refine() never converged"
+    assert reports, "the window after one-iteration ticks needed refining"
+    costs = [r["final_cost"] for r in reports]
+    assert all(b <= a for a, b in zip(costs, costs[1:])), costs
+    assert reports[0]["final_cost"] < reports[0]["initial_cost"]
+    assert not np.array_equal(mapper.window.poses(), before)
+    # Converged: one more solve from here barely changes the cost.
+    mapper.set_theta(mapper.theta)  # marks the window for solving without changing it
+    mapper.refine()
+    last = mapper.tick().diagnostics["last_solve"]
+    assert last["initial_cost"] - last["final_cost"] <= 1e-3 * last["initial_cost"]
+
+
+# ------------------------------------------------------------ bad input
 # ------------------------------------------------------------ bad input
 
 

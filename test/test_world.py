@@ -118,6 +118,38 @@ def test_pack_unpack_round_trip_and_fixed_shapes():
     assert [x.shape for x in jax.tree.leaves(after)] == [x.shape for x in jax.tree.leaves(graph)]
 
 
+def test_every_edit_reaches_the_next_device_graph():
+    """graph() reuses its device copy between edits; each kind of edit must still show."""
+    wm, pose_ids, point_ids, _, _ = small_hybrid()
+
+    def leaves() -> list[np.ndarray]:
+        return [np.asarray(x) for x in jax.tree.leaves(wm.graph())]
+
+    assert wm.graph() is wm.graph(), "an unedited graph is uploaded once"
+    obs = wm.factor_ids("voxel_point_obs")
+    edits = {
+        "set_measurement": lambda: wm.set_measurement(obs[0], np.array([9.0, 9.0, 9.0])),
+        "set_measurements": lambda: wm.set_measurements("voxel_point_obs", wm.factor_rows("voxel_point_obs", obs[1:3]), np.full((2, 3), 7.0)),
+        "set_noise": lambda: wm.set_noise(obs[3], Noise.isotropic(0.5, 3)),
+        "add_factor": lambda: wm.add_factor("prior_point", [point_ids[0]], np.zeros(3)),
+        "remove_factor": lambda: wm.remove_factor(obs[4]),
+        "set_active": lambda: wm.set_active(point_ids[1], False),
+        "add_point": lambda: wm.add_point(np.ones(3)),
+        "remove_variable": lambda: wm.remove_variable(point_ids[2], cascade=True),
+    }
+    for name, edit in edits.items():
+        before = leaves()
+        edit()
+        after = leaves()
+        assert any(not np.array_equal(a, b) for a, b in zip(before, after)), f"{name} did not reach graph()"
+        host = [np.asarray(x) for x in jax.tree.leaves(wm.graph(on_device=False))]
+        assert all(np.array_equal(a, b) for a, b in zip(after, host)), f"device graph after {name} differs from the host's"
+    # Moving variables is state, not graph: the upload is reused.
+    g = wm.graph()
+    wm.set_value(pose_ids[1], se3(5.0, 0.0, 0.0))
+    assert wm.graph() is g
+
+
 def test_cost_is_half_sum_of_squared_whitened_residuals():
     wm = WorldModel(Capacity(poses=1, points=1, factors={"voxel_point_obs": 1, "prior_point": 1}))
     a = wm.add_pose(se3(1.0, 0.0, 0.0))

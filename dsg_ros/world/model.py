@@ -124,6 +124,11 @@ class WorldModel:
         self._next_var_id = 0
         self._next_factor_id = 0
         self._slabs: dict[str, _HostSlab] = {}
+        # Bumped by every edit of what graph() returns; graph() keeps its last
+        # device copy until then (a mapping window re-solved between edits
+        # would otherwise upload ~3 MB per LM iteration).
+        self._revision = 0
+        self._device_graph: tuple[int, Graph] | None = None
         for name, n in sorted(capacity.factors.items()):
             ftype = self.registry.get(name)
             if int(n) > 0:
@@ -159,6 +164,7 @@ class WorldModel:
         self._vars.update(zip(ids.tolist(), ((kind, s) for s in slots)))
         self._values[kind][slots] = values
         self._active[kind][slots] = True
+        self._revision += 1
         self._slot_owner[kind][slots] = ids
         return ids
 
@@ -176,6 +182,7 @@ class WorldModel:
         """An inactive variable is a constant: factors still read it, solves never move it."""
         kind, slot = self._var(var_id)
         self._active[kind][slot] = bool(active)
+        self._revision += 1
 
     def is_active(self, var_id: int) -> bool:
         kind, slot = self._var(var_id)
@@ -212,6 +219,7 @@ class WorldModel:
             self._slot_owner[kind][slot] = -1
             self._values[kind][slot] = _IDENTITY_WXYZ_XYZ if kind == "pose" else 0.0
             self._var_alloc[kind].give_back(slot)
+        self._revision += 1
 
     def active_mask(self, var_ids: Sequence[int] | np.ndarray) -> np.ndarray:
         """Whether each variable is active (free to move), as a bool array."""
@@ -310,12 +318,14 @@ class WorldModel:
         host.robust_code[rows] = robust.code
         host.robust_scale[rows] = robust.scale
         host.active[rows] = True
+        self._revision += 1
         return ids
 
     def set_measurement(self, factor_id: int, measurement: Any) -> None:
         name, row = self._factor(factor_id)
         host = self._slabs[name]
         host.measurement[row] = self._measurement(host.ftype, measurement)
+        self._revision += 1
 
     def set_measurements(self, type_name: str, rows: np.ndarray, measurements: np.ndarray) -> None:
         """Overwrite measurements of active rows of one slab (n,) with (n, *shape)."""
@@ -327,11 +337,13 @@ class WorldModel:
         if not np.all(np.isfinite(meas)):
             raise ValueError(f"{type_name} measurements have non-finite values")
         host.measurement[rows] = _as_poses(meas, f"{type_name} measurement") if host.ftype.se3_measurement else meas
+        self._revision += 1
 
     def set_noise(self, factor_id: int, noise: Noise) -> None:
         name, row = self._factor(factor_id)
         host = self._slabs[name]
         host.sqrt_info[row] = self._sqrt_info(host.ftype, noise)
+        self._revision += 1
 
     def remove_factor(self, factor_id: int) -> None:
         self.remove_factors([factor_id])
@@ -350,6 +362,7 @@ class WorldModel:
             host.var_ids[rows] = -1
             host.factor_ids[rows] = -1
             host.measurement[rows] = host.ftype.neutral()
+            self._revision += 1
             host.alloc.give_back_many(rows)
 
     def slab_rows(self, type_name: str) -> SlabRows:
@@ -478,7 +491,11 @@ class WorldModel:
 
     def graph(self, on_device: bool = True) -> Graph:
         """The factor graph as fixed-shape device arrays (a jit-able pytree);
-        numpy copies if not ``on_device`` (to batch on the host before one transfer)."""
+        numpy copies if not ``on_device`` (to batch on the host before one transfer).
+
+        The device copy is reused until the graph is edited."""
+        if on_device and self._device_graph is not None and self._device_graph[0] == self._revision:
+            return self._device_graph[1]
         slabs = tuple(
             FactorSlab(
                 ftype=h.ftype,
@@ -495,7 +512,10 @@ class WorldModel:
         # Built on the host and sent in one transfer: ~30 separate ``jnp.array``
         # calls cost ~3 ms of dispatch per mapping tick, and dtype conversions
         # on the device compile a kernel per new shape.
-        return jax.device_put(graph) if on_device else graph
+        if not on_device:
+            return graph
+        self._device_graph = (self._revision, jax.device_put(graph))
+        return self._device_graph[1]
 
     def counts(self) -> dict[str, int]:
         """Used slots: poses, points, and each factor type."""
