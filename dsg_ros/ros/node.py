@@ -5,7 +5,8 @@ Threads (why: a solve or a calibration step must never starve a subscription):
 * the executor thread runs subscriptions (they only convert and enqueue),
   services and the diagnostics timer;
 * the tick thread warms the mapper up, then ticks it on every cloud (or at
-  ``rate_hz`` when none comes) and publishes what the tick produced;
+  ``rate_hz`` when none comes), publishes what the tick produced, and then
+  marginalizes and refines the window until the next cloud is ready;
 * the calibration worker takes window snapshots from the tick thread, runs
   the outer-loop step and hands the new theta back; the tick thread applies
   it between ticks;
