@@ -23,7 +23,6 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 import jax
-import jax.numpy as jnp
 import jax_dataclasses as jdc
 import numpy as np
 
