@@ -228,7 +228,7 @@ class Mapper:
                     if report is not None:
                         marginalized.append(report)
             solve_report, rolled_back = None, False
-            if added and self._dirty and self.window.keyframes:
+            if added:  # a new keyframe always leaves the window dirty
                 solve_report, rolled_back = self._solve()
         with self._inputs:
             warnings, self._warnings = self._warnings, []

@@ -339,17 +339,18 @@ class Window:
         points = np.flatnonzero(point_active)
         caps = self._fold_capacity()
         fits = points.size <= caps["points"] and all(rows[name].size <= caps[name] for name in rows)
-        return self._reduce(rows, points, fits)
+        return self._reduce(rows, points, caps if fits else None)
 
-    def _reduce(self, rows: dict[str, np.ndarray], points: np.ndarray, packed: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _reduce(self, rows: dict[str, np.ndarray], points: np.ndarray, caps: dict[str, int] | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The reduced system of ``rows`` and ``points``: packed into ``caps``, or masked in the whole window if None."""
         graph, state = self.model.graph(on_device=False), self.model.pack_state(on_device=False)
-        if packed:
-            graph, state = _packed(graph, state, rows, points, self._fold_capacity())
+        if caps is not None:
+            graph, state = _packed(graph, state, rows, points, caps)
         else:
             slabs = []
             for sl in graph.slabs:
                 active = np.zeros_like(sl.active)
-                active[rows.get(sl.ftype.name, [])] = True
+                active[rows[sl.ftype.name]] = True
                 slabs.append(jdc.replace(sl, active=active))
             point_active = np.zeros_like(graph.point_active)
             point_active[points] = True
@@ -370,8 +371,8 @@ class Window:
     def warm_up(self) -> None:
         """Compile both marginalization kernels (packed and whole-window)."""
         nothing = {name: np.zeros(0, np.int64) for name in self.model.capacity.factors}
-        for packed in (True, False):
-            self._reduce(nothing, np.zeros(0, np.int64), packed)
+        for caps in (self._fold_capacity(), None):
+            self._reduce(nothing, np.zeros(0, np.int64), caps)
 
     def _release_unreferenced_voxels(self) -> None:
         """Give back the slots of voxels no window observation uses any more."""
