@@ -1,23 +1,36 @@
-"""Host-side SE(3) in NumPy, on jaxlie's ``wxyz_xyz`` storage (…, 7).
+"""SE(3) on jaxlie's ``wxyz_xyz`` storage (…, 7), for NumPy and JAX arrays alike.
 
-For the parts that run outside JAX (message conversion, odometry buffering,
-keyframe selection, simulation): no dispatch or compilation cost. Tangents
-are ``(ρ, ω)``, translation first, as in jaxlie; everything broadcasts over
+Given NumPy arrays these run in NumPy: host code (message conversion,
+odometry buffering and correction, keyframe selection, simulation) pays no
+dispatch or compilation cost. Given JAX arrays (or inside ``jit``) they run
+in ``jax.numpy`` and are differentiable: the series near θ = 0 use the
+safe-``where`` pattern, so derivatives stay finite there. Tangents are
+``(ρ, ω)``, translation first, as in jaxlie; everything broadcasts over
 leading axes.
 """
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
 _SMALL = 1e-6  # θ² below which series (to θ⁴, error < 1e-18) replace the closed forms
+_LOG_SMALL = 1e-2  # log's V⁻¹ coefficient cancels badly well above _SMALL
+
+
+def namespace(*arrays: object) -> ModuleType:
+    """``jax.numpy`` if any argument is a JAX array (or tracer), else NumPy."""
+    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
 
 
 def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    pw, px, py, pz = np.moveaxis(p, -1, 0)
-    qw, qx, qy, qz = np.moveaxis(q, -1, 0)
-    return np.stack(
+    pw, px, py, pz = p[..., 0], p[..., 1], p[..., 2], p[..., 3]
+    qw, qx, qy, qz = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
+    return namespace(p, q).stack(
         [
             pw * qw - px * qx - py * qy - pz * qz,
             pw * qx + px * qw + py * qz - pz * qy,
@@ -29,7 +42,7 @@ def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 
 def quat_conj(q: np.ndarray) -> np.ndarray:
-    return q * np.array([1.0, -1.0, -1.0, -1.0])
+    return namespace(q).concatenate([q[..., :1], -q[..., 1:]], axis=-1)
 
 
 def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -37,7 +50,7 @@ def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # arrays odometry buffering passes here at 50 Hz.
     a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
     b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return namespace(a, b).stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
 
 
 def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -49,12 +62,13 @@ def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 def rotation_matrix(T: np.ndarray) -> np.ndarray:
     """R (…, 3, 3) of poses (…, 7)."""
-    w, x, y, z = np.moveaxis(T[..., :4], -1, 0)
-    return np.stack(
+    xp = namespace(T)
+    w, x, y, z = T[..., 0], T[..., 1], T[..., 2], T[..., 3]
+    return xp.stack(
         [
-            np.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            np.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            np.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
+            xp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
+            xp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
+            xp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
         ],
         -2,
     )
@@ -62,12 +76,12 @@ def rotation_matrix(T: np.ndarray) -> np.ndarray:
 
 def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A·B."""
-    return np.concatenate([quat_mul(A[..., :4], B[..., :4]), A[..., 4:] + quat_rotate(A[..., :4], B[..., 4:])], axis=-1)
+    return namespace(A, B).concatenate([quat_mul(A[..., :4], B[..., :4]), A[..., 4:] + quat_rotate(A[..., :4], B[..., 4:])], axis=-1)
 
 
 def inverse(A: np.ndarray) -> np.ndarray:
     q = quat_conj(A[..., :4])
-    return np.concatenate([q, -quat_rotate(q, A[..., 4:])], axis=-1)
+    return namespace(A).concatenate([q, -quat_rotate(q, A[..., 4:])], axis=-1)
 
 
 def between(A: np.ndarray, B: np.ndarray) -> np.ndarray:
@@ -81,53 +95,58 @@ def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
 
 
 def _so3_exp(omega: np.ndarray) -> np.ndarray:
-    th2 = np.sum(omega * omega, axis=-1)
-    th = np.sqrt(th2)
+    xp = namespace(omega)
+    th2 = xp.sum(omega * omega, axis=-1)
     small = th2 < _SMALL
-    safe = np.where(small, 1.0, th)
-    real = np.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, np.cos(0.5 * th))
-    imag = np.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, np.sin(0.5 * th) / safe)
-    return np.concatenate([real[..., None], imag[..., None] * omega], axis=-1)
+    th = xp.sqrt(xp.where(small, 1.0, th2))
+    real = xp.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, xp.cos(0.5 * th))
+    imag = xp.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, xp.sin(0.5 * th) / th)
+    return xp.concatenate([real[..., None], imag[..., None] * omega], axis=-1)
 
 
 def _so3_log(q: np.ndarray) -> np.ndarray:
-    q = np.where(q[..., :1] < 0.0, -q, q)  # shortest rotation: angle in [0, π]
+    xp = namespace(q)
+    q = xp.where(q[..., :1] < 0.0, -q, q)  # shortest rotation: angle in [0, π]
     w, v = q[..., 0], q[..., 1:]
-    n = np.linalg.norm(v, axis=-1)
-    small = n * n < _SMALL
-    ws = np.where(small, w, 1.0)
-    series = 2.0 / ws - (2.0 / 3.0) * n**2 / ws**3 + 0.4 * n**4 / ws**5
-    factor = np.where(small, series, 2.0 * np.arctan2(n, w) / np.where(small, 1.0, n))
+    n2 = xp.sum(v * v, axis=-1)
+    small = n2 < _SMALL
+    n = xp.sqrt(xp.where(small, 1.0, n2))
+    ws = xp.where(small, w, 1.0)
+    series = 2.0 / ws - (2.0 / 3.0) * n2 / ws**3 + 0.4 * n2 * n2 / ws**5
+    factor = xp.where(small, series, 2.0 * xp.arctan2(n, w) / n)
     return factor[..., None] * v
 
 
 def exp(xi: np.ndarray) -> np.ndarray:
     """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
-    xi = np.asarray(xi, np.float64)
+    xp = namespace(xi)
+    if xp is np:
+        xi = np.asarray(xi, np.float64)
     rho, omega = xi[..., :3], xi[..., 3:]
-    th2 = np.sum(omega * omega, axis=-1)
+    th2 = xp.sum(omega * omega, axis=-1)
     small = th2 < _SMALL
-    th2s = np.where(small, 1.0, th2)
-    th = np.sqrt(th2s)
-    b = np.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - np.cos(th)) / th2s)
-    c = np.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - np.sin(th)) / (th2s * th))
+    th2s = xp.where(small, 1.0, th2)
+    th = xp.sqrt(th2s)
+    b = xp.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - xp.cos(th)) / th2s)
+    c = xp.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - xp.sin(th)) / (th2s * th))
     w_rho = _cross(omega, rho)
     t = rho + b[..., None] * w_rho + c[..., None] * _cross(omega, w_rho)
-    return np.concatenate([_so3_exp(omega), t], axis=-1)
+    return xp.concatenate([_so3_exp(omega), t], axis=-1)
 
 
 def log(T: np.ndarray) -> np.ndarray:
     """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
+    xp = namespace(T)
     omega = _so3_log(T[..., :4])
     t = T[..., 4:]
-    th2 = np.sum(omega * omega, axis=-1)
-    small = th2 < 1e-2  # d's closed form cancels badly well above _SMALL
-    th2s = np.where(small, 1.0, th2)
-    th = np.sqrt(th2s)
-    half_cot = th * np.sin(th) / np.where(small, 1.0, 2.0 * (1.0 - np.cos(th)))
-    d = np.where(small, 1.0 / 12.0 + th2 / 720.0 + th2 * th2 / 30240.0, (1.0 - half_cot) / th2s)
+    th2 = xp.sum(omega * omega, axis=-1)
+    small = th2 < _LOG_SMALL
+    th2s = xp.where(small, 1.0, th2)
+    th = xp.sqrt(th2s)
+    half_cot = th * xp.sin(th) / (2.0 * (1.0 - xp.cos(th)))
+    d = xp.where(small, 1.0 / 12.0 + th2 / 720.0 + th2 * th2 / 30240.0, (1.0 - half_cot) / th2s)
     w_t = _cross(omega, t)
-    return np.concatenate([t - 0.5 * w_t + d[..., None] * _cross(omega, w_t), omega], axis=-1)
+    return xp.concatenate([t - 0.5 * w_t + d[..., None] * _cross(omega, w_t), omega], axis=-1)
 
 
 def interpolate(A: np.ndarray, B: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:

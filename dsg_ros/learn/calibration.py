@@ -25,9 +25,10 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jaxlie
 import numpy as np
 import yaml
+
+from dsg_ros import se3
 
 FILE_VERSION = 1
 Theta = dict[str, jax.Array]
@@ -44,27 +45,32 @@ def zero_theta() -> Theta:
     }
 
 
+def as_host(theta: Theta) -> dict[str, np.ndarray]:
+    """theta as float64 NumPy arrays (copies)."""
+    return {k: np.array(v, np.float64) for k, v in theta.items()}
+
+
 def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array) -> jax.Array:
-    """Corrected increments ``wxyz_xyz`` (n, 7) from raw increments (n, 7) over ``dt`` (n,) seconds."""
-    xi = jaxlie.SE3(raw).log()
-    rho = xi[:, :3] * jnp.exp(-theta["odom_log_scale"]) - theta["odom_bias"][:3] * dt[:, None]
+    """Corrected increments ``wxyz_xyz`` (n, 7) from raw increments (n, 7) over ``dt`` (n,) seconds.
+
+    NumPy in, NumPy out (the mapper's host path, no dispatch); JAX arrays
+    in, differentiable JAX out (the calibration step).
+    """
+    xp = se3.namespace(raw, *theta.values())
+    xi = se3.log(raw)
+    rho = xi[:, :3] * xp.exp(-theta["odom_log_scale"]) - theta["odom_bias"][:3] * dt[:, None]
     omega = xi[:, 3:] - theta["odom_bias"][3:] * dt[:, None]
-    return jaxlie.SE3.exp(jnp.concatenate([rho, omega], axis=1)).wxyz_xyz
+    return se3.exp(xp.concatenate([rho, omega], axis=1))
 
 
 def base_sensor(theta: Theta, T_base_sensor_nominal: jax.Array) -> jax.Array:
-    """Calibrated ``T_base_sensor`` (7,)."""
-    return (jaxlie.SE3(T_base_sensor_nominal) @ jaxlie.SE3.exp(theta["extrinsic"])).wxyz_xyz
+    """Calibrated ``T_base_sensor`` (7,) (NumPy or JAX, as ``correct_odometry``)."""
+    return se3.compose(T_base_sensor_nominal, se3.exp(theta["extrinsic"]))
 
 
 def observations_in_base(theta: Theta, T_base_sensor_nominal: jax.Array, p_sensor: jax.Array) -> jax.Array:
     """Sensor-frame centroids (n, 3) → base-frame measurements (n, 3)."""
-    return jaxlie.SE3(base_sensor(theta, T_base_sensor_nominal)) @ p_sensor
-
-
-# Jitted host entry points: fixed shapes per caller, so each compiles once.
-correct_odometry_jit = jax.jit(correct_odometry)
-observations_in_base_jit = jax.jit(observations_in_base)
+    return se3.apply(base_sensor(theta, T_base_sensor_nominal), p_sensor)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import jax_dataclasses as jdc
 import numpy as np
 
@@ -107,11 +106,12 @@ class Mapper:
     def __init__(self, config: MapperConfig = MapperConfig(), theta: cal.Theta | None = None) -> None:
         self.config = config
         self.window = Window(config.window)
-        self.theta = theta if theta is not None else cal.zero_theta()
+        # Host (NumPy) copies: correcting odometry per tick then costs no dispatch.
+        self.theta = cal.as_host(theta if theta is not None else cal.zero_theta())
         self.odometry = OdometryBuffer(config.odometry)
         # The reference (ground-truth) stream, if any: only interpolated.
         self.reference = OdometryBuffer(OdometryLimits(max_speed_m_s=1e9, max_rate_rad_s=1e9, history_s=config.odometry.history_s))
-        self._T_base_sensor_nominal = jnp.asarray(se3.normalized(np.asarray(config.T_base_sensor)))
+        self._T_base_sensor_nominal = se3.normalized(np.asarray(config.T_base_sensor, np.float64))
         # Callbacks enqueue from other threads under ``_inputs`` (held only
         # for a queue append); the window changes under ``_state``, so a long
         # solve never blocks a callback.
@@ -140,8 +140,6 @@ class Mapper:
         wm = self.window.model
         self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].as_dict()
         self.window.warm_up()
-        self._correct(np.tile(se3.IDENTITY, (1, 1)), np.zeros(1))
-        np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
         if self.config.calibration.every_keyframes:
             self.calibrator.warm_up(self.theta, self._snapshot())
         self._compilations_at_warmup = runtime.compilation_count()
@@ -319,13 +317,13 @@ class Mapper:
     def set_theta(self, theta: cal.Theta) -> None:
         """Use a new calibration: rebuild the window's odometry and observation measurements."""
         with self._state:
-            self.theta = {k: jnp.asarray(v) for k, v in theta.items()}
+            self.theta = cal.as_host(theta)
             wm, window = self.window.model, self.window
             odom = wm.slab_rows("odom_se3")
             rows = np.flatnonzero(odom.active)
             if rows.size:
                 wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows]))
-            T_base_sensor = np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
+            T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
             for name in ("voxel_point_obs", "voxel_anchor_obs"):
                 rows = np.flatnonzero(wm.slab_rows(name).active)
                 if rows.size:
@@ -428,7 +426,7 @@ class Mapper:
             corrected = self._correct(raw[None], np.array([dt]))[0]
             T_map_base = se3.compose(window.pose(last), corrected)
             odom = (raw, dt, corrected)
-        T_base_sensor = np.asarray(cal.base_sensor(self.theta, self._T_base_sensor_nominal))
+        T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
         T_map_sensor = se3.compose(T_map_base, T_base_sensor)
         cells = voxelize(p_sensor, se3.rotation_matrix(T_map_sensor), T_map_sensor[4:], self.config.voxel_size, self.config.min_points_per_voxel)
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
@@ -440,14 +438,8 @@ class Mapper:
         return report
 
     def _correct(self, raw: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        """Calibrated odometry increments, padded to the window size so one compile serves all."""
-        W = self.config.window.keyframes
-        n = raw.shape[0]
-        pad_raw = np.tile(se3.IDENTITY, (W, 1))
-        pad_raw[:n] = raw
-        pad_dt = np.zeros(W)
-        pad_dt[:n] = dt
-        return np.asarray(cal.correct_odometry_jit(self.theta, jnp.asarray(pad_raw), jnp.asarray(pad_dt)))[:n]
+        """Calibrated odometry increments (n, 7), in NumPy on the host."""
+        return cal.correct_odometry(self.theta, raw, dt)
 
     def _odom_noise(self) -> Noise:
         scale = float(np.exp(self.theta["log_sigma_odom"]))
