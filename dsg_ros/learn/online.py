@@ -211,7 +211,8 @@ class OnlineCalibrator:
         self._run(theta, self._optimizer.init(theta), [snapshot] * self.config.batch)[2].block_until_ready()
 
     def _run(self, theta: Theta, opt_state, batch: list[Snapshot]):
-        stacked = jax.tree.map(lambda *a: np.stack(a), *batch)  # host stack, one transfer
+        # Stacked on the host, then one transfer; a batch of one is a view (no copy of ~5 MB).
+        stacked = jax.tree.map(lambda *a: np.stack(a) if len(a) > 1 else np.expand_dims(a[0], 0), *batch)
         return _calibration_step(theta, opt_state, stacked, self._T_base_sensor, self._mask, self.config, self._optimizer)
 
 
