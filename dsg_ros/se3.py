@@ -11,10 +11,9 @@ leading axes.
 
 from __future__ import annotations
 
+import sys
 from types import ModuleType
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
@@ -23,8 +22,17 @@ _LOG_SMALL = 1e-2  # log's V⁻¹ coefficient cancels badly well above _SMALL
 
 
 def namespace(*arrays: object) -> ModuleType:
-    """``jax.numpy`` if any argument is a JAX array (or tracer), else NumPy."""
-    return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+    """``jax.numpy`` if any argument is a JAX array (or tracer), else NumPy.
+
+    JAX is not imported here: the simulator uses this module and must stay
+    NumPy-only, and without JAX loaded no argument can be a JAX array.
+    """
+    jax = sys.modules.get("jax")
+    if jax is not None and any(isinstance(a, jax.Array) for a in arrays):
+        import jax.numpy as jnp
+
+        return jnp
+    return np
 
 
 def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
