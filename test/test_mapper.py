@@ -204,7 +204,6 @@ def test_ticks_solve_only_new_keyframes_and_refine_finishes_the_window(feeder: F
 
 
 # ------------------------------------------------------------ bad input
-# ------------------------------------------------------------ bad input
 
 
 class Feeder:

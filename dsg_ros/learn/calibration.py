@@ -87,7 +87,7 @@ class CalibrationSummary:
 
     @staticmethod
     def of(theta: Theta) -> CalibrationSummary:
-        t = {k: np.asarray(v, np.float64) for k, v in theta.items()}
+        t = as_host(theta)
         return CalibrationSummary(
             odom_scale=tuple(np.exp(t["odom_log_scale"]).tolist()),
             odom_bias_linear_m_s=tuple(t["odom_bias"][:3].tolist()),
@@ -102,7 +102,7 @@ class CalibrationSummary:
 def save(path: str | Path, theta: Theta, metadata: dict[str, Any] | None = None) -> Path:
     """Write theta as versioned YAML, atomically (temp file in the same folder, then rename)."""
     path = Path(path)
-    values = {k: np.asarray(v, np.float64).tolist() for k, v in theta.items()}
+    values = {k: v.tolist() for k, v in as_host(theta).items()}
     for k, v in values.items():
         if not np.all(np.isfinite(np.asarray(v))):
             raise ValueError(f"refusing to save a non-finite calibration ({k} = {v})")

@@ -362,7 +362,7 @@ class Window:
         voxels are the oldest keyframe's (at most M); their observations by
         all keyframes were at most ~2.8 M in a simulated minute (4 M kept)."""
         c = self.config
-        caps = {name: n for name, n in self.model.capacity.factors.items()}
+        caps = dict(self.model.capacity.factors)
         caps["voxel_point_obs"] = min(caps["voxel_point_obs"], 4 * c.max_observations_per_keyframe)
         caps["voxel_anchor_obs"] = min(caps["voxel_anchor_obs"], c.max_anchors_per_keyframe)
         caps["points"] = min(c.max_voxels, c.max_observations_per_keyframe)
