@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import jaxlie
@@ -150,6 +152,30 @@ def test_every_edit_reaches_the_next_device_graph():
     assert wm.graph() is g
 
 
+
+def test_float64_parameters_enter_a_float32_graph_differentiably():
+    """On a GPU the graph is float32 while learned parameters stay float64; the
+    values must be cast (JAX warns that an implicit narrowing scatter will become
+    an error) and gradients must still reach them."""
+    wm = WorldModel(Capacity(poses=2, points=1, factors={"prior_se3": 1, "odom_se3": 1, "voxel_point_obs": 1}), dtype=jnp.float32)
+    a, b = wm.add_pose(se3()), wm.add_pose(se3(1.0))
+    wm.add_factor("prior_se3", [a], se3())
+    wm.add_factor("odom_se3", [a, b], se3(1.0))
+    graph, x = wm.graph(), wm.pack_state()
+    rows = jnp.array([0])
+
+    def total(z: jax.Array) -> jax.Array:
+        return cost(graph.with_measurements("odom_se3", rows, z).with_sqrt_info("odom_se3", rows, jnp.eye(6, dtype=jnp.float64)[None]), x)
+
+    z = jnp.asarray(se3(1.5).parameters(), jnp.float64)[None]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        edited = graph.with_measurements("odom_se3", rows, z)
+        value, grad = jax.value_and_grad(total)(z)
+    assert edited.slab("odom_se3").measurement.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(edited.slab("odom_se3").measurement[0]), np.asarray(z[0]), rtol=1e-6)
+    assert float(value) > 0.1, "the 0.5 m odometry error is in the cost"
+    assert grad.dtype == jnp.float64 and bool(jnp.all(jnp.isfinite(grad))) and float(jnp.abs(grad).max()) > 0.0
 def test_cost_is_half_sum_of_squared_whitened_residuals():
     wm = WorldModel(Capacity(poses=1, points=1, factors={"voxel_point_obs": 1, "prior_point": 1}))
     a = wm.add_pose(se3(1.0, 0.0, 0.0))

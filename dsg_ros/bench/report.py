@@ -38,8 +38,18 @@ def machine() -> dict[str, Any]:
     }
 
 
+def section(suite: str) -> str:
+    """Where a suite's results go: ``mapping`` on the CPU backend, ``mapping-gpu``
+    on a GPU, so figures from a lent accelerator sit beside the CPU ones
+    instead of replacing them."""
+    backend = runtime.backend()
+    return suite if backend == "cpu" else f"{suite}-{backend}"
+
+
 def write(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str) -> tuple[Path, Path]:
-    """Write ``results/<suite>.json`` and replace the suite's section of RESULTS.md."""
+    """Write ``results/<section>.json`` and replace the section of RESULTS.md
+    (``section(suite)``: the suite's name, suffixed with the backend off CPU)."""
+    suite = section(suite)
     out = Path(output_dir)
     (out / "results").mkdir(parents=True, exist_ok=True)
     json_path = out / "results" / f"{suite}.json"
@@ -48,12 +58,12 @@ def write(output_dir: str | Path, suite: str, results: dict[str, Any], markdown:
     tmp.replace(json_path)
     md_path = out / "RESULTS.md"
     start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
-    section = f"{start}\n{markdown.strip()}\n{end}"
+    block = f"{start}\n{markdown.strip()}\n{end}"
     text = md_path.read_text() if md_path.exists() else "# Benchmark results\n\nWritten by `dsg-ros bench <suite>`; each section is replaced when its suite reruns.\n"
     if start in text and end in text:
-        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+        text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:
-        text = text.rstrip() + "\n\n" + section + "\n"
+        text = text.rstrip() + "\n\n" + block + "\n"
     md_path.write_text(text)
     return json_path, md_path
 

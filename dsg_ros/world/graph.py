@@ -126,13 +126,14 @@ class Graph:
         """A copy with ``measurements`` (n, *shape) written at slab ``rows`` (n,).
 
         This is how learnable parameters enter a solve: differentiable in
-        ``measurements``, no change of shapes.
+        ``measurements``, no change of shapes. Values are cast to the slab's
+        dtype (float64 parameters into a float32 graph on a GPU).
         """
-        return self._replace_slab(name, lambda s: jdc.replace(s, measurement=s.measurement.at[rows].set(measurements)))
+        return self._replace_slab(name, lambda s: jdc.replace(s, measurement=s.measurement.at[rows].set(jnp.asarray(measurements, s.measurement.dtype))))
 
     def with_sqrt_info(self, name: str, rows: jax.Array, sqrt_info: jax.Array) -> Graph:
-        """A copy with sqrt-information (n, d, d) written at slab ``rows`` (n,)."""
-        return self._replace_slab(name, lambda s: jdc.replace(s, sqrt_info=s.sqrt_info.at[rows].set(sqrt_info)))
+        """A copy with sqrt-information (n, d, d) written at slab ``rows`` (n,), cast to the slab's dtype."""
+        return self._replace_slab(name, lambda s: jdc.replace(s, sqrt_info=s.sqrt_info.at[rows].set(jnp.asarray(sqrt_info, s.sqrt_info.dtype))))
 
     def _replace_slab(self, name: str, fn) -> Graph:
         self.slab(name)  # raises a clear error for unknown names
