@@ -20,7 +20,7 @@ from dsg_ros.ros.params import default_params_file
 def run(duration_s: float = 60.0, output_dir: str | Path = "bench", say: Callable[[str], None] = print) -> dict[str, Any]:
     info = report.machine()
     say(report.machine_line(info))
-    live = run_live(default_params_file(), Path(output_dir) / "results" / "node", duration_s=duration_s, say=say)
+    live = run_live(default_params_file(), Path(output_dir) / "results" / report.section("node"), duration_s=duration_s, say=say)
     results = {"machine": info, "duration_s": duration_s, "live": live}
     results["goals"] = _verdicts(live, info["backend"])
     return report.finish(output_dir, "node", results, _markdown(results), say)

@@ -1,0 +1,63 @@
+"""Bench verdicts and RESULTS.md sections: the goals checked depend on the backend."""
+
+from __future__ import annotations
+
+from dsg_ros.bench import mapping, node, report
+
+
+def _mapping_results(backend: str, tick_p50: float, large_p50: float | None = None) -> dict:
+    run = {
+        "ate_odom": 2.0, "ate_estimate": 0.15, "tick_ms_p50": tick_p50, "tick_ms_p99": 40.0, "keyframe_tick_ms_p50": 23.0,
+        "calibration_ms_p50": 16.0, "realtime_factor": 3.0, "compilations_after_warmup": 0,
+        "calibration": {"odom_scale": [1.027, 1.0, 1.0], "odom_bias_angular_deg_s": [0.0, 0.0, 1.04]},
+        "true_calibration": {"odom_scale": [1.03, 1.0, 1.0], "yaw_rate_bias_deg_s": 1.0},
+    }
+    r = {"machine": {"backend": backend}, "window": {"keyframes": 10}, "default_run": run}
+    if large_p50 is not None:
+        r["large_window"] = {"window": {"keyframes": 40}, "run": {**run, "tick_ms_p50": large_p50}}
+    return r
+
+
+def _verdict(goals: list[tuple[str, str]], starts: str) -> str:
+    found = [v for g, v in goals if g.startswith(starts)]
+    assert len(found) == 1, (starts, goals)
+    return found[0]
+
+
+def test_mapping_goals_follow_the_backend():
+    cpu = mapping._verdicts(_mapping_results("cpu", 0.8))
+    assert _verdict(cpu, "realtime factor") == "MISSED" and _verdict(cpu, "tick p50 ≤ 25 ms") == "met"
+    assert not any(g.startswith("GPU") for g, _ in cpu)
+
+    gpu = mapping._verdicts(_mapping_results("gpu", 0.66, large_p50=12.0))
+    assert _verdict(gpu, "GPU: tick p50 ≤ 3 ms at the default window") == "met"
+    assert _verdict(gpu, "GPU: tick p50 ≤ 10 ms at a 40-keyframe window") == "MISSED"
+    assert not any(g.startswith(("realtime", "tick p50 ≤ 25")) for g, _ in gpu), "CPU speed goals are not judged on a GPU"
+    assert _verdict(gpu, "learned forward scale") == "met" and _verdict(gpu, "ATE estimate") == "met"
+
+
+def test_large_window_scales_voxel_slots_with_keyframes():
+    w = mapping.large_window(40)
+    assert w.keyframes == 40 and w.max_voxels == 4 * mapping.WindowConfig().max_voxels
+
+
+def test_node_goals_need_a_long_enough_rss_span_and_judge_the_tick_on_a_gpu():
+    live = {"latency_ms_p50": 5.0, "latency_ms_p99": 80.0, "received": {"points": 600}, "dropped_clouds": 0,
+            "tick_ms_p50": 0.8, "tick_ms_p99": 40.0, "node_rss_mb_start": 1000.0, "node_rss_mb_end": 1001.0, "node_rss_span_s": 0.0}
+    short = node._verdicts(live, "gpu")
+    assert _verdict(short, "node RSS flat").startswith("not measured")
+    assert _verdict(short, "GPU: the tick's share of the latency") == "met"
+    long = node._verdicts({**live, "node_rss_span_s": 540.0, "node_rss_mb_end": 1100.0}, "cpu")
+    assert _verdict(long, "node RSS flat") == "MISSED"
+    assert not any(g.startswith("GPU") for g, _ in long)
+
+
+def test_a_suite_rewrites_only_its_own_section(tmp_path):
+    assert report.section("mapping") == "mapping", "these tests run on the CPU backend"
+    (tmp_path / "RESULTS.md").write_text("# Benchmark results\n\n<!-- mapping-gpu:start -->\nGPU figures\n<!-- mapping-gpu:end -->\n")
+    report.write(tmp_path, "mapping", {"x": 1}, "## mapping\nfirst")
+    report.write(tmp_path, "mapping", {"x": 2}, "## mapping\nsecond")
+    text = (tmp_path / "RESULTS.md").read_text()
+    assert "GPU figures" in text and "second" in text and "first" not in text
+    assert text.count("<!-- mapping:start -->") == 1
+    assert (tmp_path / "results" / "mapping.json").read_text().strip().endswith("}")
