@@ -138,7 +138,7 @@ def _hybrid(repeats: int, say: Callable[[str], None]) -> dict[str, Any]:
 
 
 def _markdown(r: dict[str, Any]) -> str:
-    lines = [f"## {report.section('core')}", "", report.machine_line(r["machine"]), ""]
+    lines = report.heading("core", r["machine"])
     lines += ["### HERO (30 outer steps, fresh process each)", "", "| inner | compile cache | seconds total (in process) | with interpreter start | final loss | max voxel error |", "|---|---|---|---|---|---|"]
     for h in r["hero"]:
         lines.append(

@@ -161,10 +161,7 @@ def _markdown(r: dict[str, Any]) -> str:
     d = r["default_run"]
     w = r["window"]
     lines = [
-        f"## {report.section('mapping')}",
-        "",
-        report.machine_line(r["machine"]),
-        "",
+        *report.heading("mapping", r["machine"]),
         f"Default sim run ({d['ticks']} ticks, {d['keyframes']} keyframes, {d['voxels']} voxels); window {w['keyframes']} keyframes, "
         f"{w['max_voxels']} voxel slots, {w['max_observations_per_keyframe']} observations ({w['max_anchors_per_keyframe']} of frozen voxels) per keyframe. "
         "Reproduce: `dsg-ros bench mapping`.",

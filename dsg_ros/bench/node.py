@@ -58,10 +58,7 @@ def _verdicts(live: dict[str, Any], backend: str = "cpu") -> list[tuple[str, str
 def _markdown(r: dict[str, Any]) -> str:
     live = r["live"]
     lines = [
-        f"## {report.section('node')}",
-        "",
-        report.machine_line(r["machine"]),
-        "",
+        *report.heading("node", r["machine"]),
         f"Node and sim publisher as separate processes over Fast DDS on localhost, {r['duration_s']:.0f} s at real rate "
         "(10 Hz clouds of ~30k points, 50 Hz odometry). Reproduce: `dsg-ros bench node`.",
         "",

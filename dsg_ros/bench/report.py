@@ -75,6 +75,11 @@ def machine_line(info: dict[str, Any]) -> str:
     )
 
 
+def heading(suite: str, info: dict[str, Any]) -> list[str]:
+    """A section's first Markdown lines: its title and the machine."""
+    return [f"## {section(suite)}", "", machine_line(info), ""]
+
+
 def verdict(met: bool) -> str:
     return "met" if met else "MISSED"
 
