@@ -177,12 +177,20 @@ def slab_dtype(graph: Graph) -> jnp.dtype:
     return jnp.dtype(jnp.float64)
 
 
+# Longest contraction that batched_matmul unrolls.
+UNROLL_MAX = 8
+
+
 def batched_matmul(A: jax.Array, B: jax.Array) -> jax.Array:
     """(F, m, d) @ (F, d, n) with the short contraction unrolled.
 
     For d ≤ 6 this is several times faster on CPU than a batched dot (which
-    XLA runs as F tiny GEMMs) and close to memory-bound.
+    XLA runs as F tiny GEMMs) and close to memory-bound. Longer contractions
+    (a marginalization prior over W poses has d = 6W) are one batched dot:
+    unrolled, they made the program, and its compile time, grow with W.
     """
+    if A.shape[2] > UNROLL_MAX:
+        return jnp.einsum("fmd,fdn->fmn", A, B, precision=jax.lax.Precision.HIGHEST)
     out = A[:, :, 0:1] * B[:, 0:1, :]
     for j in range(1, A.shape[2]):
         out = out + A[:, :, j : j + 1] * B[:, j : j + 1, :]
