@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from dsg_ros.bench import mapping, node, report
 
 
@@ -61,3 +63,15 @@ def test_a_suite_rewrites_only_its_own_section(tmp_path):
     assert "GPU figures" in text and "second" in text and "first" not in text
     assert text.count("<!-- mapping:start -->") == 1
     assert (tmp_path / "results" / "mapping.json").read_text().strip().endswith("}")
+
+
+def test_a_replayed_simulation_must_match_its_config():
+    """The large-window run replays the default run's data; data simulated from
+    another config is refused rather than scored against the wrong truth."""
+    from dsg_ros.mapping import MapperConfig
+    from dsg_ros.sim.run import run as run_sim
+    from dsg_ros.sim.scenario import SimConfig, simulate
+
+    data = simulate(SimConfig(duration_s=0.5))
+    with pytest.raises(ValueError, match="another SimConfig"):
+        run_sim(SimConfig(duration_s=1.0), MapperConfig(), data=data)

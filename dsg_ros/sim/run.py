@@ -25,12 +25,18 @@ def run(
     supervised: bool = True,
     calibrate: bool = True,
     say: Callable[[str], None] = lambda _: None,
+    data: SimData | None = None,
 ) -> tuple[dict[str, Any], Mapper, RunRecord, SimData]:
     """Simulate, warm the mapper up, replay, score. The sim's extrinsic is the
-    mapper's nominal one (calibration then only has the odometry to learn)."""
-    started = time.perf_counter()
-    data = simulate(sim_config)
-    say(f"simulated {sim_config.duration_s:.0f} s: {len(data.clouds)} clouds in {time.perf_counter() - started:.1f} s")
+    mapper's nominal one (calibration then only has the odometry to learn).
+    ``data``: an earlier simulation of ``sim_config`` to replay instead of
+    simulating again (a bench mapping the same run with two configs)."""
+    if data is None:
+        started = time.perf_counter()
+        data = simulate(sim_config)
+        say(f"simulated {sim_config.duration_s:.0f} s: {len(data.clouds)} clouds in {time.perf_counter() - started:.1f} s")
+    elif data.config != sim_config:
+        raise ValueError("data was simulated from another SimConfig than sim_config")
     mapper = Mapper(replace(mapper_config, T_base_sensor=tuple(float(v) for v in data.T_base_sensor)))
     say(f"warm-up (compiling the tick, marginalization and calibration kernels) took {mapper.warm_up():.1f} s")
     record = drive(mapper, data.events(), use_reference=supervised, calibrate=calibrate)
