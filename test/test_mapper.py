@@ -38,6 +38,7 @@ def _config(sim: SimData, every_keyframes: int = 3) -> MapperConfig:
         voxel_size=0.4,
         calibration=CalibrationConfig(every_keyframes=every_keyframes),
         T_base_sensor=tuple(float(v) for v in sim.T_base_sensor),
+        refine_iterations=4,  # off by default; the refine test needs it
     )
 
 

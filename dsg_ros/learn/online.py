@@ -32,6 +32,7 @@ import optax
 
 from dsg_ros.learn.calibration import Theta, correct_odometry, observations_in_base
 from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.solve.reduced import solve_poses
 from dsg_ros.world import Graph, State
 
 
@@ -152,9 +153,25 @@ def _learned_only(theta: Theta, config: CalibrationConfig) -> Theta:
     return {k: jax.lax.stop_gradient(v) if k in fixed else v for k, v in theta.items()}
 
 
+def odometry_only(config: CalibrationConfig) -> bool:
+    """Whether theta reaches the snapshot through its odometry factors alone.
+
+    Then the inner solve runs on the window's pose system with the voxel
+    observations frozen into a quadratic (``solve.reduced``): the same first
+    Gauss–Newton step and gradient as solving the whole window, at a
+    fraction of the cost. Learning the extrinsic or the noise scales changes
+    the observations too, and solves the whole window.
+    """
+    return not (config.learn_extrinsic or config.learn_noise)
+
+
 def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
     theta = _learned_only(theta, config)
-    x, _ = solve(inject(theta, snap, T_base_sensor, config), snap.x0, config.solver)
+    graph = inject(theta, snap, T_base_sensor, config)
+    if odometry_only(config):
+        x = solve_poses(graph, snap.x0, ("odom_se3",), config.solver.max_iterations)
+    else:
+        x, _ = solve(graph, snap.x0, config.solver)
     T_prev = jaxlie.SE3(x.poses[snap.prev_slot])
     T_new = jaxlie.SE3(x.poses[snap.new_slot])
     # Supervised: relative pose against the reference.
@@ -227,6 +244,10 @@ def _optimizer(config: CalibrationConfig) -> optax.GradientTransformation:
 @partial(jax.jit, static_argnames=("config", "optimizer"))
 def _calibration_step(theta, opt_state, stacked: Snapshot, T_base_sensor, mask, config: CalibrationConfig, optimizer):
     def loss(t):
+        if stacked.odom_dt.shape[0] == 1:
+            # vmap over a batch of one turns every gather and scatter of the
+            # solve into a batched one: a step took 35 ms instead of 20 on CPU.
+            return snapshot_loss(t, jax.tree.map(lambda a: a[0], stacked), T_base_sensor, config)
         return jnp.mean(jax.vmap(lambda s: snapshot_loss(t, s, T_base_sensor, config))(stacked))
 
     value, grads = jax.value_and_grad(loss)(theta)

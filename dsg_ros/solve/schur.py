@@ -28,7 +28,7 @@ class DenseFactor:
     W: jax.Array
 
 
-def _reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+def reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
     """S = A − B C⁻¹ Bᵀ (6P, 6P), C⁻¹ (V, 3, 3) and W = B C⁻¹ (6P, 3V)."""
     blocks = system.blocks
     assert isinstance(blocks, DenseBlocks)
@@ -46,7 +46,7 @@ def _reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array,
 
 
 def factor(system: NormalSystem, lam: jax.Array) -> DenseFactor:
-    S, C_inv, W = _reduce(system, lam)
+    S, C_inv, W = reduce(system, lam)
     chol = jnp.linalg.cholesky(S) if S.shape[0] > 0 else S
     return DenseFactor(chol=chol, C_inv=C_inv, W=W)
 
@@ -55,7 +55,7 @@ def reduced_pose_system(system: NormalSystem) -> tuple[jax.Array, jax.Array]:
     """Undamped pose system with every free point eliminated: S (6P, 6P) and
     the reduced gradient g_p − W g_l (6P,). The quadratic model of the cost in
     the pose tangents alone; marginalization builds its prior from it."""
-    S, _, W = _reduce(system, jnp.zeros((), system.grad.points.dtype))
+    S, _, W = reduce(system, jnp.zeros((), system.grad.points.dtype))
     return S, system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
 
 

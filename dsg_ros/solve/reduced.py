@@ -1,0 +1,94 @@
+"""Differentiable Gauss–Newton on the pose system, the other factors frozen.
+
+For learning problems where the parameters enter a few pose-only factors
+(the window's odometry) and not the thousands of voxel observations: those
+other factors are linearized once at ``x0`` and their voxels eliminated by
+the Schur complement, leaving a quadratic in the pose tangents,
+``q(δ) = ½ δᵀ S δ + bᵀ δ``. Gauss–Newton then runs on the varying factors
+plus ``q``: a (6P, 6P) system per step instead of the whole window.
+
+The first step is exactly the full problem's first Gauss–Newton step (the
+quadratic is that step's model of the frozen factors); voxels follow by
+back-substitution, ``δv = −C⁻¹(g_v + Bᵀ δp)``. The derivative w.r.t. the
+varying factors' parameters holds Jacobians and the Hessian fixed and
+differentiates the gradient, as the full solver's
+``implicit_hessian="gauss_newton"`` does, so both learn the same thing; the
+frozen part is never differentiated, which is what makes a step cheap.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+import jax_dataclasses as jdc
+import jaxlie
+
+from dsg_ros.solve import schur
+from dsg_ros.solve.normal import linearize
+from dsg_ros.world.graph import Graph, State, batched_matmul, free_mask, linearize_slab
+
+
+def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: int = 1) -> State:
+    """``iterations`` Gauss–Newton steps from ``x0``; differentiable in the ``varying`` slabs.
+
+    graph: the full problem; ``varying`` names slabs whose factors connect
+    poses only (``odom_se3``). Returns poses (P, 7) after the steps and
+    points (V, 3) placed by back-substitution at the final pose step.
+    A step whose system cannot be factorized (or is not finite) is skipped.
+    """
+    for name in varying:
+        if any(kind != "pose" for kind in graph.slab(name).ftype.var_kinds):
+            raise ValueError(f"solve_poses: varying slab {name!r} must connect poses only")
+    moving = tuple(s for s in graph.slabs if s.ftype.name in varying)
+    frozen = jax.lax.stop_gradient(
+        jdc.replace(graph, slabs=tuple(jdc.replace(s, active=jnp.zeros_like(s.active)) if s.ftype.name in varying else s for s in graph.slabs))
+    )
+    free = free_mask(graph).poses.reshape(-1)
+    system, _ = linearize(frozen, jax.lax.stop_gradient(x0), True)
+    S, C_inv, W = schur.reduce(system, jnp.zeros((), x0.points.dtype))
+    # linearize() puts a unit diagonal on poses the frozen factors leave
+    # unconstrained; here the varying factors may constrain them.
+    S = S - jnp.diag(1.0 - system.free.poses.reshape(-1))
+    b = system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
+
+    P = x0.poses.shape[0]
+    T0 = jaxlie.SE3(x0.poses)
+    poses = x0.poses
+    step = jnp.zeros(6 * P, S.dtype)
+    for _ in range(iterations):
+        H, g = _moving_system(moving, poses, P)
+        # The quadratic's gradient at the current offset from x0.
+        offset = (T0.inverse() @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype)
+        g = (g + S @ offset + b) * free
+        H = H + S + jnp.diag(1.0 - free)
+        chol = jnp.linalg.cholesky(jax.lax.stop_gradient(0.5 * (H + H.T)))
+        step = -jsl.cho_solve((chol, True), g) * free
+        ok = jnp.all(jnp.isfinite(step))
+        step = jnp.where(ok, step, 0.0)
+        poses = (jaxlie.SE3(poses) @ jaxlie.SE3.exp(step.reshape(P, 6))).wxyz_xyz.astype(x0.poses.dtype)
+    offset = (T0.inverse() @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype) * free
+    # Voxels minimize the frozen factors' model given the pose offset.
+    V = x0.points.shape[0]
+    d_points = -(jnp.einsum("vab,vb->va", C_inv, system.grad.points) + (offset @ W).reshape(V, 3))
+    return State(poses=poses, points=x0.points + d_points * system.free.points)
+
+
+def _moving_system(slabs: tuple, poses: jax.Array, P: int) -> tuple[jax.Array, jax.Array]:
+    """JᵀJ (6P, 6P) held fixed and Jᵀe (6P,) differentiable in the slabs' measurements."""
+    dtype = poses.dtype
+    H = jnp.zeros((P, P, 6, 6), dtype)
+    g = jnp.zeros((P, 6), dtype)
+    state = State(poses=poses, points=jnp.zeros((1, 3), dtype))
+    for slab in slabs:
+        lin, _ = linearize_slab(slab, state)
+        J = jax.lax.stop_gradient(lin.jacobian)  # (F, d, 6k)
+        Jt_e = batched_matmul(lin.residual[:, None, :], J)[:, 0, :]
+        JtJ = batched_matmul(jnp.swapaxes(J, 1, 2), J)
+        k = len(slab.ftype.var_kinds)
+        for a in range(k):
+            g = g.at[slab.slots[:, a]].add(Jt_e[:, 6 * a : 6 * a + 6])
+            for c in range(k):
+                H = H.at[slab.slots[:, a], slab.slots[:, c]].add(JtJ[:, 6 * a : 6 * a + 6, 6 * c : 6 * c + 6])
+    return jnp.transpose(H, (0, 2, 1, 3)).reshape(6 * P, 6 * P), g.reshape(-1)
+
