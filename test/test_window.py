@@ -87,6 +87,33 @@ def test_marginalization_freezes_voxels_into_the_map():
         WindowConfig(keyframes=1)
 
 
+def test_every_marginalization_graph_size_gives_the_same_prior():
+    """A fold is reduced in the smallest packed graph that holds it (or the
+    whole window): each size must give the same pose system."""
+    win = Window(WindowConfig(keyframes=4, max_voxels=64, max_observations_per_keyframe=3, max_anchors_per_keyframe=3))
+    step = se3.exp(np.array([0.1, 0.02, 0, 0, 0, 0.05]))
+    for i in range(3):
+        T = se3.exp(np.array([0.1 * i, 0.02 * i, 0, 0, 0, 0.05 * i]))
+        cells = CellObservations(keys=np.array([10 + i, 11 + i, 12 + i]), p_sensor=np.zeros((3, 3)), counts=np.ones(3, np.int64))
+        p = np.array([[1.0 + i, 0.5, 0.1], [2.0 + i, -0.5, 0.2], [3.0 + i, 0.3, -0.1]]) - [0.1 * i, 0.02 * i, 0]
+        win.add_keyframe(float(i), T, T, None if i == 0 else (step, 1.0, step), ODOM, cells, p, OBS)
+    wm = win.model
+    oldest = win.keyframes[0].var
+    obs = wm.slab_rows("voxel_point_obs")
+    voxel = int(obs.var_ids[obs.active & (obs.var_ids[:, 0] == oldest), 1][0])
+    rows = {name: np.flatnonzero(wm.slab_rows(name).active & np.any(wm.slab_rows(name).var_ids == oldest, axis=1)) for name in wm.capacity.factors}
+    rows["voxel_point_obs"] = np.flatnonzero(obs.active & (obs.var_ids[:, 1] == voxel))
+    points = np.array([wm.slot(voxel)])
+    small, large = win._fold_capacities()
+    assert small["voxel_point_obs"] < large["voxel_point_obs"] and small["points"] < large["points"]
+    systems = [win._reduce(rows, points, caps) for caps in (small, large, None)]
+    assert np.abs(systems[0][0]).max() > 1.0, "the fold must carry information"
+    for S, b, involved in systems[1:]:
+        np.testing.assert_allclose(S, systems[0][0], rtol=1e-10, atol=1e-8)
+        np.testing.assert_allclose(b, systems[0][1], rtol=1e-10, atol=1e-8)
+        np.testing.assert_array_equal(involved, systems[0][2])
+
+
 def test_anchor_rows_are_thinned_to_the_best_supported_cells():
     win = Window(WindowConfig(keyframes=2, max_voxels=8, max_observations_per_keyframe=3, max_anchors_per_keyframe=1))
     step = se3.exp(np.array([0.1, 0, 0, 0, 0, 0]))

@@ -41,9 +41,9 @@ class CalibrationConfig:
     """When and what the mapper learns online."""
 
     # One snapshot every other keyframe: the same learning per second as two
-    # every fourth, in steps half as long (a step is one window solve plus its
-    # implicit backward pass, ~100 ms on a 2-core CPU), so a step never holds
-    # the cores for long.
+    # every fourth, in steps half as long (a step is one solve of the
+    # window's pose system and its gradient, ~20 ms on a 2-core CPU), so a
+    # step never holds the cores for long.
     every_keyframes: int = 2  # 0 disables online calibration
     buffer: int = 8  # recent snapshots kept
     batch: int = 1  # snapshots per optimizer step
