@@ -176,7 +176,7 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| tick p50 / p99 / keyframe-tick p50 | {d['tick_ms_p50']:.1f} / {d['tick_ms_p99']:.1f} / {d['keyframe_tick_ms_p50']:.1f} ms |",
         f"| calibration step p50 ({d['calibration_steps']} steps) | {d['calibration_ms_p50']:.0f} ms |" if d.get("calibration_ms_p50") else "| calibration | off |",
         f"| marginalization after each full-window tick, p50 (not in the tick) | {d['marginalization_ms_p50']:.1f} ms |" if d.get("marginalization_ms_p50") else "| marginalization | none |",
-        f"| refining after a tick (`Mapper.refine`, not in the tick), p50 / p99 | {d['refine_ms_p50']:.1f} / {d['refine_ms_p99']:.1f} ms |" if d.get("refine_ms_p50") else "| refining | none |",
+        f"| refining after a tick (`Mapper.refine`, not in the tick), p50 / p99 | {d['refine_ms_p50']:.1f} / {d['refine_ms_p99']:.1f} ms |" if d.get("refine_ms_p50") else "| refining after a tick (`Mapper.refine`) | none (`refine_iterations: 0`, the default) |",
         f"| realtime factor | {d['realtime_factor']:.2f}x |",
         f"| compilations after warm-up | {d['compilations_after_warmup']} |",
     ]
