@@ -191,3 +191,13 @@ def test_pose_system_solve_refuses_varying_factors_on_points():
     wm, _, _, _, _ = small_hybrid(seed=0, poses=2, points=2)
     with pytest.raises(ValueError, match="voxel_point_obs.*poses only"):
         solve_poses(wm.graph(), wm.pack_state(), ("voxel_point_obs",))
+
+
+def test_pose_system_solve_skips_a_step_it_cannot_take():
+    """A non-finite odometry measurement leaves the state where it was instead of spreading NaN."""
+    wm, _, _, _, _ = small_hybrid(seed=0, poses=3, points=2)
+    graph, x0 = wm.graph(), wm.pack_state()
+    graph_of, zero = _odom_offsets(graph)
+    x = jax.jit(lambda t: solve_poses(graph_of(t), x0, ("odom_se3",)))(zero.at[0, 0].set(jnp.nan))
+    np.testing.assert_allclose(np.asarray(x.poses), np.asarray(x0.poses), atol=1e-12)
+    assert np.all(np.isfinite(np.asarray(x.points)))

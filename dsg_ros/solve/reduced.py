@@ -55,7 +55,7 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
     P = x0.poses.shape[0]
     T0 = jaxlie.SE3(x0.poses)
     poses = x0.poses
-    step = jnp.zeros(6 * P, S.dtype)
+    eye = jnp.eye(6 * P, dtype=S.dtype)
     for _ in range(iterations):
         H, g = _moving_system(moving, poses, P)
         # The quadratic's gradient at the current offset from x0.
@@ -63,9 +63,10 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
         g = (g + S @ offset + b) * free
         H = H + S + jnp.diag(1.0 - free)
         chol = jnp.linalg.cholesky(jax.lax.stop_gradient(0.5 * (H + H.T)))
-        step = -jsl.cho_solve((chol, True), g) * free
-        ok = jnp.all(jnp.isfinite(step))
-        step = jnp.where(ok, step, 0.0)
+        # A failed factorization (or a non-finite gradient) skips the step;
+        # solving with a stand-in keeps NaN out of the derivative too.
+        ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(g))
+        step = -jsl.cho_solve((jnp.where(ok, chol, eye), True), jnp.where(ok, g, 0.0)) * free
         poses = (jaxlie.SE3(poses) @ jaxlie.SE3.exp(step.reshape(P, 6))).wxyz_xyz.astype(x0.poses.dtype)
     offset = (T0.inverse() @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype) * free
     # Voxels minimize the frozen factors' model given the pose offset.
