@@ -280,6 +280,8 @@ def test_params_file_values() -> None:
         "mapper.window.max_voxels": 4096,
         "mapper.window.max_observations_per_keyframe": 1500,
         "calibration_file": "",
+        # Offline replay does not refine; a live node spends idle time on it.
+        "mapper.refine_iterations": 4,
     }
     for name, value in parameters.items():
         assert value == expected_changes.get(name, declared[name]), f"{name}: {value!r}"

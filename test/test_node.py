@@ -519,10 +519,19 @@ def test_save_calibration_and_reset(live):
     for topic in ("voxels", "graph"):
         m = next(m for m in w.messages(topic, called) if m.markers[0].action == Marker.DELETEALL)
         assert len(m.markers) == 1 and m.markers[0].header.frame_id == MAP_FRAME
-    # ... and no stale map or path is republished while no new data comes
+    # ... and no stale map or path is republished while no new data comes.
+    # Counted from the reset's own message: a map published between `called`
+    # and the tick thread's reset is from before it.
     live.fresh_diag(3)
-    assert all(m.markers[0].action == Marker.DELETEALL for m in w.messages("voxels", called)), "voxels republished after reset"
-    assert all(len(m.poses) == 0 for m in w.messages("path", called)), "the old path republished after reset"
+
+    def since_reset(topic: str, is_reset) -> list:
+        got = w.messages(topic, called)
+        return got[next(i for i, m in enumerate(got) if is_reset(m)) :]
+
+    voxels_after = since_reset("voxels", lambda m: m.markers[0].action == Marker.DELETEALL)
+    assert all(m.markers[0].action == Marker.DELETEALL for m in voxels_after), "voxels republished after reset"
+    path_after = since_reset("path", lambda m: len(m.poses) == 0)
+    assert all(len(m.poses) == 0 for m in path_after), "the old path republished after reset"
 
     # a late joiner gets the DELETEALL from the latched ~/voxels
     got = _late_joiner(live, MarkerArray, f"/{NODE}/voxels")
