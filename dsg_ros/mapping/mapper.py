@@ -73,10 +73,9 @@ class MapperConfig:
     # 0.289 / 0.155 m without, and the estimate published at each keyframe's
     # own tick equally accurate (0.166 against 0.161 m), for ~3.5 s of
     # computation per simulated minute (600 s: 0.210 m with, 0.226 m
-    # without). The node's parameter file turns it on: there a tick can
-    # bring several keyframes after a busy spell, refining uses idle time
-    # only, and a 10-minute node run without it mapped worse (ATE 3.1 m
-    # against 1.7 m with it).
+    # without). The node's parameter file turns it on: there refining uses
+    # idle time only, and a 10-minute node run without it mapped worse (ATE
+    # 3.1 m against 1.7 m with it; why the node needs it is open).
     refine_iterations: int = 0
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)
