@@ -52,15 +52,6 @@ class CalibrationConfig:
     # fast early, then settle instead of circling the optimum.
     decay_steps: int = 30
     min_learning_rate: float = 2e-4
-    # The odometry bias learns at this fraction of the learning rate. Adam
-    # moves every parameter at about the learning rate, and a bias's target
-    # is small (1 deg/s = 0.017 rad/s, against log 1.03 = 0.03 for a 3 %
-    # scale): at the full rate the yaw-rate bias overshot to 1.2-1.3 deg/s
-    # while the scale was still far from its own, then ended at 1.04 / 0.90 /
-    # 0.93 deg/s on the 60 s sim's seeds 0-2 (truth 1.0). At half the rate:
-    # 0.98 / 1.07 / 0.97, the scale unchanged; at 0.3 it is too slow (0.77 /
-    # 0.95 / 0.83).
-    bias_learning_rate_scale: float = 0.5
     # Planar motion at near-constant speed cannot tell a forward scale from a
     # forward velocity bias, nor identify most of the extrinsic: by default
     # learn the odometry scale and angular-rate bias only.
@@ -79,11 +70,6 @@ class CalibrationConfig:
     solver: SolverConfig = field(
         default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", implicit_hessian="gauss_newton")
     )
-
-    def __post_init__(self) -> None:
-        for name in ("learning_rate", "min_learning_rate", "bias_learning_rate_scale"):
-            if not float(getattr(self, name)) > 0.0:
-                raise ValueError(f"calibration.{name} must be positive, got {getattr(self, name)}")
 
     def mask(self) -> Theta:
         """1 where theta is learned, 0 where it stays fixed."""
@@ -251,14 +237,8 @@ class OnlineCalibrator:
 def _optimizer(config: CalibrationConfig) -> optax.GradientTransformation:
     """One optimizer object per config: it is a static argument of the jitted
     step, so a fresh object per calibrator would recompile for every Mapper."""
-    def adam(scale: float) -> optax.GradientTransformation:
-        rate = optax.exponential_decay(scale * config.learning_rate, config.decay_steps, 0.5, end_value=scale * config.min_learning_rate)
-        return optax.adam(rate)
-
-    return optax.multi_transform(
-        {"bias": adam(config.bias_learning_rate_scale), "rest": adam(1.0)},
-        lambda theta: {name: "bias" if name == "odom_bias" else "rest" for name in theta},
-    )
+    schedule = optax.exponential_decay(config.learning_rate, config.decay_steps, 0.5, end_value=config.min_learning_rate)
+    return optax.adam(schedule)
 
 
 @partial(jax.jit, static_argnames=("config", "optimizer"))

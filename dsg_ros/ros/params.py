@@ -89,7 +89,6 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "obs_sigma_m": ("voxel observation noise", (1e-6, 100.0)),
     "odometry.max_extrapolation_s": ("a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample", (0.0, 1.0)),
     "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
-    "calibration.bias_learning_rate_scale": ("the odometry bias learns at this fraction of the learning rate", (1e-6, 10.0)),
 }
 
 
