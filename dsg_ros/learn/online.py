@@ -12,9 +12,11 @@ newest keyframe then tests the calibration through the inner solve:
   keyframes observed, or frozen anchors), i.e. does the scan land where the
   map says it should.
 
-Gradients come from implicit differentiation at the snapshot's optimum (the
-Gauss–Newton adjoint, reusing the solver's factorization); optax (Adam)
-updates theta; groups that the motion cannot identify are masked out.
+Gradients are Gauss–Newton implicit ones. When theta enters only the
+odometry (the default), they come from the window's pose system with the
+observations frozen at the snapshot (``solve.reduced``); otherwise from the
+whole window's solve, reusing its factorization. optax (Adam) updates theta;
+groups that the motion cannot identify are masked out.
 """
 
 from __future__ import annotations
