@@ -44,23 +44,30 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
     frozen = jax.lax.stop_gradient(
         jdc.replace(graph, slabs=tuple(jdc.replace(s, active=jnp.zeros_like(s.active)) if s.ftype.name in varying else s for s in graph.slabs))
     )
-    free = free_mask(graph).poses.reshape(-1)
     system, _ = linearize(frozen, jax.lax.stop_gradient(x0), True)
+    # Free poses of the whole graph: the frozen factors' (from their
+    # linearization) or the varying ones' (a few rows), not a second pass
+    # over every observation row.
+    free = jnp.maximum(system.free.poses, free_mask(jdc.replace(graph, slabs=moving)).poses).reshape(-1)
     S, C_inv, W = schur.reduce(system, jnp.zeros((), x0.points.dtype))
     # linearize() puts a unit diagonal on poses the frozen factors leave
     # unconstrained; here the varying factors may constrain them.
     S = S - jnp.diag(1.0 - system.free.poses.reshape(-1))
-    b = system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
+    b = schur.reduced_gradient(system, W)
 
     P = x0.poses.shape[0]
-    T0 = jaxlie.SE3(x0.poses)
+    T0_inv = jaxlie.SE3(x0.poses).inverse()
+
+    def offset_from_x0(poses: jax.Array) -> jax.Array:
+        """Stacked tangents (6P,) of ``poses`` relative to ``x0``."""
+        return (T0_inv @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype)
+
     poses = x0.poses
     eye = jnp.eye(6 * P, dtype=S.dtype)
     for _ in range(iterations):
-        H, g = _moving_system(moving, poses, P)
+        H, g = _moving_system(moving, poses)
         # The quadratic's gradient at the current offset from x0.
-        offset = (T0.inverse() @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype)
-        g = (g + S @ offset + b) * free
+        g = (g + S @ offset_from_x0(poses) + b) * free
         H = H + S + jnp.diag(1.0 - free)
         chol = jnp.linalg.cholesky(jax.lax.stop_gradient(0.5 * (H + H.T)))
         # A failed factorization (or a non-finite gradient) skips the step;
@@ -68,16 +75,15 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
         ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(g))
         step = -jsl.cho_solve((jnp.where(ok, chol, eye), True), jnp.where(ok, g, 0.0)) * free
         poses = (jaxlie.SE3(poses) @ jaxlie.SE3.exp(step.reshape(P, 6))).wxyz_xyz.astype(x0.poses.dtype)
-    offset = (T0.inverse() @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype) * free
     # Voxels minimize the frozen factors' model given the pose offset.
     V = x0.points.shape[0]
-    d_points = -(jnp.einsum("vab,vb->va", C_inv, system.grad.points) + (offset @ W).reshape(V, 3))
+    d_points = -(jnp.einsum("vab,vb->va", C_inv, system.grad.points) + ((offset_from_x0(poses) * free) @ W).reshape(V, 3))
     return State(poses=poses, points=x0.points + d_points * system.free.points)
 
 
-def _moving_system(slabs: tuple, poses: jax.Array, P: int) -> tuple[jax.Array, jax.Array]:
+def _moving_system(slabs: tuple, poses: jax.Array) -> tuple[jax.Array, jax.Array]:
     """JᵀJ (6P, 6P) held fixed and Jᵀe (6P,) differentiable in the slabs' measurements."""
-    dtype = poses.dtype
+    P, dtype = poses.shape[0], poses.dtype
     H = jnp.zeros((P, P, 6, 6), dtype)
     g = jnp.zeros((P, 6), dtype)
     state = State(poses=poses, points=jnp.zeros((1, 3), dtype))

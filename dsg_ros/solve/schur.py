@@ -56,7 +56,12 @@ def reduced_pose_system(system: NormalSystem) -> tuple[jax.Array, jax.Array]:
     the reduced gradient g_p − W g_l (6P,). The quadratic model of the cost in
     the pose tangents alone; marginalization builds its prior from it."""
     S, _, W = reduce(system, jnp.zeros((), system.grad.points.dtype))
-    return S, system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
+    return S, reduced_gradient(system, W)
+
+
+def reduced_gradient(system: NormalSystem, W: jax.Array) -> jax.Array:
+    """The pose gradient with the points eliminated, g_p − W g_l (6P,), for W from :func:`reduce`."""
+    return system.grad.poses.reshape(-1) - W @ system.grad.points.reshape(-1)
 
 
 def apply(system: NormalSystem, fac: DenseFactor, rhs: Tangent) -> Tangent:
