@@ -18,6 +18,9 @@ import numpy as np
 
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
 _SMALL = 1e-6  # θ² below which series (to θ⁴, error < 1e-18) replace the closed forms
+# In float32 (the GPU default) 1 − cos θ has no correct digits left well
+# before θ² = 1e-6; the series stay exact to float32 up to here.
+_SMALL_F32 = 1e-3
 _LOG_SMALL = 1e-2  # log's V⁻¹ coefficient cancels badly well above _SMALL
 
 
@@ -102,10 +105,15 @@ def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     return quat_rotate(T[..., :4], p) + T[..., 4:]
 
 
+def _small(x: np.ndarray) -> float:
+    """θ² below which the series replace the closed forms, for ``x``'s precision."""
+    return _SMALL_F32 if x.dtype.itemsize < 8 else _SMALL
+
+
 def _so3_exp(omega: np.ndarray) -> np.ndarray:
     xp = namespace(omega)
     th2 = xp.sum(omega * omega, axis=-1)
-    small = th2 < _SMALL
+    small = th2 < _small(omega)
     th = xp.sqrt(xp.where(small, 1.0, th2))
     real = xp.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, xp.cos(0.5 * th))
     imag = xp.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, xp.sin(0.5 * th) / th)
@@ -117,7 +125,7 @@ def _so3_log(q: np.ndarray) -> np.ndarray:
     q = xp.where(q[..., :1] < 0.0, -q, q)  # shortest rotation: angle in [0, π]
     w, v = q[..., 0], q[..., 1:]
     n2 = xp.sum(v * v, axis=-1)
-    small = n2 < _SMALL
+    small = n2 < _small(q)
     n = xp.sqrt(xp.where(small, 1.0, n2))
     ws = xp.where(small, w, 1.0)
     series = 2.0 / ws - (2.0 / 3.0) * n2 / ws**3 + 0.4 * n2 * n2 / ws**5
@@ -132,7 +140,7 @@ def exp(xi: np.ndarray) -> np.ndarray:
         xi = np.asarray(xi, np.float64)
     rho, omega = xi[..., :3], xi[..., 3:]
     th2 = xp.sum(omega * omega, axis=-1)
-    small = th2 < _SMALL
+    small = th2 < _small(xi)
     th2s = xp.where(small, 1.0, th2)
     th = xp.sqrt(th2s)
     b = xp.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - xp.cos(th)) / th2s)

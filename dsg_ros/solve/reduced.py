@@ -22,8 +22,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 import jax_dataclasses as jdc
-import jaxlie
 
+from dsg_ros import se3
 from dsg_ros.solve import schur
 from dsg_ros.solve.normal import linearize
 from dsg_ros.world.graph import Graph, State, batched_matmul, free_mask, linearize_slab
@@ -56,11 +56,10 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
     b = schur.reduced_gradient(system, W)
 
     P = x0.poses.shape[0]
-    T0_inv = jaxlie.SE3(x0.poses).inverse()
 
     def offset_from_x0(poses: jax.Array) -> jax.Array:
         """Stacked tangents (6P,) of ``poses`` relative to ``x0``."""
-        return (T0_inv @ jaxlie.SE3(poses)).log().reshape(-1).astype(S.dtype)
+        return se3.log(se3.between(x0.poses, poses)).reshape(-1)
 
     poses = x0.poses
     eye = jnp.eye(6 * P, dtype=S.dtype)
@@ -74,7 +73,7 @@ def solve_poses(graph: Graph, x0: State, varying: tuple[str, ...], iterations: i
         # solving with a stand-in keeps NaN out of the derivative too.
         ok = jnp.all(jnp.isfinite(chol)) & jnp.all(jnp.isfinite(g))
         step = -jsl.cho_solve((jnp.where(ok, chol, eye), True), jnp.where(ok, g, 0.0)) * free
-        poses = (jaxlie.SE3(poses) @ jaxlie.SE3.exp(step.reshape(P, 6))).wxyz_xyz.astype(x0.poses.dtype)
+        poses = se3.compose(poses, se3.exp(step.reshape(P, 6)))
     # Voxels minimize the frozen factors' model given the pose offset.
     V = x0.points.shape[0]
     d_points = -(jnp.einsum("vab,vb->va", C_inv, system.grad.points) + ((offset_from_x0(poses) * free) @ W).reshape(V, 3))

@@ -9,7 +9,8 @@ construction.
 
 Residual functions see one factor at a time: poses as ``jaxlie.SE3``, points
 as ``(3,)`` arrays, and the raw measurement array (SE(3) measurements are
-stored as ``wxyz_xyz`` (7,)). The solver ``vmap``s them over a slab.
+stored as ``wxyz_xyz`` (7,)). The solver ``vmap``s them over a slab; the
+built-in types bring whole-slab kernels instead.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import jaxlie
 import numpy as np
+
+from dsg_ros import se3
 
 VarKind = Literal["pose", "point"]
 TANGENT_DIM: dict[str, int] = {"pose": 6, "point": 3}
@@ -98,22 +101,23 @@ def _autodiff_jacobian(
 
 
 def _skew(v: jax.Array) -> jax.Array:
-    x, y, z = v[0], v[1], v[2]
+    """[v]× (…, 3, 3) of vectors (…, 3)."""
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
     zero = jnp.zeros_like(x)
-    return jnp.stack([jnp.stack([zero, -z, y]), jnp.stack([z, zero, -x]), jnp.stack([-y, x, zero])])
+    return jnp.stack([jnp.stack([zero, -z, y], -1), jnp.stack([z, zero, -x], -1), jnp.stack([-y, x, zero], -1)], -2)
 
 
 def _outer(a: jax.Array, b: jax.Array) -> jax.Array:
-    return a[:, None] * b[None, :]
+    return a[..., :, None] * b[..., None, :]
 
 
 def _mat3(A: jax.Array, B: jax.Array) -> jax.Array:
-    """3×3 product as broadcast-and-sum: no dot op, cheap for XLA to compile."""
-    return jnp.sum(A[:, :, None] * B[None, :, :], axis=1)
+    """Batched 3×3 products as broadcast-and-sum: no dot op, cheap for XLA to compile."""
+    return jnp.sum(A[..., :, :, None] * B[..., None, :, :], axis=-2)
 
 
 def _se3_jr_inv(xi: jax.Array) -> jax.Array:
-    """Right-Jacobian inverse of SE(3) at ξ = (ρ, ω) (6, 6): ∂Log(Exp(ξ)·Exp(δ))/∂δ at 0.
+    """Right-Jacobian inverse of SE(3) at ξ = (ρ, ω) (…, 6) → (…, 6, 6): ∂Log(Exp(ξ)·Exp(δ))/∂δ at 0.
 
     Closed form: [[J⁻¹, −J⁻¹ Q(−ρ, −ω) J⁻¹], [0, J⁻¹]] with J⁻¹ the SO(3) right
     Jacobian inverse and Q Barfoot's coupling block, every matrix product of
@@ -123,8 +127,8 @@ def _se3_jr_inv(xi: jax.Array) -> jax.Array:
     ``jlog()`` has NaN reverse-mode derivatives there, which unrolled
     differentiation would hit). Checked against autodiff in the tests.
     """
-    rho, w = xi[:3], xi[3:]
-    th2 = jnp.dot(w, w)
+    rho, w = xi[..., :3], xi[..., 3:]
+    th2 = jnp.sum(w * w, axis=-1)
     small = th2 < (0.01 if xi.dtype == jnp.float64 else 0.09)
     th2s = jnp.where(small, 1.0, th2)
     th = jnp.sqrt(th2s)
@@ -134,10 +138,11 @@ def _se3_jr_inv(xi: jax.Array) -> jax.Array:
     c2 = jnp.where(small, 1 / 24 - th2 / 720 + t4 / 40320, (th2s + 2 * cos - 2) / (2 * th2s * th2s))
     c3 = jnp.where(small, 1 / 120 - th2 / 2520 + t4 / 120960, (2 * th - 3 * sin + th * cos) / (2 * th2s * th2s * th))
     d = jnp.where(small, 1 / 12 + th2 / 720 + t4 / 30240, 1 / th2s - jnp.cos(0.5 * th) / (2 * th * jnp.sin(0.5 * th)))
+    c1, c2, c3, d, th2 = (c[..., None, None] for c in (c1, c2, c3, d, th2))
     eye = jnp.eye(3, dtype=xi.dtype)
     j_inv = eye + 0.5 * _skew(w) + d * (_outer(w, w) - th2 * eye)
     a, b = -rho, -w
-    ab = jnp.dot(a, b)
+    ab = jnp.sum(a * b, axis=-1)[..., None, None]
     A, B = _skew(a), _skew(b)
     Q = (
         0.5 * A
@@ -146,8 +151,14 @@ def _se3_jr_inv(xi: jax.Array) -> jax.Array:
         - c3 * 2 * ab * (_outer(b, b) - th2 * eye)
     )
     top_right = -_mat3(_mat3(j_inv, Q), j_inv)
-    zero = jnp.zeros((3, 3), xi.dtype)
-    return jnp.concatenate([jnp.concatenate([j_inv, top_right], 1), jnp.concatenate([zero, j_inv], 1)], 0)
+    return jnp.concatenate([jnp.concatenate([j_inv, top_right], -1), jnp.concatenate([jnp.zeros_like(j_inv), j_inv], -1)], -2)
+
+
+# Per-factor residuals (the definitions; user-facing and the reference the
+# tests differentiate) and whole-slab kernels that the solver runs. Kernels
+# use ``dsg_ros.se3`` on raw ``wxyz_xyz`` arrays: jaxlie's methods are
+# separately jitted functions, and vmapping hundreds of them made tracing a
+# differentiated solve slow.
 
 
 def _prior_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
@@ -155,9 +166,14 @@ def _prior_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     return (jaxlie.SE3(z).inverse() @ T_world_body).log()
 
 
-def _prior_se3_jac(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    (T_world_body,) = values
-    r = (jaxlie.SE3(z).inverse() @ T_world_body).log()
+def _prior_se3_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
+    return se3.log(se3.between(z, poses[slots[:, 0]]))
+
+
+def _prior_se3_batched_jac(
+    poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    r = _prior_se3_batched(poses, points, slots, z)
     return r, (_se3_jr_inv(r),)
 
 
@@ -166,21 +182,25 @@ def _odom_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     return (jaxlie.SE3(z).inverse() @ T_world_i.inverse() @ T_world_j).log()
 
 
-def _odom_se3_jac(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+def _odom_se3_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
+    return se3.log(se3.between(z, se3.between(poses[slots[:, 0]], poses[slots[:, 1]])))
+
+
+def _odom_se3_batched_jac(
+    poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array
+) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     # E = Z⁻¹ Tᵢ⁻¹ Tⱼ.  Tⱼ·Exp(δ) gives E·Exp(δ);  Tᵢ·Exp(δ) gives E·Exp(−Ad(Tⱼ⁻¹Tᵢ) δ).
     # Jr⁻¹ = [[A, B], [0, A]] and Ad(R, t) = [[R, t^R], [0, R]], so their
     # product is [[AR, (A t^ + B) R], [0, AR]]: three 3×3 products.
-    T_world_i, T_world_j = values
-    T_i_j = T_world_i.inverse() @ T_world_j
-    r = (jaxlie.SE3(z).inverse() @ T_i_j).log()
+    T_i_j = se3.between(poses[slots[:, 0]], poses[slots[:, 1]])
+    r = se3.log(se3.between(z, T_i_j))
     jac_j = _se3_jr_inv(r)
-    T_j_i = T_i_j.inverse()
-    R = T_j_i.rotation().as_matrix()
-    A, B = jac_j[:3, :3], jac_j[:3, 3:]
+    T_j_i = se3.inverse(T_i_j)
+    R = se3.rotation_matrix(T_j_i)
+    A, B = jac_j[:, :3, :3], jac_j[:, :3, 3:]
     AR = _mat3(A, R)
-    top_right = _mat3(_mat3(A, _skew(T_j_i.translation())) + B, R)
-    zero = jnp.zeros((3, 3), r.dtype)
-    jac_i = -jnp.concatenate([jnp.concatenate([AR, top_right], 1), jnp.concatenate([zero, AR], 1)], 0)
+    top_right = _mat3(_mat3(A, _skew(T_j_i[:, 4:])) + B, R)
+    jac_i = -jnp.concatenate([jnp.concatenate([AR, top_right], -1), jnp.concatenate([jnp.zeros_like(AR), AR], -1)], -2)
     return r, (jac_i, jac_j)
 
 
@@ -189,14 +209,9 @@ def _prior_point(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     return p_world - z
 
 
-def _prior_point_jac(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    (p_world,) = values
-    return p_world - z, (jnp.eye(3, dtype=p_world.dtype),)
-
-
 def _obs_frames(poses: jax.Array, slots: jax.Array) -> tuple[jax.Array, jax.Array]:
     """R_world_body (F, 3, 3) and t_world_body (F, 3) per row: matrices built per pose, then gathered."""
-    R_world_body = jaxlie.SO3(poses[:, :4]).as_matrix()
+    R_world_body = se3.rotation_matrix(poses)
     return R_world_body[slots[:, 0]], poses[slots[:, 0], 4:]
 
 
@@ -209,11 +224,12 @@ def _voxel_point_obs_batched(poses: jax.Array, points: jax.Array, slots: jax.Arr
 def _voxel_point_obs_batched_jac(
     poses: jax.Array, points: jax.Array, slots: jax.Array, p_body: jax.Array
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+    # q = T⁻¹v; (T·Exp(δ))⁻¹ v ≈ q − δ_v − δ_ω × q, so ∂/∂δ = [−I, [q]×]; ∂/∂v = Rᵀ.
     R, t = _obs_frames(poses, slots)
     d = points[slots[:, 1]] - t
     q_body = jnp.sum(R * d[:, :, None], axis=1)
     minus_eye = jnp.broadcast_to(-jnp.eye(3, dtype=q_body.dtype), R.shape)
-    jac_pose = jnp.concatenate([minus_eye, jax.vmap(_skew)(q_body)], axis=2)
+    jac_pose = jnp.concatenate([minus_eye, _skew(q_body)], axis=2)
     return q_body - p_body, (jac_pose, jnp.swapaxes(R, 1, 2))
 
 
@@ -229,7 +245,7 @@ def _voxel_anchor_batched_jac(
     R, t = _obs_frames(poses, slots)
     q_body = jnp.sum(R * (z[:, :3] - t)[:, :, None], axis=1)
     minus_eye = jnp.broadcast_to(-jnp.eye(3, dtype=q_body.dtype), R.shape)
-    return q_body - z[:, 3:], (jnp.concatenate([minus_eye, jax.vmap(_skew)(q_body)], axis=2),)
+    return q_body - z[:, 3:], (jnp.concatenate([minus_eye, _skew(q_body)], axis=2),)
 
 
 def _voxel_anchor(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
@@ -253,33 +269,50 @@ def _voxel_point_obs(values: tuple[Value, ...], p_body: jax.Array) -> jax.Array:
     return T_world_body.inverse() @ v_world - p_body
 
 
-def _voxel_point_obs_jac(values: tuple[Value, ...], p_body: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-    # q = T⁻¹v; (T·Exp(δ))⁻¹ v ≈ q − δ_v − δ_ω × q, so ∂/∂δ = [−I, [q]×]; ∂/∂v = Rᵀ.
-    T_world_body, v_world = values
-    q_body = T_world_body.inverse() @ v_world
-    R_body_world = T_world_body.rotation().inverse().as_matrix()
-    jac_pose = jnp.concatenate([-jnp.eye(3, dtype=q_body.dtype), _skew(q_body)], axis=1)
-    return q_body - p_body, (jac_pose, R_body_world)
+def _one_row(kernel: BatchedLinearizeFn, var_kinds: tuple[VarKind, ...]) -> JacobianFn:
+    """A whole-slab kernel run on one factor: the per-factor Jacobian of a
+    built-in type, so each type's analytic Jacobian is written once."""
+    slots, counts = [], {"pose": 0, "point": 0}
+    for kind in var_kinds:
+        slots.append(counts[kind])
+        counts[kind] += 1
+
+    def jacobian(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
+        poses = [v.wxyz_xyz for k, v in zip(var_kinds, values) if k == "pose"]
+        points = [v for k, v in zip(var_kinds, values) if k == "point"]
+        P = jnp.stack(poses) if poses else jnp.zeros((0, 7), z.dtype)
+        V = jnp.stack(points) if points else jnp.zeros((0, 3), z.dtype)
+        r, jacs = kernel(P, V, jnp.asarray([slots], jnp.int32), z[None])
+        return r[0], tuple(j[0] for j in jacs)
+
+    return jacobian
+
+
+def _builtin(
+    name: str,
+    var_kinds: tuple[VarKind, ...],
+    residual_dim: int,
+    measurement_shape: tuple[int, ...],
+    residual: ResidualFn,
+    batched_residual: BatchedResidualFn,
+    batched_linearize: BatchedLinearizeFn,
+    se3_measurement: bool = False,
+) -> FactorType:
+    return FactorType(
+        name, var_kinds, residual_dim, measurement_shape, residual, _one_row(batched_linearize, var_kinds),
+        se3_measurement=se3_measurement, batched_residual=batched_residual, batched_linearize=batched_linearize,
+    )
 
 
 BUILTIN_TYPES: tuple[FactorType, ...] = (
-    FactorType("prior_se3", ("pose",), 6, (7,), _prior_se3, _prior_se3_jac, se3_measurement=True),
-    FactorType("odom_se3", ("pose", "pose"), 6, (7,), _odom_se3, _odom_se3_jac, se3_measurement=True),
-    FactorType(
-        "prior_point", ("point",), 3, (3,), _prior_point, _prior_point_jac,
-        batched_residual=_prior_point_batched, batched_linearize=_prior_point_batched_jac,
-    ),
-    FactorType(
-        "voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_jac,
-        batched_residual=_voxel_point_obs_batched, batched_linearize=_voxel_point_obs_batched_jac,
-    ),
+    _builtin("prior_se3", ("pose",), 6, (7,), _prior_se3, _prior_se3_batched, _prior_se3_batched_jac, se3_measurement=True),
+    _builtin("odom_se3", ("pose", "pose"), 6, (7,), _odom_se3, _odom_se3_batched, _odom_se3_batched_jac, se3_measurement=True),
+    _builtin("prior_point", ("point",), 3, (3,), _prior_point, _prior_point_batched, _prior_point_batched_jac),
+    _builtin("voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_batched, _voxel_point_obs_batched_jac),
     # A voxel_point_obs whose voxel is a constant (frozen in the map): its
     # position travels in the measurement (v_world, p_body) (6,), so it needs
     # no variable slot and adds nothing to the Schur complement.
-    FactorType(
-        "voxel_anchor_obs", ("pose",), 3, (6,), _voxel_anchor, None,
-        batched_residual=_voxel_anchor_batched, batched_linearize=_voxel_anchor_batched_jac,
-    ),
+    _builtin("voxel_anchor_obs", ("pose",), 3, (6,), _voxel_anchor, _voxel_anchor_batched, _voxel_anchor_batched_jac),
 )
 
 
@@ -321,7 +354,7 @@ def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
         if pose_pos:
             T = jnp.stack([values[i].wxyz_xyz for i in pose_pos])
             ref = z[pose_values].reshape(-1, 7)
-            pose_d = (jaxlie.SE3(ref).inverse() @ jaxlie.SE3(T)).log()
+            pose_d = se3.log(se3.between(ref, T))
             parts.append(pose_d.reshape(-1))
         if point_pos:
             v = jnp.stack([values[i] for i in point_pos])
@@ -337,7 +370,7 @@ def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
         if pose_pos:
             rows = np.concatenate([np.repeat(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
             cols = np.concatenate([np.tile(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
-            full = full.at[rows, cols].set(jax.vmap(_se3_jr_inv)(pose_d).reshape(-1))
+            full = full.at[rows, cols].set(_se3_jr_inv(pose_d).reshape(-1))
         for i in point_pos:
             full = full.at[tangent_starts[i] : tangent_starts[i + 1], tangent_starts[i] : tangent_starts[i + 1]].set(jnp.eye(3, dtype=d.dtype))
         jacs = tuple(full[:, tangent_starts[i] : tangent_starts[i + 1]] for i in range(len(kinds)))

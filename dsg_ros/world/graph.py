@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import jax_dataclasses as jdc
 import jaxlie
 
+from dsg_ros import se3
 from dsg_ros.world.factors import TANGENT_DIM, FactorType
 from dsg_ros.world.noise import robust_rho, robust_weight
 
@@ -38,9 +39,7 @@ class State:
 
     def retract(self, delta: Tangent) -> State:
         """Right-perturbation update ``T·Exp(δ)``, ``v + δ``."""
-        poses = (jaxlie.SE3(self.poses) @ jaxlie.SE3.exp(delta.poses)).wxyz_xyz
-        # jaxlie promotes float32 to float64 under x64; keep the state's dtype.
-        return State(poses=poses.astype(self.poses.dtype), points=self.points + delta.points)
+        return State(poses=se3.compose(self.poses, se3.exp(delta.poses)), points=self.points + delta.points)
 
 
 @jdc.pytree_dataclass
@@ -156,18 +155,24 @@ def free_mask(graph: Graph) -> Tangent:
     are not free are held fixed: nothing constrains them.
     """
     P, V = graph.pose_active.shape[0], graph.point_active.shape[0]
-    pose_refs = jnp.zeros(P, jnp.int32)
-    point_refs = jnp.zeros(V, jnp.int32)
+    # One scatter per variable kind over every slab's references: XLA on CPU
+    # compiles each scatter into a loop of its own.
+    refs: dict[str, tuple[list[jax.Array], list[jax.Array]]] = {"pose": ([], []), "point": ([], [])}
     for slab in graph.slabs:
         act = slab.active.astype(jnp.int32)
         for pos, kind in enumerate(slab.ftype.var_kinds):
-            if kind == "pose":
-                pose_refs = pose_refs.at[slab.slots[:, pos]].add(act)
-            else:
-                point_refs = point_refs.at[slab.slots[:, pos]].add(act)
+            refs[kind][0].append(slab.slots[:, pos])
+            refs[kind][1].append(act)
+
+    def referenced(kind: str, n: int) -> jax.Array:
+        slots, counts = refs[kind]
+        if not slots:
+            return jnp.zeros(n, bool)
+        return jnp.zeros(n, jnp.int32).at[jnp.concatenate(slots)].add(jnp.concatenate(counts)) > 0
+
     dtype = slab_dtype(graph)
-    pose_free = (graph.pose_active & (pose_refs > 0)).astype(dtype)
-    point_free = (graph.point_active & (point_refs > 0)).astype(dtype)
+    pose_free = (graph.pose_active & referenced("pose", P)).astype(dtype)
+    point_free = (graph.point_active & referenced("point", V)).astype(dtype)
     return Tangent(jnp.broadcast_to(pose_free[:, None], (P, 6)), jnp.broadcast_to(point_free[:, None], (V, 3)))
 
 
