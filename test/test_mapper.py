@@ -554,3 +554,36 @@ def test_cell_keys_round_trip_including_negative_and_extreme_cells():
 def test_voxelize_of_an_empty_cloud_is_empty():
     cells = voxelize(np.zeros((0, 3)), np.eye(3), np.zeros(3), 0.5)
     assert cells.keys.shape == (0,) and cells.p_sensor.shape == (0, 3) and cells.counts.shape == (0,)
+
+
+def test_voxelize_finds_the_normal_of_planar_cells_only():
+    rng = np.random.default_rng(3)
+    # Cell [0, 1)³ holds a tilted plane; cell [2, 3) × [0, 1)² a blob of points.
+    normal = np.array([0.3, -0.2, 0.9]) / np.linalg.norm([0.3, -0.2, 0.9])
+    uv = rng.uniform(-0.3, 0.3, (200, 2))
+    basis = np.linalg.svd(normal[None])[2][1:]  # two unit vectors orthogonal to the normal
+    plane = 0.5 + uv @ basis + rng.normal(0.0, 0.002, (200, 1)) * normal
+    blob = rng.uniform([2.1, 0.1, 0.1], [2.9, 0.9, 0.9], (200, 3))
+    few = np.array([[4.5, 0.5, 0.5], [4.6, 0.5, 0.5]])  # too few points for a plane
+    cells = voxelize(np.concatenate([plane, blob, few]), np.eye(3), np.zeros(3), 1.0, min_points=2)
+    by_x = {int(c[0]): n for c, n in zip(unpack_cells(cells.keys), cells.n_sensor)}
+    assert abs(abs(by_x[0] @ normal) - 1.0) < 1e-3
+    np.testing.assert_array_equal(by_x[2], 0.0)
+    np.testing.assert_array_equal(by_x[4], 0.0)
+
+
+def test_planar_observations_weigh_the_normal_by_obs_sigma_and_the_plane_by_obs_plane_sigma():
+    mapper = Mapper(MapperConfig(obs_sigma_m=0.05, obs_plane_sigma_m=0.25))
+    n = np.array([0.0, 0.6, 0.8])
+    cells = voxelize(np.zeros((0, 3)), np.eye(3), np.zeros(3), 1.0)
+    cells = type(cells)(keys=np.array([1, 2]), p_sensor=np.zeros((2, 3)), counts=np.array([9, 9]), n_sensor=np.stack([n, np.zeros(3)]))
+    # The sensor is yawed 90° on the base: the normal turns with it.
+    T_base_sensor = se3.exp(np.array([0.1, 0.0, 0.0, 0.0, 0.0, np.pi / 2]))
+    L = mapper._obs_sqrt_info(cells, T_base_sensor)
+    info = np.swapaxes(L, 1, 2) @ L
+    n_base = se3.rotation_matrix(T_base_sensor) @ n
+    in_plane = np.cross(n_base, [1.0, 0.0, 0.0])
+    in_plane /= np.linalg.norm(in_plane)
+    assert n_base @ info[0] @ n_base == pytest.approx(1 / 0.05**2)
+    assert in_plane @ info[0] @ in_plane == pytest.approx(1 / 0.25**2)
+    np.testing.assert_allclose(info[1], np.eye(3) / 0.05**2)

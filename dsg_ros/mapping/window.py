@@ -182,7 +182,7 @@ class Window:
         odom_noise: Noise,
         cells: CellObservations,
         p_base: np.ndarray,
-        obs_noise: Noise,
+        obs_noise: Noise | np.ndarray,
         robust=None,
     ) -> tuple[Keyframe, MarginalizationReport | None]:
         """Add a keyframe at ``T_map_base`` (its initial estimate).
@@ -190,8 +190,9 @@ class Window:
         ``odom`` = (raw increment from the previous keyframe (7,), its
         duration, the corrected measurement (7,)); None for the first
         keyframe, which gets the anchor prior instead. ``cells`` are its voxel
-        observations and ``p_base`` (M, 3) their centroids in the base frame
-        (the measurements). The oldest keyframe is marginalized first when the
+        observations, ``p_base`` (M, 3) their centroids in the base frame
+        (the measurements) and ``obs_noise`` their noise: one model for all or a
+        sqrt-information per observation (M, 3, 3). The oldest keyframe is marginalized first when the
         window is full.
         """
         report = self.marginalize_oldest() if self.full else None
@@ -204,18 +205,21 @@ class Window:
             fid = wm.add_factor("odom_se3", [self.keyframes[-1].var, var], corrected, odom_noise)
             row = wm.factor_row(fid)[1]
             self.odom_raw[row], self.odom_dt[row] = raw, dt
-        n_obs = self._add_observations(var, T_map_base, cells, p_base, obs_noise, robust)
+        L = np.broadcast_to(obs_noise.sqrt_info, (p_base.shape[0], 3, 3)) if isinstance(obs_noise, Noise) else obs_noise
+        n_obs = self._add_observations(var, T_map_base, cells, p_base, L, robust)
         keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), n_obs)
         self._sequence += 1
         self.keyframes.append(keyframe)
         return keyframe, report
 
-    def _add_observations(self, pose_var: int, T_map_base: np.ndarray, cells: CellObservations, p_base: np.ndarray, noise: Noise, robust) -> int:
+    def _add_observations(
+        self, pose_var: int, T_map_base: np.ndarray, cells: CellObservations, p_base: np.ndarray, L: np.ndarray, robust
+    ) -> int:
         cfg = self.config
         keys, p_sensor, counts = cells.keys, cells.p_sensor, cells.counts
         if keys.shape[0] > cfg.max_observations_per_keyframe:
             keep = np.argsort(-counts, kind="stable")[: cfg.max_observations_per_keyframe]
-            keys, p_sensor, p_base, counts = keys[keep], p_sensor[keep], p_base[keep], counts[keep]
+            keys, p_sensor, p_base, counts, L = keys[keep], p_sensor[keep], p_base[keep], counts[keep], L[keep]
         wm = self.model
         voxel_vars = lookup(self._voxel_of_key, keys)
         map_rows = self.voxel_map.rows(keys)
@@ -226,8 +230,8 @@ class Window:
             dropped = new[free_slots:]
             self.dropped_observations += int(dropped.shape[0])
             keep = np.setdiff1d(np.arange(keys.shape[0]), dropped)
-            keys, p_sensor, p_base, counts, voxel_vars, map_rows, anchored = (
-                a[keep] for a in (keys, p_sensor, p_base, counts, voxel_vars, map_rows, anchored)
+            keys, p_sensor, p_base, counts, L, voxel_vars, map_rows, anchored = (
+                a[keep] for a in (keys, p_sensor, p_base, counts, L, voxel_vars, map_rows, anchored)
             )
             new = np.flatnonzero((voxel_vars < 0) & ~anchored)
         if new.shape[0]:
@@ -243,10 +247,10 @@ class Window:
             anchored[candidates[np.argsort(-counts[candidates], kind="stable")[: cfg.max_anchors_per_keyframe]]] = True
         if np.any(observed):
             pairs = np.stack([np.full(int(observed.sum()), pose_var), voxel_vars[observed]], axis=1)
-            self._add_rows("voxel_point_obs", wm.add_factors("voxel_point_obs", pairs, p_base[observed], noise, robust), p_sensor[observed])
+            self._add_rows("voxel_point_obs", wm.add_factors("voxel_point_obs", pairs, p_base[observed], L[observed], robust), p_sensor[observed])
         if np.any(anchored):
             meas = np.concatenate([self.voxel_map.positions(map_rows[anchored]), p_base[anchored]], axis=1)
-            ids = wm.add_factors("voxel_anchor_obs", np.full((int(anchored.sum()), 1), pose_var), meas, noise, robust)
+            ids = wm.add_factors("voxel_anchor_obs", np.full((int(anchored.sum()), 1), pose_var), meas, L[anchored], robust)
             self._add_rows("voxel_anchor_obs", ids, p_sensor[anchored])
         return int(keys.shape[0])
 

@@ -86,7 +86,8 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "T_base_sensor": ("nominal base → sensor extrinsic as [qw, qx, qy, qz, x, y, z]", None),
     "odom_sigma_m": ("odometry noise per keyframe increment, translation", (1e-6, 100.0)),
     "odom_sigma_rad": ("odometry noise per keyframe increment, rotation", (1e-6, 10.0)),
-    "obs_sigma_m": ("voxel observation noise", (1e-6, 100.0)),
+    "obs_sigma_m": ("voxel observation noise (along the surface normal where the cell is planar)", (1e-6, 100.0)),
+    "obs_plane_sigma_m": ("voxel observation noise within the plane of a planar cell", (1e-6, 100.0)),
     "odometry.max_extrapolation_s": ("a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample", (0.0, 1.0)),
     "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
 }

@@ -266,13 +266,14 @@ class WorldModel:
         type_name: str,
         var_ids: np.ndarray,
         measurements: np.ndarray,
-        noise: Noise | None = None,
+        noise: Noise | np.ndarray | None = None,
         robust: Robust | None = None,
     ) -> np.ndarray:
         """Add ``n`` factors of one type at once: ``var_ids`` (n, k), ``measurements`` (n, *shape).
 
-        All share ``noise`` and ``robust``. Returns the new ids (n,). Nothing is
-        added if any input is invalid or capacity is short.
+        ``noise``: one model for all, or a sqrt-information per factor (n, d, d).
+        All share ``robust``. Returns the new ids (n,). Nothing is added if any
+        input is invalid or capacity is short.
         """
         ftype = self.registry.get(type_name)
         host = self._slabs.get(type_name)
@@ -300,7 +301,15 @@ class WorldModel:
                 if kind != want:
                     raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
             slots[:, pos] = [slot for _, slot in found]
-        sqrt_info = self._sqrt_info(ftype, noise)
+        if isinstance(noise, np.ndarray):
+            d = ftype.residual_dim
+            if noise.shape != (n, d, d):
+                raise ValueError(f"{type_name} per-factor sqrt-information must have shape {(n, d, d)}, got {noise.shape}")
+            if not np.all(np.isfinite(noise)):
+                raise ValueError(f"{type_name} sqrt-information has non-finite values")
+            sqrt_info = noise
+        else:
+            sqrt_info = self._sqrt_info(ftype, noise)
         rows = host.alloc.take(n)
         if rows is None:
             raise RuntimeError(
