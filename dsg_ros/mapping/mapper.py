@@ -59,8 +59,8 @@ class MapperConfig:
     # Where a cell's points lie on a plane, ``obs_sigma_m`` weighs only the
     # observation's component along the normal and this the in-plane ones:
     # which part of a surface falls in a cell changes with the viewpoint, so
-    # an in-plane centroid moves between views (it shrank the mapped motion
-    # ~1.5 % and let the heading drift), while the normal component does not.
+    # an in-plane centroid moves between views (with one isotropic sigma it
+    # let the heading drift), while the normal component does not.
     obs_plane_sigma_m: float = 0.25
     obs_huber: float = 3.0
     solver: SolverConfig = field(

@@ -191,9 +191,9 @@ class Window:
         duration, the corrected measurement (7,)); None for the first
         keyframe, which gets the anchor prior instead. ``cells`` are its voxel
         observations, ``p_base`` (M, 3) their centroids in the base frame
-        (the measurements) and ``obs_noise`` their noise: one model for all or a
-        sqrt-information per observation (M, 3, 3). The oldest keyframe is marginalized first when the
-        window is full.
+        (the measurements) and ``obs_noise`` their noise: one model for all
+        or a sqrt-information per observation (M, 3, 3). The oldest keyframe
+        is marginalized first when the window is full.
         """
         report = self.marginalize_oldest() if self.full else None
         wm = self.model
