@@ -23,7 +23,7 @@ from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping.evaluate import summarize
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.replay import RunRecord, drive
-from dsg_ros.mapping.voxels import pack_cells, unpack_cells, voxelize
+from dsg_ros.mapping.voxels import CellObservations, pack_cells, unpack_cells, voxelize
 from dsg_ros.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
 
 DURATION_S = 30.0  # 300 clouds at 10 Hz
@@ -575,8 +575,7 @@ def test_voxelize_finds_the_normal_of_planar_cells_only():
 def test_planar_observations_weigh_the_normal_by_obs_sigma_and_the_plane_by_obs_plane_sigma():
     mapper = Mapper(MapperConfig(obs_sigma_m=0.05, obs_plane_sigma_m=0.25))
     n = np.array([0.0, 0.6, 0.8])
-    cells = voxelize(np.zeros((0, 3)), np.eye(3), np.zeros(3), 1.0)
-    cells = type(cells)(keys=np.array([1, 2]), p_sensor=np.zeros((2, 3)), counts=np.array([9, 9]), n_sensor=np.stack([n, np.zeros(3)]))
+    cells = CellObservations(keys=np.array([1, 2]), p_sensor=np.zeros((2, 3)), counts=np.array([9, 9]), n_sensor=np.stack([n, np.zeros(3)]))
     # The sensor is yawed 90° on the base: the normal turns with it.
     T_base_sensor = se3.exp(np.array([0.1, 0.0, 0.0, 0.0, 0.0, np.pi / 2]))
     L = mapper._obs_sqrt_info(cells, T_base_sensor)

@@ -470,8 +470,6 @@ class Mapper:
         """
         scale = float(np.exp(self.theta["log_sigma_obs"]))
         a, b = 1.0 / (scale * self.config.obs_plane_sigma_m), 1.0 / (scale * self.config.obs_sigma_m)
-        if cells.n_sensor is None:
-            return np.broadcast_to(b * np.eye(3), (cells.keys.shape[0], 3, 3))
         n = cells.n_sensor @ se3.rotation_matrix(T_base_sensor).T
         planar = np.any(n != 0.0, axis=1)
         iso = np.where(planar, a, b)[:, None, None] * np.eye(3)
