@@ -156,7 +156,8 @@ def test_supervised_calibration_learns_the_forward_scale_and_yaw_rate_bias(run: 
     assert run.snapshots_with_reference and all(run.snapshots_with_reference), "ground truth was given: supervised loss"
     learned = CalibrationSummary.of(run.theta)
     true = ODOMETRY.true_calibration()
-    # From 1.0 (3 % off) to within 1.5 % (measured: 1.028); the yaw-rate bias from 0 to within 0.5 deg/s (measured 1.08).
+    # From 1.0 (3 % off) to within 1.5 % (measured: 1.031); the yaw-rate bias from 0 to within 0.5 deg/s
+    # (measured 0.85: 22 snapshots of one keyframe interval each, ~0.07 deg/s of noise per estimate).
     assert abs(learned.odom_scale[0] - true.scale[0]) < 0.5 * abs(1.0 - true.scale[0])
     assert abs(learned.odom_bias_angular_deg_s[2] - ODOMETRY.yaw_rate_bias_deg_s) < 0.5 * ODOMETRY.yaw_rate_bias_deg_s
     # Groups switched off by default stay exactly where they were.

@@ -12,11 +12,22 @@ newest keyframe then tests the calibration through the inner solve:
   keyframes observed, or frozen anchors), i.e. does the scan land where the
   map says it should.
 
-Gradients are Gauss–Newton implicit ones. When theta enters only the
+Derivatives are Gauss–Newton implicit ones. When theta enters only the
 odometry (the default), they come from the window's pose system with the
 observations frozen at the snapshot (``solve.reduced``); otherwise from the
-whole window's solve, reusing its factorization. optax (Adam) updates theta;
-groups that the motion cannot identify are masked out.
+whole window's solve, reusing its factorization. Groups that the motion
+cannot identify are masked out.
+
+The default update is recursive least squares: each step is a Gauss–Newton
+step on the newest snapshot's residuals with the information ``JᵀJ`` of all
+earlier snapshots (discounted by ``forgetting`` per step), so theta tracks
+the least-squares fit of the recent snapshots. The snapshots' residuals are
+noisy (one keyframe interval of odometry noise each) and the learned
+quantities differ in scale by orders of magnitude; Adam moved every
+coordinate at about its learning rate, overshot the yaw-rate bias while the
+scale was still converging and settled on the last few snapshots. optax's
+Adam remains for the extrinsic and the noise scales, whose whole-window
+solve has reverse-mode derivatives only (``J`` needs forward mode).
 """
 
 from __future__ import annotations
@@ -24,6 +35,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +48,7 @@ from dsg_ros.learn.calibration import Theta, correct_odometry, observations_in_b
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.solve.reduced import solve_poses
 from dsg_ros.world import Graph, State
+from dsg_ros.world.graph import batched_matmul
 
 
 @dataclass(frozen=True)
@@ -49,9 +62,18 @@ class CalibrationConfig:
     every_keyframes: int = 2  # 0 disables online calibration
     buffer: int = 8  # recent snapshots kept
     batch: int = 1  # snapshots per optimizer step
+    # "gauss_newton": recursive least squares (see the module docstring);
+    # "adam": optax Adam with the learning-rate schedule below, required to
+    # learn the extrinsic or the noise scales.
+    optimizer: Literal["gauss_newton", "adam"] = "gauss_newton"
+    # Weight of the accumulated information kept per step: the fit looks
+    # back ~1/(1 − forgetting) steps (100 snapshots, ~90 s of driving at the
+    # defaults), so a calibration that changes slowly is followed. On the
+    # 60 s sim a memory of 50 steps already cost accuracy.
+    forgetting: float = 0.99
+    # Adam only: halve the step every ``decay_steps`` updates down to
+    # ``min_learning_rate``: fast early, then settle instead of circling the optimum.
     learning_rate: float = 3e-3
-    # Halve the step every ``decay_steps`` updates down to ``min_learning_rate``:
-    # fast early, then settle instead of circling the optimum.
     decay_steps: int = 30
     min_learning_rate: float = 2e-4
     # Planar motion at near-constant speed cannot tell a forward scale from a
@@ -73,15 +95,26 @@ class CalibrationConfig:
         default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", implicit_hessian="gauss_newton")
     )
 
-    def mask(self) -> Theta:
-        """1 where theta is learned, 0 where it stays fixed."""
-        bias = np.concatenate([np.full(3, self.learn_odom_linear_bias), np.asarray(self.learn_odom_angular_bias)]).astype(np.float64)
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("gauss_newton", "adam"):
+            raise ValueError(f"calibration.optimizer must be 'gauss_newton' or 'adam', got {self.optimizer!r}")
+        if self.optimizer == "gauss_newton" and not odometry_only(self):
+            raise ValueError(
+                "calibration.optimizer 'gauss_newton' learns the odometry only; learning the extrinsic or the "
+                "noise scales needs optimizer: adam (their solve has no forward-mode derivatives)"
+            )
+        if not 0.0 < self.forgetting <= 1.0:
+            raise ValueError(f"calibration.forgetting must be in (0, 1], got {self.forgetting}")
+
+    def mask(self) -> dict[str, np.ndarray]:
+        """1 where theta is learned, 0 where it stays fixed (host arrays: usable while tracing)."""
+        bias = np.concatenate([np.full(3, self.learn_odom_linear_bias), np.asarray(self.learn_odom_angular_bias)])
         return {
-            "odom_log_scale": jnp.asarray(self.learn_odom_scale, jnp.float64),
-            "odom_bias": jnp.asarray(bias, jnp.float64),
-            "extrinsic": jnp.full(6, float(self.learn_extrinsic)),
-            "log_sigma_odom": jnp.asarray(float(self.learn_noise)),
-            "log_sigma_obs": jnp.asarray(float(self.learn_noise)),
+            "odom_log_scale": np.asarray(self.learn_odom_scale, np.float64),
+            "odom_bias": bias.astype(np.float64),
+            "extrinsic": np.full(6, float(self.learn_extrinsic)),
+            "log_sigma_odom": np.asarray(float(self.learn_noise)),
+            "log_sigma_obs": np.asarray(float(self.learn_noise)),
         }
 
 
@@ -167,7 +200,28 @@ def odometry_only(config: CalibrationConfig) -> bool:
     return not (config.learn_extrinsic or config.learn_noise)
 
 
-def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
+# Held-out rows further than this many sigmas from the map count as this
+# far: cells can change between views (occlusion, new surfaces).
+SELF_SUPERVISED_CAP_SIGMA = 5.0
+# Information every learned coordinate starts with, so the normal equations
+# stay solvable where no snapshot constrained it yet (standing still gives
+# the scale none); one snapshot adds ~0.1-1.
+PRIOR_INFORMATION = 1e-6
+
+
+def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> tuple[jax.Array, jax.Array]:
+    """The snapshot's residuals r (6 + 3·(R + A),) and a constant c: its loss is ``|r|² + c``.
+
+    With a reference, r's first 6 entries are the relative-pose error
+    previous → newest keyframe (rotation weighted by ``rotation_weight_m``)
+    and the rest are zero. Without, the first 6 are zero and the rest are
+    the held-out observation and anchor rows against the map, whitened by
+    the rows' sqrt-information at theta's zero noise scale (``obs_L``,
+    ``anchor_L``) and divided by √count (a mean); rows beyond
+    ``SELF_SUPERVISED_CAP_SIGMA`` are zero in r and counted at the cap in c.
+    Whitening matters: a planar cell's in-plane centroid moves with the
+    viewpoint, and unweighted it biased the learned forward scale by ~3 %.
+    """
     theta = _learned_only(theta, config)
     graph = inject(theta, snap, T_base_sensor, config)
     if odometry_only(config):
@@ -178,19 +232,27 @@ def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config
     T_new = jaxlie.SE3(x.poses[snap.new_slot])
     # Supervised: relative pose against the reference.
     err = (jaxlie.SE3(snap.reference).inverse() @ (T_prev.inverse() @ T_new)).log()
-    supervised = jnp.sum(err[:3] ** 2) + config.rotation_weight_m**2 * jnp.sum(err[3:] ** 2)
+    supervised = jnp.concatenate([err[:3], config.rotation_weight_m * err[3:]])
     # Self-supervised: held-out observations of the newest scan against the map.
     T_new_inv = T_new.inverse()
     p_obs = observations_in_base(theta, T_base_sensor, snap.obs_p_sensor)
     r_obs = (T_new_inv @ x.points[snap.held_obs_voxel]) - p_obs
     p_anchor = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor)
     r_anchor = (T_new_inv @ snap.graph.slab("voxel_anchor_obs").measurement[:, :3]) - p_anchor
-    sq = jnp.concatenate([jnp.where(snap.held_obs[:, None], r_obs**2, 0.0), jnp.where(snap.held_anchor[:, None], r_anchor**2, 0.0)])
+    white_obs = batched_matmul(snap.obs_L, r_obs[:, :, None])[:, :, 0]
+    white_anchor = batched_matmul(snap.anchor_L, r_anchor[:, :, None])[:, :, 0]
+    rows = jnp.concatenate([jnp.where(snap.held_obs[:, None], white_obs, 0.0), jnp.where(snap.held_anchor[:, None], white_anchor, 0.0)])
     count = jnp.maximum(jnp.sum(snap.held_obs) + jnp.sum(snap.held_anchor), 1)
-    # A robust mean: cells can change between views (occlusion, new surfaces).
-    per_row = jnp.sum(sq, axis=1)
-    self_supervised = jnp.sum(jnp.minimum(per_row, 0.25**2)) / count
-    return jnp.where(snap.has_reference, supervised, self_supervised)
+    inside = jnp.sum(rows**2, axis=1) < SELF_SUPERVISED_CAP_SIGMA**2  # rows not held out are zero, so inside
+    self_supervised = jnp.where(inside[:, None], rows, 0.0) / jnp.sqrt(count)
+    capped = jnp.sum(~inside) * SELF_SUPERVISED_CAP_SIGMA**2 / count
+    r = jnp.concatenate([jnp.where(snap.has_reference, supervised, 0.0), jnp.where(snap.has_reference, 0.0, self_supervised).reshape(-1)])
+    return r, jnp.where(snap.has_reference, 0.0, capped)
+
+
+def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
+    r, c = snapshot_residuals(theta, snap, T_base_sensor, config)
+    return jnp.sum(r * r) + c
 
 
 class OnlineCalibrator:
@@ -200,12 +262,23 @@ class OnlineCalibrator:
         self.config = config
         self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
         self._mask = config.mask()
-        # Masked gradients are exactly zero, and Adam then leaves them be.
-        self._optimizer = _optimizer(config)
-        self._opt_state = self._optimizer.init(theta)
         self._T_base_sensor = T_base_sensor
+        self._state = self._initial_state(theta)
         self.steps = 0
         self.last_loss: float | None = None
+
+    def _initial_state(self, theta: Theta):
+        """Gauss–Newton: the accumulated information (n, n) over the n learned
+        coordinates. Adam: optax's state (masked gradients are exactly zero,
+        and Adam then leaves those coordinates be)."""
+        if self.config.optimizer == "gauss_newton":
+            return np.zeros((len(learned_coordinates(self.config)),) * 2)
+        return _adam(self.config).init(theta)
+
+    @property
+    def information(self) -> np.ndarray | None:
+        """Gauss–Newton: the accumulated information (n, n) over ``learned_coordinates``; None with Adam."""
+        return np.array(self._state) if self.config.optimizer == "gauss_newton" else None
 
     def add(self, snapshot: Snapshot) -> None:
         self.snapshots.append(snapshot)
@@ -220,23 +293,69 @@ class OnlineCalibrator:
     def step(self, theta: Theta) -> Theta:
         """One optimizer step on the newest ``batch`` snapshots; returns the new theta."""
         batch = list(self.snapshots)[-self.config.batch :]
-        theta, self._opt_state, loss = self._run(theta, self._opt_state, batch)
+        theta, self._state, loss = self._run(theta, self._state, batch)
         self.steps += 1
         self.last_loss = float(loss)
         return theta
 
     def warm_up(self, theta: Theta, snapshot: Snapshot) -> None:
         """Compile the step on a snapshot's shapes without touching the optimizer state."""
-        self._run(theta, self._optimizer.init(theta), [snapshot] * self.config.batch)[2].block_until_ready()
+        self._run(theta, self._initial_state(theta), [snapshot] * self.config.batch)[2].block_until_ready()
 
-    def _run(self, theta: Theta, opt_state, batch: list[Snapshot]):
+    def _run(self, theta: Theta, state, batch: list[Snapshot]):
         # Stacked on the host, then one transfer; a batch of one is a view (no copy of ~5 MB).
         stacked = jax.tree.map(lambda *a: np.stack(a) if len(a) > 1 else np.expand_dims(a[0], 0), *batch)
-        return _calibration_step(theta, opt_state, stacked, self._T_base_sensor, self._mask, self.config, self._optimizer)
+        if self.config.optimizer == "gauss_newton":
+            return _gauss_newton_step(theta, state, stacked, self._T_base_sensor, self.config)
+        return _adam_step(theta, state, stacked, self._T_base_sensor, self._mask, self.config, _adam(self.config))
+
+
+def learned_coordinates(config: CalibrationConfig) -> tuple[tuple[str, int], ...]:
+    """(group, flat index) of every scalar of theta that ``config`` learns, in a fixed order."""
+    return tuple((k, int(i)) for k, m in config.mask().items() for i in np.flatnonzero(np.asarray(m).reshape(-1)))
+
+
+def _per_snapshot(fn, stacked: Snapshot):
+    """``fn`` of each snapshot of a stacked batch, its outputs stacked."""
+    if stacked.odom_dt.shape[0] == 1:
+        # vmap over a batch of one turns every gather and scatter of the
+        # solve into a batched one: a step took 35 ms instead of 20 on CPU.
+        return jax.tree.map(lambda a: a[None], fn(jax.tree.map(lambda a: a[0], stacked)))
+    return jax.vmap(fn)(stacked)
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _gauss_newton_step(theta, information, stacked: Snapshot, T_base_sensor, config: CalibrationConfig):
+    """One recursive-least-squares step: A ← forgetting·A + JᵀJ, δ = −A⁻¹Jᵀr
+    over the learned coordinates, r the batch's residuals at theta.
+
+    J (m, n) is n forward-mode derivatives through the pose-system solve
+    (n = 2 by default); returns (theta, A, mean loss of the batch)."""
+    coords = learned_coordinates(config)
+    v0 = jnp.stack([jnp.reshape(theta[k], -1)[i] for k, i in coords])
+
+    def with_values(v: jax.Array) -> Theta:
+        out = dict(theta)
+        for j, (k, i) in enumerate(coords):
+            out[k] = jnp.reshape(jnp.reshape(out[k], -1).at[i].set(v[j]), jnp.shape(theta[k]))
+        return out
+
+    def residuals(v: jax.Array) -> tuple[jax.Array, jax.Array]:
+        r, c = _per_snapshot(lambda s: snapshot_residuals(with_values(v), s, T_base_sensor, config), stacked)
+        return r.reshape(-1), c
+
+    # One primal, then a column of J per coordinate (unbatched: vmapping the
+    # tangents batches every gather and scatter of the solve).
+    (r, c), tangent = jax.linearize(residuals, v0)
+    J = jnp.stack([tangent(e)[0] for e in jnp.eye(len(coords), dtype=v0.dtype)], axis=1)
+    information = config.forgetting * information + J.T @ J
+    delta = -jnp.linalg.solve(information + PRIOR_INFORMATION * jnp.eye(len(coords), dtype=v0.dtype), J.T @ r)
+    loss = (jnp.sum(r * r) + jnp.sum(c)) / c.shape[0]
+    return with_values(v0 + delta), information, loss
 
 
 @lru_cache(maxsize=None)
-def _optimizer(config: CalibrationConfig) -> optax.GradientTransformation:
+def _adam(config: CalibrationConfig) -> optax.GradientTransformation:
     """One optimizer object per config: it is a static argument of the jitted
     step, so a fresh object per calibrator would recompile for every Mapper."""
     schedule = optax.exponential_decay(config.learning_rate, config.decay_steps, 0.5, end_value=config.min_learning_rate)
@@ -244,13 +363,9 @@ def _optimizer(config: CalibrationConfig) -> optax.GradientTransformation:
 
 
 @partial(jax.jit, static_argnames=("config", "optimizer"))
-def _calibration_step(theta, opt_state, stacked: Snapshot, T_base_sensor, mask, config: CalibrationConfig, optimizer):
+def _adam_step(theta, opt_state, stacked: Snapshot, T_base_sensor, mask, config: CalibrationConfig, optimizer):
     def loss(t):
-        if stacked.odom_dt.shape[0] == 1:
-            # vmap over a batch of one turns every gather and scatter of the
-            # solve into a batched one: a step took 35 ms instead of 20 on CPU.
-            return snapshot_loss(t, jax.tree.map(lambda a: a[0], stacked), T_base_sensor, config)
-        return jnp.mean(jax.vmap(lambda s: snapshot_loss(t, s, T_base_sensor, config))(stacked))
+        return jnp.mean(_per_snapshot(lambda s: snapshot_loss(t, s, T_base_sensor, config), stacked))
 
     value, grads = jax.value_and_grad(loss)(theta)
     grads = jax.tree.map(lambda g, m: g * m, grads, mask)

@@ -90,6 +90,8 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "obs_plane_sigma_m": ("voxel observation noise within the plane of a planar cell", (1e-6, 100.0)),
     "odometry.max_extrapolation_s": ("a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample", (0.0, 1.0)),
     "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
+    "calibration.optimizer": ("gauss_newton (recursive least squares; odometry only) or adam (to learn the extrinsic or noise scales)", ("gauss_newton", "adam")),
+    "calibration.forgetting": ("gauss_newton: weight kept per step of the information learned so far", (1e-3, 1.0)),
 }
 
 
