@@ -132,6 +132,13 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
             moved = {k: np.array(v) for k, v in theta1.items()}
             moved[key].reshape(-1)[index] += sign * 0.05 * max(abs(first).max(), 1e-3)
             assert loss(moved) >= best * (1.0 - 1e-3)  # one Gauss-Newton step of a capped, nonlinear loss
+    # A resumed calibration (a loaded file) counts as a full memory of such
+    # snapshots, 1/(1 - forgetting) of them: the first step moves 1/(1 + that) as far.
+    resumed = OnlineCalibrator(dataclasses.replace(config, forgetting=0.99), theta0, T_base_sensor, resumed=True)
+    resumed.add(snapshot)
+    theta_r = resumed.step(theta0)
+    moved_r = np.array([float(theta_r["odom_log_scale"][0]), float(theta_r["odom_bias"][5])])
+    assert np.allclose(moved_r, first / 101.0, rtol=1e-3)
     # Unlearned groups stay exactly zero.
     assert not np.any(np.asarray(theta1["extrinsic"])) and float(theta1["log_sigma_obs"]) == 0.0
 

@@ -258,12 +258,17 @@ def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config
 class OnlineCalibrator:
     """Buffer of snapshots plus the optimizer state; one compiled step."""
 
-    def __init__(self, config: CalibrationConfig, theta: Theta, T_base_sensor: jax.Array) -> None:
+    def __init__(self, config: CalibrationConfig, theta: Theta, T_base_sensor: jax.Array, resumed: bool = False) -> None:
+        """``resumed``: theta is a calibration learned before (a loaded file).
+        Gauss–Newton then weighs it as the fit of a full memory of snapshots
+        (1/(1 − forgetting)) like the first one it sees, instead of replacing
+        it by that one snapshot's fit."""
         self.config = config
         self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
         self._mask = config.mask()
         self._T_base_sensor = T_base_sensor
         self._state = self._initial_state(theta)
+        self._prior_steps = 1.0 / max(1.0 - config.forgetting, 1e-3) if resumed else 0.0
         self.steps = 0
         self.last_loss: float | None = None
 
@@ -293,20 +298,21 @@ class OnlineCalibrator:
     def step(self, theta: Theta) -> Theta:
         """One optimizer step on the newest ``batch`` snapshots; returns the new theta."""
         batch = list(self.snapshots)[-self.config.batch :]
-        theta, self._state, loss = self._run(theta, self._state, batch)
+        theta, self._state, loss = self._run(theta, self._state, batch, self._prior_steps)
+        self._prior_steps = 0.0
         self.steps += 1
         self.last_loss = float(loss)
         return theta
 
     def warm_up(self, theta: Theta, snapshot: Snapshot) -> None:
         """Compile the step on a snapshot's shapes without touching the optimizer state."""
-        self._run(theta, self._initial_state(theta), [snapshot] * self.config.batch)[2].block_until_ready()
+        self._run(theta, self._initial_state(theta), [snapshot] * self.config.batch, 0.0)[2].block_until_ready()
 
-    def _run(self, theta: Theta, state, batch: list[Snapshot]):
+    def _run(self, theta: Theta, state, batch: list[Snapshot], prior_steps: float):
         # Stacked on the host, then one transfer; a batch of one is a view (no copy of ~5 MB).
         stacked = jax.tree.map(lambda *a: np.stack(a) if len(a) > 1 else np.expand_dims(a[0], 0), *batch)
         if self.config.optimizer == "gauss_newton":
-            return _gauss_newton_step(theta, state, stacked, self._T_base_sensor, self.config)
+            return _gauss_newton_step(theta, state, np.float64(prior_steps), stacked, self._T_base_sensor, self.config)
         return _adam_step(theta, state, stacked, self._T_base_sensor, self._mask, self.config, _adam(self.config))
 
 
@@ -325,9 +331,10 @@ def _per_snapshot(fn, stacked: Snapshot):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _gauss_newton_step(theta, information, stacked: Snapshot, T_base_sensor, config: CalibrationConfig):
-    """One recursive-least-squares step: A ← forgetting·A + JᵀJ, δ = −A⁻¹Jᵀr
-    over the learned coordinates, r the batch's residuals at theta.
+def _gauss_newton_step(theta, information, prior_steps, stacked: Snapshot, T_base_sensor, config: CalibrationConfig):
+    """One recursive-least-squares step: A ← forgetting·A + (1 + prior_steps)·JᵀJ,
+    δ = −A⁻¹Jᵀr over the learned coordinates, r the batch's residuals at theta
+    (``prior_steps`` > 0 once, for a resumed calibration).
 
     J (m, n) is n forward-mode derivatives through the pose-system solve
     (n = 2 by default); returns (theta, A, mean loss of the batch)."""
@@ -348,7 +355,7 @@ def _gauss_newton_step(theta, information, stacked: Snapshot, T_base_sensor, con
     # tangents batches every gather and scatter of the solve).
     (r, c), tangent = jax.linearize(residuals, v0)
     J = jnp.stack([tangent(e)[0] for e in jnp.eye(len(coords), dtype=v0.dtype)], axis=1)
-    information = config.forgetting * information + J.T @ J
+    information = config.forgetting * information + (1.0 + prior_steps) * (J.T @ J)
     delta = -jnp.linalg.solve(information + PRIOR_INFORMATION * jnp.eye(len(coords), dtype=v0.dtype), J.T @ r)
     loss = (jnp.sum(r * r) + jnp.sum(c)) / c.shape[0]
     return with_values(v0 + delta), information, loss

@@ -138,7 +138,7 @@ class Mapper:
         self._dirty = False
         self._last_report: dict[str, Any] | None = None
         self._solver = jax.jit(solve, static_argnames="config")
-        self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal)
+        self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal, resumed=theta is not None)
         self._compilations_at_warmup: int | None = None
         self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0}
 
