@@ -128,10 +128,12 @@ class Snapshot:
     and per anchor row.
     odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
     prev_slot, new_slot (): pose slots of the last two keyframes.
-    held_obs (R,) / held_anchor (A,): held-out rows usable for the self-supervised
-    score (their centroids are ``obs_p_sensor`` / ``anchor_p_sensor``, the
-    frozen voxels' positions the anchor slab's measurements).
-    held_obs_voxel (R,): voxel slot of each held-out observation row.
+    held_obs_rows (K,) / held_anchor_rows (KA,): observation / anchor rows of
+    the newest keyframe usable for the self-supervised score (K, KA: one
+    keyframe's capacities), valid where ``held_obs`` / ``held_anchor``; their
+    centroids are ``obs_p_sensor`` / ``anchor_p_sensor`` at those rows, the
+    frozen voxels' positions the anchor slab's measurements.
+    held_obs_voxel (K,): voxel slot of each held-out observation row.
     reference (7,), has_reference (): reference T_prev_new, if any.
     """
 
@@ -146,9 +148,11 @@ class Snapshot:
     anchor_L: jax.Array
     prev_slot: jax.Array
     new_slot: jax.Array
+    held_obs_rows: jax.Array
     held_obs: jax.Array
-    held_anchor: jax.Array
     held_obs_voxel: jax.Array
+    held_anchor_rows: jax.Array
+    held_anchor: jax.Array
     reference: jax.Array
     has_reference: jax.Array
 
@@ -210,7 +214,7 @@ PRIOR_INFORMATION = 1e-6
 
 
 def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> tuple[jax.Array, jax.Array]:
-    """The snapshot's residuals r (6 + 3·(R + A),) and a constant c: its loss is ``|r|² + c``.
+    """The snapshot's residuals r (6 + 3·(K + KA),) and a constant c: its loss is ``|r|² + c``.
 
     With a reference, r's first 6 entries are the relative-pose error
     previous → newest keyframe (rotation weighted by ``rotation_weight_m``)
@@ -235,12 +239,13 @@ def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, c
     supervised = jnp.concatenate([err[:3], config.rotation_weight_m * err[3:]])
     # Self-supervised: held-out observations of the newest scan against the map.
     T_new_inv = T_new.inverse()
-    p_obs = observations_in_base(theta, T_base_sensor, snap.obs_p_sensor)
+    obs_rows, anchor_rows = snap.held_obs_rows, snap.held_anchor_rows
+    p_obs = observations_in_base(theta, T_base_sensor, snap.obs_p_sensor[obs_rows])
     r_obs = (T_new_inv @ x.points[snap.held_obs_voxel]) - p_obs
-    p_anchor = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor)
-    r_anchor = (T_new_inv @ snap.graph.slab("voxel_anchor_obs").measurement[:, :3]) - p_anchor
-    white_obs = batched_matmul(snap.obs_L, r_obs[:, :, None])[:, :, 0]
-    white_anchor = batched_matmul(snap.anchor_L, r_anchor[:, :, None])[:, :, 0]
+    p_anchor = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor[anchor_rows])
+    r_anchor = (T_new_inv @ snap.graph.slab("voxel_anchor_obs").measurement[anchor_rows, :3]) - p_anchor
+    white_obs = batched_matmul(snap.obs_L[obs_rows], r_obs[:, :, None])[:, :, 0]
+    white_anchor = batched_matmul(snap.anchor_L[anchor_rows], r_anchor[:, :, None])[:, :, 0]
     rows = jnp.concatenate([jnp.where(snap.held_obs[:, None], white_obs, 0.0), jnp.where(snap.held_anchor[:, None], white_anchor, 0.0)])
     count = jnp.maximum(jnp.sum(snap.held_obs) + jnp.sum(snap.held_anchor), 1)
     inside = jnp.sum(rows**2, axis=1) < SELF_SUPERVISED_CAP_SIGMA**2  # rows not held out are zero, so inside

@@ -362,8 +362,14 @@ class Mapper:
         # Only voxels some other keyframe observes say anything about the newest pose.
         others = obs.active & ~held_obs
         supported = np.isin(obs.var_ids[:, 1], obs.var_ids[others, 1])
-        voxel_slots = np.zeros(R, np.int32)
-        voxel_slots[held_obs] = [wm.slot(int(v)) for v in obs.var_ids[held_obs, 1]]
+        # The held-out rows as compact index lists (one keyframe's capacity):
+        # scoring all R + A window rows cost a third of a calibration step.
+        K, KA = self.config.window.max_observations_per_keyframe, self.config.window.max_anchors_per_keyframe
+        obs_rows, anchor_rows = np.flatnonzero(held_obs & supported)[:K], np.flatnonzero(held_anchor)[:KA]
+        held_obs_rows, held_anchor_rows = np.zeros(K, np.int32), np.zeros(KA, np.int32)
+        held_obs_rows[: len(obs_rows)], held_anchor_rows[: len(anchor_rows)] = obs_rows, anchor_rows
+        voxel_slots = np.zeros(K, np.int32)
+        voxel_slots[: len(obs_rows)] = [wm.slot(int(v)) for v in obs.var_ids[obs_rows, 1]]
         slabs = tuple(
             jdc.replace(sl, active=sl.active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False))
             for sl in graph.slabs
@@ -393,9 +399,11 @@ class Mapper:
             anchor_L=graph.slab("voxel_anchor_obs").sqrt_info * obs_scale,
             prev_slot=np.asarray(wm.slot(prev.var) if prev else 0, np.int32),
             new_slot=np.asarray(wm.slot(newest.var) if newest else 0, np.int32),
-            held_obs=held_obs & supported,
-            held_anchor=held_anchor,
+            held_obs_rows=held_obs_rows,
+            held_obs=np.arange(K) < len(obs_rows),
             held_obs_voxel=voxel_slots,
+            held_anchor_rows=held_anchor_rows,
+            held_anchor=np.arange(KA) < len(anchor_rows),
             reference=np.asarray(reference, np.float64),
             has_reference=np.asarray(has_reference),
         )
