@@ -144,7 +144,6 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
 
 
 def test_odometry_correction_is_the_same_on_the_host_and_differentiable_in_jax():
-    import jax
     import jax.numpy as jnp
 
     theta = cal.as_host(cal.zero_theta())
