@@ -301,15 +301,7 @@ class WorldModel:
                 if kind != want:
                     raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
             slots[:, pos] = [slot for _, slot in found]
-        if isinstance(noise, np.ndarray):
-            d = ftype.residual_dim
-            if noise.shape != (n, d, d):
-                raise ValueError(f"{type_name} per-factor sqrt-information must have shape {(n, d, d)}, got {noise.shape}")
-            if not np.all(np.isfinite(noise)):
-                raise ValueError(f"{type_name} sqrt-information has non-finite values")
-            sqrt_info = noise
-        else:
-            sqrt_info = self._sqrt_info(ftype, noise)
+        sqrt_info = self._sqrt_info(ftype, noise, n)
         rows = host.alloc.take(n)
         if rows is None:
             raise RuntimeError(
@@ -441,10 +433,17 @@ class WorldModel:
         return meas
 
     @staticmethod
-    def _sqrt_info(ftype: FactorType, noise: Noise | None) -> np.ndarray:
+    def _sqrt_info(ftype: FactorType, noise: Noise | np.ndarray | None, n: int | None = None) -> np.ndarray:
+        """(d, d) from a noise model; with ``n`` factors, a per-factor array (n, d, d) is accepted too."""
         d = ftype.residual_dim
         if noise is None:
             return np.eye(d)
+        if isinstance(noise, np.ndarray) and n is not None:
+            if noise.shape != (n, d, d):
+                raise ValueError(f"{ftype.name} per-factor sqrt-information must have shape {(n, d, d)}, got {noise.shape}")
+            if not np.all(np.isfinite(noise)):
+                raise ValueError(f"{ftype.name} sqrt-information has non-finite values")
+            return noise
         if noise.dim != d:
             raise ValueError(f"{ftype.name} residuals are {d}-dimensional; noise model is {noise.dim}-dimensional")
         return noise.sqrt_info
