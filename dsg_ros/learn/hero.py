@@ -19,7 +19,6 @@ from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import jaxlie
 import numpy as np
 import optax
 
@@ -121,8 +120,7 @@ def theta0() -> dict[str, np.ndarray]:
 
 def inject(problem: HeroProblem, theta: dict[str, jax.Array]) -> Graph:
     """The graph with theta written into its measurement slabs (differentiable)."""
-    odom_wxyz_xyz = jaxlie.SE3.exp(theta["odom"]).wxyz_xyz
-    graph = problem.graph.with_measurements("odom_se3", problem.odom_rows, odom_wxyz_xyz)
+    graph = problem.graph.with_measurements("odom_se3", problem.odom_rows, se3.exp(theta["odom"]))
     return graph.with_measurements("voxel_point_obs", problem.obs_rows, theta["obs"])
 
 

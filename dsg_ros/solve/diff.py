@@ -27,12 +27,14 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import jax_dataclasses as jdc
+from jax.custom_derivatives import SymbolicZero
 
 from dsg_ros.solve import gd, lm
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.normal import linearize
 from dsg_ros.solve.report import SolveReport
-from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, cost, free_mask, slab_tangent, slab_whitened
+from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, cost, slab_tangent, slab_whitened
 
 
 def solve(graph: Graph, x0: State, config: SolverConfig = SolverConfig()) -> tuple[State, SolveReport]:
@@ -90,16 +92,35 @@ def _implicit_solve(config: SolverConfig, graph: Graph, x0: State) -> tuple[Stat
     return _forward(graph, x0, config)
 
 
+@jdc.pytree_dataclass
+class _Perturbed:
+    """Which graph leaves the caller differentiates (static: no array leaves)."""
+
+    flags: jdc.Static[tuple[bool, ...]]
+
+
 def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
-    x_star, report = _forward(graph, x0, config)
-    return (x_star, report), (graph, x_star)
+    # symbolic_zeros: every leaf comes as (value, perturbed). Only perturbed
+    # leaves (those θ flows into) get a cotangent: the backward pass then
+    # differentiates just the slabs they belong to.
+    perturbed = _Perturbed(tuple(bool(leaf.perturbed) for leaf in jax.tree.leaves(graph)))
+    graph, x0 = jax.tree.map(lambda leaf: leaf.value, (graph, x0))
+    if config.method == "gd":
+        x_star, report = gd.run(graph, x0, config)
+        system = None
+    else:
+        x_star, report, system = lm.run_keeping_system(graph, x0, config)
+    return (x_star, report), (graph, x_star, system, perturbed)
 
 
 def _implicit_bwd(config: SolverConfig, residuals, cotangents):
-    graph, x_star = residuals
-    x_bar, _ = cotangents
+    graph, x_star, system, perturbed = residuals
+    x_bar = jax.tree.map(_materialize, cotangents[0])
+    dense = lm.uses_dense(graph, config)
+    if system is None:
+        system, _ = linearize(graph, x_star, dense)
     zero = Tangent.zeros_like(x_star)
-    free = free_mask(graph)
+    free = system.free
     _, pull_state = jax.vjp(lambda d: x_star.retract(d), zero)
     (rhs,) = pull_state(x_bar)
     rhs = rhs * free
@@ -111,29 +132,62 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
         hv = jax.jvp(lambda d: grad_at(graph, d), (zero,), (v * free,))[1]
         return hv * free + v - v * free
 
-    dense = lm.uses_dense(graph, config)
-    system, _ = linearize(graph, x_star, dense)
     gn_solve = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
+    # Only slabs holding a perturbed leaf contribute to the parameters' gradient.
+    leaves, treedef = jax.tree.flatten(graph)
+    varying = [i for i, flag in enumerate(perturbed.flags) if flag]
+    slab_varies = _slabs_with(graph, set(varying))
     if config.implicit_hessian == "exact":
         adjoint = pcg(hessian_vp, rhs, gn_solve, config.implicit_iterations, config.implicit_tolerance)
 
         # (∂g/∂G)ᵀ v = ∇_G ⟨g(G), v⟩ = ∇_G of f's directional derivative along
         # v: reverse-over-forward, lighter than differentiating the gradient again.
         def directional(g: Graph) -> jax.Array:
-            return jax.jvp(lambda d: cost(g, x_star.retract(d)), (zero,), (adjoint,))[1]
+            slabs = tuple(s for s, varies in zip(g.slabs, slab_varies) if varies)
+            return jax.jvp(lambda d: cost(jdc.replace(g, slabs=slabs), x_star.retract(d)), (zero,), (adjoint,))[1]
 
     else:
         adjoint = gn_solve(rhs) * free
-        directional = _gauss_newton_directional(system.slabs, x_star, adjoint)
-    graph_bar = jax.tree.map(lambda t: -t if jnp.issubdtype(t.dtype, jnp.inexact) else t, jax.grad(directional, allow_int=True)(graph))
-    x0_bar = jax.tree.map(jnp.zeros_like, x_star)
-    return graph_bar, x0_bar
+        directional = _gauss_newton_directional(system.slabs, x_star, adjoint, slab_varies)
+
+    def directional_of(values: list[jax.Array]) -> jax.Array:
+        merged = list(leaves)
+        for i, value in zip(varying, values):
+            merged[i] = value
+        return directional(jax.tree.unflatten(treedef, merged))
+
+    grads = jax.grad(directional_of)([leaves[i] for i in varying])
+    graph_bar: list[jax.Array | None] = [None] * len(leaves)
+    for i, grad in zip(varying, grads):
+        graph_bar[i] = -grad
+    return jax.tree.unflatten(treedef, graph_bar), None
 
 
-_implicit_solve.defvjp(_implicit_fwd, _implicit_bwd)
+def _materialize(ct):
+    """A cotangent as an array (symbolic zeros become zeros)."""
+    if isinstance(ct, SymbolicZero):
+        return jnp.zeros(ct.shape, ct.dtype)
+    return ct
 
 
-def _gauss_newton_directional(lins: tuple[SlabLinearization, ...], x_star: State, v: Tangent) -> Callable[[Graph], jax.Array]:
+def _slabs_with(graph: Graph, leaf_indices: set[int]) -> tuple[bool, ...]:
+    """Per slab: whether any of its leaves (flat indices in ``graph``) is in ``leaf_indices``."""
+    # Graph flattens as pose_active, point_active, then each slab's leaves.
+    start = len(jax.tree.leaves((graph.pose_active, graph.point_active)))
+    out = []
+    for slab in graph.slabs:
+        n = len(jax.tree.leaves(slab))
+        out.append(any(i in leaf_indices for i in range(start, start + n)))
+        start += n
+    return tuple(out)
+
+
+_implicit_solve.defvjp(_implicit_fwd, _implicit_bwd, symbolic_zeros=True)
+
+
+def _gauss_newton_directional(
+    lins: tuple[SlabLinearization, ...], x_star: State, v: Tangent, slab_varies: tuple[bool, ...]
+) -> Callable[[Graph], jax.Array]:
     """``G ↦ Σ w eᵀ(G) (J v)`` with the IRLS weights w and ``J v`` held at the
     linearization ``lins`` of the graph at ``x_star``.
 
@@ -147,11 +201,14 @@ def _gauss_newton_directional(lins: tuple[SlabLinearization, ...], x_star: State
     # lin.jacobian carries one √w; the other goes on e (below).
     weighted_jv = [
         jax.lax.stop_gradient(lin.root_weight[:, None] * batched_matmul(lin.jacobian, slab_tangent(lin.slab, v)[:, :, None])[:, :, 0])
-        for lin in lins
+        if varies
+        else None
+        for lin, varies in zip(lins, slab_varies)
     ]
 
     def directional(g: Graph) -> jax.Array:
-        return sum(jnp.vdot(slab_whitened(slab, x_star), wjv) for slab, wjv in zip(g.slabs, weighted_jv))
+        terms = [jnp.vdot(slab_whitened(slab, x_star), wjv) for slab, wjv in zip(g.slabs, weighted_jv) if wjv is not None]
+        return sum(terms, jnp.zeros((), x_star.points.dtype))
 
     return directional
 

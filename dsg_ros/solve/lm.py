@@ -91,6 +91,13 @@ def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton
     XLA has to compile.
     """
     system, current = linearize(graph, c.state, dense)  # the cost at c.state
+    return advance(graph, config, dense, c, gauss_newton, system, current)
+
+
+def advance(
+    graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool, system: NormalSystem, current: jax.Array
+) -> Carry:
+    """One damped (or Gauss–Newton) step from ``c.state``, given its linearization and cost."""
     start_finite = jnp.isfinite(current)
     grad = system.grad
     grad_max = grad.max_abs()
@@ -151,6 +158,36 @@ def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveR
         init(graph, x0, config),
     )
     return carry.state, carry.report()
+
+
+def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport, NormalSystem]:
+    """``run``, also returning the linearization at the solution.
+
+    The loop makes one more pass after the solve ends: it linearizes at the
+    final state and stops without stepping. Implicit differentiation needs
+    that system; taking it from the loop's own ``linearize`` keeps a second
+    copy of the linearization (the largest part of the program) out of what
+    XLA compiles.
+    """
+    dense = uses_dense(graph, config)
+    gn = config.method == "gn"
+    # The carry needs a system to start from: zeros of the right shapes. The
+    # jitted linearize is traced once here and reused by the loop body.
+    shapes = jax.eval_shape(_linearize_jit, graph, x0, dense)[0]
+    system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+    def body(loop: tuple[Carry, NormalSystem, jax.Array]) -> tuple[Carry, NormalSystem, jax.Array]:
+        c = loop[0]
+        system, current = _linearize_jit(graph, c.state, dense)
+        running = c.status == rp.RUNNING
+        c = jax.lax.cond(running, lambda: advance(graph, config, dense, c, gn, system, current), lambda: c)
+        return c, system, ~running
+
+    carry, system, _ = jax.lax.while_loop(lambda loop: ~loop[2], body, (init(graph, x0, config), system0, jnp.asarray(False)))
+    return carry.state, carry.report(), system
+
+
+_linearize_jit = jax.jit(linearize, static_argnums=2)
 
 
 def run_fixed(graph: Graph, x0: State, config: SolverConfig, iterations: int, gauss_newton: bool) -> tuple[State, rp.SolveReport]:
