@@ -38,37 +38,72 @@ def namespace(*arrays: object) -> ModuleType:
     return np
 
 
-def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    pw, px, py, pz = p[..., 0], p[..., 1], p[..., 2], p[..., 3]
-    qw, qx, qy, qz = q[..., 0], q[..., 1], q[..., 2], q[..., 3]
-    return namespace(p, q).stack(
-        [
-            pw * qw - px * qx - py * qy - pz * qz,
-            pw * qx + px * qw + py * qz - pz * qy,
-            pw * qy - px * qz + py * qw + pz * qx,
-            pw * qz + px * qy - py * qx + pz * qw,
-        ],
-        axis=-1,
+# The math runs on tuples of components (each (…,)): one slice per input
+# and one stack per output. Inside jit, XLA then fuses a whole chain of
+# these into a few loops; stacked (…, 3) intermediates that were sliced
+# again made twice as many kernels to compile (and to differentiate).
+Parts = tuple  # components, each (…,)
+
+
+def _split(a: np.ndarray) -> Parts:
+    return tuple(a[..., i] for i in range(a.shape[-1]))
+
+
+def _join(*parts: Parts) -> np.ndarray:
+    flat = [c for part in parts for c in part]
+    return namespace(*flat).stack(flat, axis=-1)
+
+
+def _qmul(p: Parts, q: Parts) -> Parts:
+    pw, px, py, pz = p
+    qw, qx, qy, qz = q
+    return (
+        pw * qw - px * qx - py * qy - pz * qz,
+        pw * qx + px * qw + py * qz - pz * qy,
+        pw * qy - px * qz + py * qw + pz * qx,
+        pw * qz + px * qy - py * qx + pz * qw,
     )
 
 
+def _qconj(q: Parts) -> Parts:
+    return (q[0], -q[1], -q[2], -q[3])
+
+
+def _cross3(a: Parts, b: Parts) -> Parts:
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _dot3(a: Parts, b: Parts) -> np.ndarray:
+    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
+
+
+def _qrotate(q: Parts, v: Parts) -> Parts:
+    t = tuple(2.0 * c for c in _cross3(q[1:], v))
+    u_t = _cross3(q[1:], t)
+    return tuple(v[i] + q[0] * t[i] + u_t[i] for i in range(3))
+
+
+def _compose(A: Parts, B: Parts) -> Parts:
+    rotated = _qrotate(A[:4], B[4:])
+    return _qmul(A[:4], B[:4]) + tuple(A[4 + i] + rotated[i] for i in range(3))
+
+
+def _inverse(A: Parts) -> Parts:
+    q = _qconj(A[:4])
+    return q + tuple(-c for c in _qrotate(q, A[4:]))
+
+
+def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    return _join(_qmul(_split(p), _split(q)))
+
+
 def quat_conj(q: np.ndarray) -> np.ndarray:
-    return namespace(q).concatenate([q[..., :1], -q[..., 1:]], axis=-1)
-
-
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    # np.cross spends most of its time on axis bookkeeping for the small
-    # arrays odometry buffering passes here at 50 Hz.
-    a0, a1, a2 = a[..., 0], a[..., 1], a[..., 2]
-    b0, b1, b2 = b[..., 0], b[..., 1], b[..., 2]
-    return namespace(a, b).stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
+    return _join(_qconj(_split(q)))
 
 
 def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Rotate vectors (…, 3) by unit quaternions (…, 4)."""
-    u = q[..., 1:]
-    t = 2.0 * _cross(u, v)
-    return v + q[..., :1] * t + _cross(u, t)
+    return _join(_qrotate(_split(q), _split(v)))
 
 
 def rotation_matrix(T: np.ndarray) -> np.ndarray:
@@ -87,22 +122,23 @@ def rotation_matrix(T: np.ndarray) -> np.ndarray:
 
 def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A·B."""
-    return namespace(A, B).concatenate([quat_mul(A[..., :4], B[..., :4]), A[..., 4:] + quat_rotate(A[..., :4], B[..., 4:])], axis=-1)
+    return _join(_compose(_split(A), _split(B)))
 
 
 def inverse(A: np.ndarray) -> np.ndarray:
-    q = quat_conj(A[..., :4])
-    return namespace(A).concatenate([q, -quat_rotate(q, A[..., 4:])], axis=-1)
+    return _join(_inverse(_split(A)))
 
 
 def between(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A⁻¹·B."""
-    return compose(inverse(A), B)
+    return _join(_compose(_inverse(_split(A)), _split(B)))
 
 
 def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     """T·p for points (…, 3)."""
-    return quat_rotate(T[..., :4], p) + T[..., 4:]
+    T_parts = _split(T)
+    rotated = _qrotate(T_parts[:4], _split(p))
+    return _join(tuple(rotated[i] + T_parts[4 + i] for i in range(3)))
 
 
 def _small(x: np.ndarray) -> float:
@@ -110,59 +146,58 @@ def _small(x: np.ndarray) -> float:
     return _SMALL_F32 if x.dtype.itemsize < 8 else _SMALL
 
 
-def _so3_exp(omega: np.ndarray) -> np.ndarray:
-    xp = namespace(omega)
-    th2 = xp.sum(omega * omega, axis=-1)
-    small = th2 < _small(omega)
-    th = xp.sqrt(xp.where(small, 1.0, th2))
-    real = xp.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, xp.cos(0.5 * th))
-    imag = xp.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, xp.sin(0.5 * th) / th)
-    return xp.concatenate([real[..., None], imag[..., None] * omega], axis=-1)
+def _exp(xi: Parts) -> Parts:
+    xp = namespace(*xi)
+    rho, omega = xi[:3], xi[3:]
+    th2 = _dot3(omega, omega)
+    small = th2 < _small(th2)
+    th2s = xp.where(small, 1.0, th2)
+    th = xp.sqrt(th2s)
+    half = 0.5 * th
+    real = xp.where(small, 1.0 - th2 / 8.0 + th2 * th2 / 384.0, xp.cos(half))
+    imag = xp.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, xp.sin(half) / th)
+    b = xp.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - xp.cos(th)) / th2s)
+    c = xp.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - xp.sin(th)) / (th2s * th))
+    w_rho = _cross3(omega, rho)
+    w_w_rho = _cross3(omega, w_rho)
+    t = tuple(rho[i] + b * w_rho[i] + c * w_w_rho[i] for i in range(3))
+    return (real, imag * omega[0], imag * omega[1], imag * omega[2]) + t
 
 
-def _so3_log(q: np.ndarray) -> np.ndarray:
-    xp = namespace(q)
-    q = xp.where(q[..., :1] < 0.0, -q, q)  # shortest rotation: angle in [0, π]
-    w, v = q[..., 0], q[..., 1:]
-    n2 = xp.sum(v * v, axis=-1)
-    small = n2 < _small(q)
+def _log(T: Parts) -> Parts:
+    xp = namespace(*T)
+    # Shortest rotation: angle in [0, π].
+    flip = T[0] < 0.0
+    w, v = xp.where(flip, -T[0], T[0]), tuple(xp.where(flip, -c, c) for c in T[1:4])
+    n2 = _dot3(v, v)
+    small = n2 < _small(n2)
     n = xp.sqrt(xp.where(small, 1.0, n2))
     ws = xp.where(small, w, 1.0)
     series = 2.0 / ws - (2.0 / 3.0) * n2 / ws**3 + 0.4 * n2 * n2 / ws**5
     factor = xp.where(small, series, 2.0 * xp.arctan2(n, w) / n)
-    return factor[..., None] * v
-
-
-def exp(xi: np.ndarray) -> np.ndarray:
-    """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
-    xp = namespace(xi)
-    if xp is np:
-        xi = np.asarray(xi, np.float64)
-    rho, omega = xi[..., :3], xi[..., 3:]
-    th2 = xp.sum(omega * omega, axis=-1)
-    small = th2 < _small(xi)
-    th2s = xp.where(small, 1.0, th2)
-    th = xp.sqrt(th2s)
-    b = xp.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - xp.cos(th)) / th2s)
-    c = xp.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - xp.sin(th)) / (th2s * th))
-    w_rho = _cross(omega, rho)
-    t = rho + b[..., None] * w_rho + c[..., None] * _cross(omega, w_rho)
-    return xp.concatenate([_so3_exp(omega), t], axis=-1)
-
-
-def log(T: np.ndarray) -> np.ndarray:
-    """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
-    xp = namespace(T)
-    omega = _so3_log(T[..., :4])
-    t = T[..., 4:]
-    th2 = xp.sum(omega * omega, axis=-1)
+    omega = tuple(factor * c for c in v)
+    t = T[4:]
+    th2 = _dot3(omega, omega)
     small = th2 < _LOG_SMALL
     th2s = xp.where(small, 1.0, th2)
     th = xp.sqrt(th2s)
     half_cot = th * xp.sin(th) / (2.0 * (1.0 - xp.cos(th)))
     d = xp.where(small, 1.0 / 12.0 + th2 / 720.0 + th2 * th2 / 30240.0, (1.0 - half_cot) / th2s)
-    w_t = _cross(omega, t)
-    return xp.concatenate([t - 0.5 * w_t + d[..., None] * _cross(omega, w_t), omega], axis=-1)
+    w_t = _cross3(omega, t)
+    w_w_t = _cross3(omega, w_t)
+    return tuple(t[i] - 0.5 * w_t[i] + d * w_w_t[i] for i in range(3)) + omega
+
+
+def exp(xi: np.ndarray) -> np.ndarray:
+    """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
+    if namespace(xi) is np:
+        xi = np.asarray(xi, np.float64)
+    return _join(_exp(_split(xi)))
+
+
+def log(T: np.ndarray) -> np.ndarray:
+    """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
+    return _join(_log(_split(T)))
 
 
 def interpolate(A: np.ndarray, B: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:

@@ -13,7 +13,7 @@ from conftest import se3, small_hybrid
 
 from dsg_ros.world import Capacity, FactorRegistry, Noise, WorldModel, cost, huber
 from dsg_ros.world.factors import TANGENT_DIM, retract_value
-from dsg_ros.world.graph import State, slab_costs
+from dsg_ros.world.graph import State, Tangent, slab_costs
 from dsg_ros.world.noise import cauchy, robust_rho, robust_weight
 
 
@@ -243,6 +243,21 @@ def test_builtin_analytic_jacobians_match_autodiff(angle):
         for analytic, numeric in zip(jacs, _autodiff_jacobians(ftype, values, meas)):
             assert np.all(np.isfinite(np.asarray(analytic))), name
             np.testing.assert_allclose(analytic, numeric, atol=1e-7, err_msg=name)
+
+
+def test_state_pullback_is_the_vjp_of_retract_at_zero():
+    """The closed-form pullback of value cotangents to the tangent at δ = 0
+    (what implicit gradients use) equals autodiff of ``retract``."""
+    rng = np.random.default_rng(0)
+    twists = rng.normal(size=(5, 6)) * np.array([1, 1, 1, 2, 2, 2])
+    twists[0, 3:] = 0.0  # identity rotation
+    x = State(jaxlie.SE3.exp(jnp.asarray(twists)).wxyz_xyz, jnp.asarray(rng.normal(size=(4, 3))))
+    x_bar = State(jnp.asarray(rng.normal(size=(5, 7))), jnp.asarray(rng.normal(size=(4, 3))))
+    _, pull = jax.vjp(lambda d: x.retract(d), Tangent.zeros_like(x))
+    (expected,) = pull(x_bar)
+    got = x.pullback(x_bar)
+    np.testing.assert_allclose(got.poses, expected.poses, atol=1e-12)
+    np.testing.assert_allclose(got.points, expected.points, atol=0)
 
 
 def test_user_registered_residual_solves_with_autodiff_jacobians():

@@ -121,9 +121,7 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
         system, _ = linearize(graph, x_star, dense)
     zero = Tangent.zeros_like(x_star)
     free = system.free
-    _, pull_state = jax.vjp(lambda d: x_star.retract(d), zero)
-    (rhs,) = pull_state(x_bar)
-    rhs = rhs * free
+    rhs = x_star.pullback(x_bar) * free
 
     def grad_at(g: Graph, d: Tangent) -> Tangent:
         return jax.grad(lambda dd: cost(g, x_star.retract(dd)))(d)
