@@ -41,20 +41,21 @@ def namespace(*arrays: object) -> ModuleType:
 # The math runs on tuples of components (each (…,)): one slice per input
 # and one stack per output. Inside jit, XLA then fuses a whole chain of
 # these into a few loops; stacked (…, 3) intermediates that were sliced
-# again made twice as many kernels to compile (and to differentiate).
-Parts = tuple  # components, each (…,)
+# again made twice as many kernels to compile (and to differentiate). The
+# ``*_parts`` functions are that layer, for kernels built on it (factors).
+Parts = tuple  # components, each (…,); a 3×3 matrix is a tuple of 3 rows
 
 
-def _split(a: np.ndarray) -> Parts:
+def split_parts(a: np.ndarray) -> Parts:
     return tuple(a[..., i] for i in range(a.shape[-1]))
 
 
-def _join(*parts: Parts) -> np.ndarray:
+def join_parts(*parts: Parts) -> np.ndarray:
     flat = [c for part in parts for c in part]
     return namespace(*flat).stack(flat, axis=-1)
 
 
-def _qmul(p: Parts, q: Parts) -> Parts:
+def quat_mul_parts(p: Parts, q: Parts) -> Parts:
     pw, px, py, pz = p
     qw, qx, qy, qz = q
     return (
@@ -65,80 +66,82 @@ def _qmul(p: Parts, q: Parts) -> Parts:
     )
 
 
-def _qconj(q: Parts) -> Parts:
+def quat_conj_parts(q: Parts) -> Parts:
     return (q[0], -q[1], -q[2], -q[3])
 
 
-def _cross3(a: Parts, b: Parts) -> Parts:
+def cross_parts(a: Parts, b: Parts) -> Parts:
     return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
 
 
-def _dot3(a: Parts, b: Parts) -> np.ndarray:
+def dot_parts(a: Parts, b: Parts) -> np.ndarray:
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2]
 
 
-def _qrotate(q: Parts, v: Parts) -> Parts:
-    t = tuple(2.0 * c for c in _cross3(q[1:], v))
-    u_t = _cross3(q[1:], t)
+def quat_rotate_parts(q: Parts, v: Parts) -> Parts:
+    t = tuple(2.0 * c for c in cross_parts(q[1:], v))
+    u_t = cross_parts(q[1:], t)
     return tuple(v[i] + q[0] * t[i] + u_t[i] for i in range(3))
 
 
-def _compose(A: Parts, B: Parts) -> Parts:
-    rotated = _qrotate(A[:4], B[4:])
-    return _qmul(A[:4], B[:4]) + tuple(A[4 + i] + rotated[i] for i in range(3))
+def compose_parts(A: Parts, B: Parts) -> Parts:
+    rotated = quat_rotate_parts(A[:4], B[4:])
+    return quat_mul_parts(A[:4], B[:4]) + tuple(A[4 + i] + rotated[i] for i in range(3))
 
 
-def _inverse(A: Parts) -> Parts:
-    q = _qconj(A[:4])
-    return q + tuple(-c for c in _qrotate(q, A[4:]))
+def inverse_parts(A: Parts) -> Parts:
+    q = quat_conj_parts(A[:4])
+    return q + tuple(-c for c in quat_rotate_parts(q, A[4:]))
 
 
 def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    return _join(_qmul(_split(p), _split(q)))
+    return join_parts(quat_mul_parts(split_parts(p), split_parts(q)))
 
 
 def quat_conj(q: np.ndarray) -> np.ndarray:
-    return _join(_qconj(_split(q)))
+    return join_parts(quat_conj_parts(split_parts(q)))
 
 
 def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Rotate vectors (…, 3) by unit quaternions (…, 4)."""
-    return _join(_qrotate(_split(q), _split(v)))
+    return join_parts(quat_rotate_parts(split_parts(q), split_parts(v)))
+
+
+def rotation_matrix_parts(q: Parts) -> Parts:
+    """The rotation matrix of a unit quaternion, as 3 rows of 3 components."""
+    w, x, y, z = q
+    return (
+        (1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)),
+        (2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)),
+        (2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)),
+    )
 
 
 def rotation_matrix(T: np.ndarray) -> np.ndarray:
     """R (…, 3, 3) of poses (…, 7)."""
-    xp = namespace(T)
-    w, x, y, z = T[..., 0], T[..., 1], T[..., 2], T[..., 3]
-    return xp.stack(
-        [
-            xp.stack([1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)], -1),
-            xp.stack([2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)], -1),
-            xp.stack([2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)], -1),
-        ],
-        -2,
-    )
+    rows = rotation_matrix_parts(split_parts(T[..., :4]))
+    return namespace(T).stack([join_parts(row) for row in rows], axis=-2)
 
 
 def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A·B."""
-    return _join(_compose(_split(A), _split(B)))
+    return join_parts(compose_parts(split_parts(A), split_parts(B)))
 
 
 def inverse(A: np.ndarray) -> np.ndarray:
-    return _join(_inverse(_split(A)))
+    return join_parts(inverse_parts(split_parts(A)))
 
 
 def between(A: np.ndarray, B: np.ndarray) -> np.ndarray:
     """A⁻¹·B."""
-    return _join(_compose(_inverse(_split(A)), _split(B)))
+    return join_parts(compose_parts(inverse_parts(split_parts(A)), split_parts(B)))
 
 
 def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
     """T·p for points (…, 3)."""
-    T_parts = _split(T)
-    rotated = _qrotate(T_parts[:4], _split(p))
-    return _join(tuple(rotated[i] + T_parts[4 + i] for i in range(3)))
+    T_parts = split_parts(T)
+    rotated = quat_rotate_parts(T_parts[:4], split_parts(p))
+    return join_parts(tuple(rotated[i] + T_parts[4 + i] for i in range(3)))
 
 
 def _small(x: np.ndarray) -> float:
@@ -146,10 +149,10 @@ def _small(x: np.ndarray) -> float:
     return _SMALL_F32 if x.dtype.itemsize < 8 else _SMALL
 
 
-def _exp(xi: Parts) -> Parts:
+def exp_parts(xi: Parts) -> Parts:
     xp = namespace(*xi)
     rho, omega = xi[:3], xi[3:]
-    th2 = _dot3(omega, omega)
+    th2 = dot_parts(omega, omega)
     small = th2 < _small(th2)
     th2s = xp.where(small, 1.0, th2)
     th = xp.sqrt(th2s)
@@ -158,18 +161,18 @@ def _exp(xi: Parts) -> Parts:
     imag = xp.where(small, 0.5 - th2 / 48.0 + th2 * th2 / 3840.0, xp.sin(half) / th)
     b = xp.where(small, 0.5 - th2 / 24.0 + th2 * th2 / 720.0, (1.0 - xp.cos(th)) / th2s)
     c = xp.where(small, 1.0 / 6.0 - th2 / 120.0 + th2 * th2 / 5040.0, (th - xp.sin(th)) / (th2s * th))
-    w_rho = _cross3(omega, rho)
-    w_w_rho = _cross3(omega, w_rho)
+    w_rho = cross_parts(omega, rho)
+    w_w_rho = cross_parts(omega, w_rho)
     t = tuple(rho[i] + b * w_rho[i] + c * w_w_rho[i] for i in range(3))
     return (real, imag * omega[0], imag * omega[1], imag * omega[2]) + t
 
 
-def _log(T: Parts) -> Parts:
+def log_parts(T: Parts) -> Parts:
     xp = namespace(*T)
     # Shortest rotation: angle in [0, π].
     flip = T[0] < 0.0
     w, v = xp.where(flip, -T[0], T[0]), tuple(xp.where(flip, -c, c) for c in T[1:4])
-    n2 = _dot3(v, v)
+    n2 = dot_parts(v, v)
     small = n2 < _small(n2)
     n = xp.sqrt(xp.where(small, 1.0, n2))
     ws = xp.where(small, w, 1.0)
@@ -177,14 +180,14 @@ def _log(T: Parts) -> Parts:
     factor = xp.where(small, series, 2.0 * xp.arctan2(n, w) / n)
     omega = tuple(factor * c for c in v)
     t = T[4:]
-    th2 = _dot3(omega, omega)
+    th2 = dot_parts(omega, omega)
     small = th2 < _LOG_SMALL
     th2s = xp.where(small, 1.0, th2)
     th = xp.sqrt(th2s)
     half_cot = th * xp.sin(th) / (2.0 * (1.0 - xp.cos(th)))
     d = xp.where(small, 1.0 / 12.0 + th2 / 720.0 + th2 * th2 / 30240.0, (1.0 - half_cot) / th2s)
-    w_t = _cross3(omega, t)
-    w_w_t = _cross3(omega, w_t)
+    w_t = cross_parts(omega, t)
+    w_w_t = cross_parts(omega, w_t)
     return tuple(t[i] - 0.5 * w_t[i] + d * w_w_t[i] for i in range(3)) + omega
 
 
@@ -192,12 +195,12 @@ def exp(xi: np.ndarray) -> np.ndarray:
     """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
     if namespace(xi) is np:
         xi = np.asarray(xi, np.float64)
-    return _join(_exp(_split(xi)))
+    return join_parts(exp_parts(split_parts(xi)))
 
 
 def log(T: np.ndarray) -> np.ndarray:
     """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
-    return _join(_log(_split(T)))
+    return join_parts(log_parts(split_parts(T)))
 
 
 def interpolate(A: np.ndarray, B: np.ndarray, alpha: float | np.ndarray) -> np.ndarray:
