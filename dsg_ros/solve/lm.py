@@ -3,7 +3,9 @@
 One step function serves three drivers: ``lax.while_loop`` with tolerances
 (the forward solve), ``lax.scan`` over a fixed count (unrolled, reverse-mode
 differentiable), and a few always-accepted Gauss–Newton steps from a solved
-state (truncated differentiation).
+state (truncated differentiation). The forward solve of implicit
+differentiation (``run_keeping_system``) orders the same pieces differently
+so that it ends holding the linearization at its solution.
 
 Damping is Marquardt's ``λ·diag(H)`` (clamped), updated by Nielsen's rule;
 the predicted decrease has the closed form ``½(λ δᵀDδ − gᵀδ)``.
@@ -83,44 +85,67 @@ def init(graph: Graph, x0: State, config: SolverConfig) -> Carry:
     )
 
 
+@jdc.pytree_dataclass
+class Proposal:
+    """A step from the current state: δ, the candidate ``state ⊕ δ`` and the
+    decrease the damped quadratic model predicts for it."""
+
+    delta: Tangent
+    candidate: State
+    predicted: jax.Array
+
+    @staticmethod
+    def none(state: State) -> Proposal:
+        return Proposal(Tangent.zeros_like(state), state, jnp.zeros((), state.points.dtype))
+
+
+def propose(graph: Graph, dense: bool, state: State, system: NormalSystem, lam: jax.Array) -> Proposal:
+    """Solve ``(H + λD) δ = −g`` at ``state``; the predicted decrease has the
+    closed form ``½(λ δᵀDδ − gᵀδ)``."""
+    grad = system.grad
+    delta = linear_solver(graph, system, lam, dense)(grad.scale(-1.0)) * system.free
+    predicted = 0.5 * (lam * (delta * delta).dot(system.diag) - grad.dot(delta))
+    return Proposal(delta, state.retract(delta), predicted)
+
+
+def _damping(c: Carry, accept: jax.Array, actual: jax.Array, predicted: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Nielsen's update of (λ, ν) after a step was judged (a numerical device: never differentiated)."""
+    rho = jax.lax.stop_gradient(actual / jnp.where(predicted > 0.0, predicted, 1.0))
+    lam_accept = c.lam * jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
+    lam = jnp.where(accept, jnp.maximum(lam_accept, 1e-20), c.lam * c.nu)
+    return lam, jnp.where(accept, 2.0, 2.0 * c.nu)
+
+
+def _converged(config: SolverConfig, accept: jax.Array, actual: jax.Array, before: jax.Array, delta: Tangent) -> tuple[jax.Array, jax.Array]:
+    """(cost test, step test) for an accepted step whose cost went from ``before`` down by ``actual``."""
+    rel = actual / jnp.maximum(jnp.abs(before), jnp.finfo(before.dtype).tiny)
+    conv_cost = accept & ((rel <= config.relative_tolerance) | (actual <= config.absolute_tolerance))
+    return conv_cost, accept & (delta.max_abs() <= config.step_tolerance)
+
+
+def _lam(c: Carry, gauss_newton: bool) -> jax.Array:
+    return jnp.zeros_like(c.lam) if gauss_newton else jax.lax.stop_gradient(c.lam)
+
+
 def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool) -> Carry:
     """Linearize at the current state, try one damped (or plain Gauss–Newton) step.
 
-    The linearization is recomputed after a rejected step rather than carried:
-    rejections are rare, and one linearization in the loop body halves what
-    XLA has to compile.
+    The candidate is judged by its cost alone. The linearization is
+    recomputed after a rejected step rather than carried: rejections are
+    rare, and one linearization in the loop body halves what XLA has to
+    compile.
     """
     system, current = linearize(graph, c.state, dense)  # the cost at c.state
-    return advance(graph, config, dense, c, gauss_newton, system, current)
-
-
-def advance(
-    graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool, system: NormalSystem, current: jax.Array
-) -> Carry:
-    """One damped (or Gauss–Newton) step from ``c.state``, given its linearization and cost."""
     start_finite = jnp.isfinite(current)
-    grad = system.grad
-    grad_max = grad.max_abs()
-    lam = jnp.zeros_like(c.lam) if gauss_newton else jax.lax.stop_gradient(c.lam)
-    delta = linear_solver(graph, system, lam, dense)(grad.scale(-1.0)) * system.free
-    new_state = c.state.retract(delta)
-    new_cost = cost(graph, new_state)
-    finite = jnp.isfinite(new_cost) & jnp.isfinite(delta.max_abs())
+    grad_max = system.grad.max_abs()
+    prop = propose(graph, dense, c.state, system, _lam(c, gauss_newton))
+    new_cost = cost(graph, prop.candidate)
+    finite = jnp.isfinite(new_cost) & jnp.isfinite(prop.delta.max_abs())
     actual = current - new_cost
-    predicted = 0.5 * (lam * (delta * delta).dot(system.diag) - grad.dot(delta))
     grad_done = grad_max <= config.gradient_tolerance
     accept = start_finite & ~grad_done & (finite if gauss_newton else finite & (actual > 0.0))
-    state = jax.tree.map(lambda a, b: jnp.where(accept, a, b), new_state, c.state)
-
-    # Nielsen's damping update (a numerical device: never differentiated).
-    rho = jax.lax.stop_gradient(actual / jnp.where(predicted > 0.0, predicted, 1.0))
-    lam_accept = c.lam * jnp.maximum(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
-    lam_next = jnp.where(accept, jnp.maximum(lam_accept, 1e-20), c.lam * c.nu)
-    nu_next = jnp.where(accept, 2.0, 2.0 * c.nu)
-
-    rel = actual / jnp.maximum(jnp.abs(current), jnp.finfo(current.dtype).tiny)
-    conv_cost = accept & ((rel <= config.relative_tolerance) | (actual <= config.absolute_tolerance))
-    conv_step = accept & (delta.max_abs() <= config.step_tolerance)
+    lam_next, nu_next = _damping(c, accept, actual, prop.predicted)
+    conv_cost, conv_step = _converged(config, accept, actual, current, prop.delta)
     iteration = c.iteration + jnp.where(grad_done, 0, 1).astype(jnp.int32)
     status = jnp.select(
         [
@@ -136,7 +161,7 @@ def advance(
         rp.RUNNING,
     ).astype(jnp.int32)
     return Carry(
-        state=state,
+        state=_select(accept, prop.candidate, c.state),
         cost=jnp.where(accept, new_cost, current),
         initial_cost=jnp.where(c.iteration == 0, current, c.initial_cost),
         gradient_max=grad_max,
@@ -146,6 +171,10 @@ def advance(
         rejected=c.rejected + (start_finite & ~accept & ~grad_done).astype(jnp.int32),
         status=status,
     )
+
+
+def _select(pred: jax.Array, a, b):
+    return jax.tree.map(lambda u, v: jnp.where(pred, u, v), a, b)
 
 
 def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport]:
@@ -163,27 +192,66 @@ def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveR
 def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport, NormalSystem]:
     """``run``, also returning the linearization at the solution.
 
-    The loop makes one more pass after the solve ends: it linearizes at the
-    final state and stops without stepping. Implicit differentiation needs
-    that system; taking it from the loop's own ``linearize`` keeps a second
-    copy of the linearization (the largest part of the program) out of what
-    XLA compiles.
+    Implicit differentiation needs that system. Here each candidate is judged
+    by its full linearization (which gives its cost too) and the accepted
+    one's is kept, so the program holds one linearization and no separate
+    cost evaluation, where ``run`` followed by a linearization at the end
+    would compile both twice. The same steps as ``run``'s (its report's
+    ``gradient_max`` is the gradient at the solution, ``run``'s the one
+    before the last step); for a solve of one or two iterations (the mapper's) ``run``
+    is cheaper, since it only evaluates the cost of its candidate.
     """
     dense = uses_dense(graph, config)
     gn = config.method == "gn"
-    # The carry needs a system to start from: zeros of the right shapes. The
+    # The loop needs a system to start from: zeros of the right shapes. The
     # jitted linearize is traced once here and reused by the loop body.
     shapes = jax.eval_shape(_linearize_jit, graph, x0, dense)[0]
     system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
-    def body(loop: tuple[Carry, NormalSystem, jax.Array]) -> tuple[Carry, NormalSystem, jax.Array]:
-        c = loop[0]
-        system, current = _linearize_jit(graph, c.state, dense)
-        running = c.status == rp.RUNNING
-        c = jax.lax.cond(running, lambda: advance(graph, config, dense, c, gn, system, current), lambda: c)
-        return c, system, ~running
+    def body(loop: tuple[Carry, NormalSystem, Proposal]) -> tuple[Carry, NormalSystem, Proposal]:
+        c, system, prop = loop
+        cand_system, cand_cost = _linearize_jit(graph, prop.candidate, dense)
+        first = jnp.isnan(c.cost)  # nothing judged yet: the candidate is x0 itself
+        finite = jnp.isfinite(cand_cost) & jnp.isfinite(prop.delta.max_abs())
+        actual = c.cost - cand_cost
+        accept = first | (finite if gn else finite & (actual > 0.0))
+        lam, nu = _damping(c, accept, actual, prop.predicted)
+        lam, nu = jnp.where(first, c.lam, lam), jnp.where(first, c.nu, nu)
+        state = _select(accept, prop.candidate, c.state)
+        system = _select(accept, cand_system, system)
+        conv_cost, conv_step = _converged(config, accept & ~first, actual, c.cost, prop.delta)
+        iteration = c.iteration + (~first).astype(jnp.int32)
+        grad_max = system.grad.max_abs()
+        status = jnp.select(
+            [
+                first & ~jnp.isfinite(cand_cost),
+                conv_cost,
+                conv_step,
+                gn & ~first & ~finite,
+                grad_max <= config.gradient_tolerance,
+                ~accept & (lam > config.lambda_max),
+                iteration >= config.max_iterations,
+            ],
+            [rp.NON_FINITE, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.CONVERGED_GRADIENT, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
+            rp.RUNNING,
+        ).astype(jnp.int32)
+        c = Carry(
+            state=state,
+            cost=jnp.where(accept, cand_cost, c.cost),
+            initial_cost=jnp.where(first, cand_cost, c.initial_cost),
+            gradient_max=grad_max,
+            lam=lam,
+            nu=nu,
+            iteration=iteration,
+            rejected=c.rejected + (~first & ~accept).astype(jnp.int32),
+            status=status,
+        )
+        # The next candidate (left unjudged once the solve has ended).
+        return c, system, propose(graph, dense, state, system, _lam(c, gn))
 
-    carry, system, _ = jax.lax.while_loop(lambda loop: ~loop[2], body, (init(graph, x0, config), system0, jnp.asarray(False)))
+    carry, system, _ = jax.lax.while_loop(
+        lambda loop: loop[0].status == rp.RUNNING, body, (init(graph, x0, config), system0, Proposal.none(x0))
+    )
     return carry.state, carry.report(), system
 
 
