@@ -192,67 +192,87 @@ def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveR
 def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport, NormalSystem]:
     """``run``, also returning the linearization at the solution.
 
-    Implicit differentiation needs that system. Here each candidate is judged
-    by its full linearization (which gives its cost too) and the accepted
-    one's is kept, so the program holds one linearization and no separate
-    cost evaluation, where ``run`` followed by a linearization at the end
-    would compile both twice. The same steps as ``run``'s (its report's
-    ``gradient_max`` is the gradient at the solution, ``run``'s the one
-    before the last step); for a solve of one or two iterations (the mapper's) ``run``
-    is cheaper, since it only evaluates the cost of its candidate.
+    Implicit differentiation needs that system. Here the loop linearizes each
+    point it visits, which gives the point's cost too: a candidate is judged
+    by that cost, and the loop always holds the linearization of the last
+    point. After a rejected candidate (rare) the incumbent is linearized again
+    before the next step, and once more at the end if the solve stopped on a
+    rejection. So the program holds one linearization, no separate cost
+    evaluation and no carried copy of the incumbent's system, where ``run``
+    followed by a linearization at the end would compile both twice. The
+    same steps as ``run``'s (the report's ``gradient_max`` is the gradient at
+    the solution, ``run``'s the one before the last step); for a solve of one
+    or two iterations (the mapper's) ``run`` is cheaper, since it only
+    evaluates the cost of its candidate.
     """
     dense = uses_dense(graph, config)
     gn = config.method == "gn"
-    # The loop needs a system to start from: zeros of the right shapes. The
-    # jitted linearize is traced once here and reused by the loop body.
-    shapes = jax.eval_shape(_linearize_jit, graph, x0, dense)[0]
-    system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+    # The loop starts from a system of zeros of the right shapes: the jitted
+    # linearize is traced once here and reused by the body.
+    system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _state_parts(jax.eval_shape(_linearize_jit, graph, x0, dense)[0]))
 
-    def body(loop: tuple[Carry, NormalSystem, Proposal]) -> tuple[Carry, NormalSystem, Proposal]:
-        c, system, prop = loop
-        cand_system, cand_cost = _linearize_jit(graph, prop.candidate, dense)
-        first = jnp.isnan(c.cost)  # nothing judged yet: the candidate is x0 itself
-        finite = jnp.isfinite(cand_cost) & jnp.isfinite(prop.delta.max_abs())
-        actual = c.cost - cand_cost
-        accept = first | (finite if gn else finite & (actual > 0.0))
+    def body(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> tuple[Carry, NormalSystem, Proposal, jax.Array]:
+        c, _, prop, judge = loop  # judge: False when prop.candidate is x0 or the incumbent again
+        system, point_cost = _linearize_jit(graph, prop.candidate, dense)
+        running = c.status == rp.RUNNING
+        finite = jnp.isfinite(point_cost) & jnp.isfinite(prop.delta.max_abs())
+        actual = c.cost - point_cost
+        accept = judge & (finite if gn else finite & (actual > 0.0))
+        trusted = ~judge | accept  # the point is the incumbent now: system is its linearization
         lam, nu = _damping(c, accept, actual, prop.predicted)
-        lam, nu = jnp.where(first, c.lam, lam), jnp.where(first, c.nu, nu)
-        state = _select(accept, prop.candidate, c.state)
-        system = _select(accept, cand_system, system)
-        conv_cost, conv_step = _converged(config, accept & ~first, actual, c.cost, prop.delta)
-        iteration = c.iteration + (~first).astype(jnp.int32)
-        grad_max = system.grad.max_abs()
+        lam, nu = jnp.where(judge, lam, c.lam), jnp.where(judge, nu, c.nu)
+        state = _select(trusted, prop.candidate, c.state)
+        conv_cost, conv_step = _converged(config, accept, actual, c.cost, prop.delta)
+        iteration = c.iteration + judge.astype(jnp.int32)
+        grad_max = jnp.where(trusted, system.grad.max_abs(), c.gradient_max)
         status = jnp.select(
             [
-                first & ~jnp.isfinite(cand_cost),
+                ~running,
+                ~judge & ~jnp.isfinite(point_cost),
                 conv_cost,
                 conv_step,
-                gn & ~first & ~finite,
-                grad_max <= config.gradient_tolerance,
-                ~accept & (lam > config.lambda_max),
+                gn & judge & ~finite,
+                trusted & (grad_max <= config.gradient_tolerance),
+                ~accept & judge & (lam > config.lambda_max),
                 iteration >= config.max_iterations,
             ],
-            [rp.NON_FINITE, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.CONVERGED_GRADIENT, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
+            [c.status, rp.NON_FINITE, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.CONVERGED_GRADIENT, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
             rp.RUNNING,
         ).astype(jnp.int32)
         c = Carry(
             state=state,
-            cost=jnp.where(accept, cand_cost, c.cost),
-            initial_cost=jnp.where(first, cand_cost, c.initial_cost),
+            cost=jnp.where(trusted, point_cost, c.cost),
+            initial_cost=jnp.where(jnp.isnan(c.cost) & ~judge, point_cost, c.initial_cost),
             gradient_max=grad_max,
             lam=lam,
             nu=nu,
             iteration=iteration,
-            rejected=c.rejected + (~first & ~accept).astype(jnp.int32),
+            rejected=c.rejected + (judge & ~accept).astype(jnp.int32),
             status=status,
         )
-        # The next candidate (left unjudged once the solve has ended).
-        return c, system, propose(graph, dense, state, system, _lam(c, gn))
+        # Next: a step from the incumbent, or after a rejection the incumbent
+        # itself (to linearize it again). Unused once the solve has ended.
+        step_prop = propose(graph, dense, state, system, _lam(c, gn))
+        return c, _state_parts(system), _select(trusted, step_prop, Proposal.none(c.state)), trusted
 
-    carry, system, _ = jax.lax.while_loop(
-        lambda loop: loop[0].status == rp.RUNNING, body, (init(graph, x0, config), system0, Proposal.none(x0))
-    )
-    return carry.state, carry.report(), system
+    def again(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> jax.Array:
+        c, _, _, judge = loop
+        # Running, or stopped on a rejected point: its system is not the incumbent's.
+        return (c.status == rp.RUNNING) | ~judge
+
+    start = (init(graph, x0, config), system0, Proposal.none(x0), jnp.asarray(False))
+    carry, parts, _, _ = jax.lax.while_loop(again, body, start)
+    return carry.state, carry.report(), _with_slabs(parts, graph)
+
+
+def _state_parts(system: NormalSystem) -> NormalSystem:
+    """``system`` without the graph's slabs in its per-slab linearizations."""
+    return jdc.replace(system, slabs=tuple(jdc.replace(lin, slab=None) for lin in system.slabs))
+
+
+def _with_slabs(parts: NormalSystem, graph: Graph) -> NormalSystem:
+    """Inverse of ``_state_parts``."""
+    return jdc.replace(parts, slabs=tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(parts.slabs, graph.slabs)))
 
 
 _linearize_jit = jax.jit(linearize, static_argnums=2)
