@@ -1,15 +1,18 @@
 """The outer learning loop: optax steps on a parameter pytree through a loss.
 
 The loss usually contains an inner solve; its gradient comes from the
-solver's differentiation mode. One jitted step function, compiled once.
+solver's differentiation mode. A step is two programs, each compiled once:
+the forward pass (loss, aux and the pullback's residuals, ``jax.vjp``) and
+the update (the pullback, then the optimizer).
 """
 
 from __future__ import annotations
 
-from functools import partial
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 import optax
 
 Params = Any
@@ -26,27 +29,36 @@ def fit(
     """Run ``steps`` optimizer updates of ``loss_fn(theta) -> (loss, aux)``.
 
     Returns the final parameters, the loss before each step plus the loss at
-    the final parameters (``steps + 1`` values), and the final ``aux``. The
-    final evaluation reuses the compiled step (its update is discarded), so
-    reporting costs no second compilation. ``compiler_options`` go to XLA
-    (see ``runtime.fast_compile_options``).
+    the final parameters (``steps + 1`` values), and the final ``aux``.
+    ``compiler_options`` go to XLA (see ``runtime.fast_compile_options``).
+
+    The forward program compiles in a background thread while the update
+    program is traced and compiled: XLA releases the GIL, so on a multi-core
+    CPU the update's share of the start-up hides behind the forward's
+    compilation (HERO: ~0.5 s of ~2.5 s). Same arithmetic as one jitted step.
     """
+    opt_state = optimizer.init(theta0)
+    forward = jax.jit(lambda theta: jax.vjp(loss_fn, theta, has_aux=True), compiler_options=compiler_options)
 
-    @partial(jax.jit, compiler_options=compiler_options)
-    def step(theta: Params, opt_state: Any) -> tuple[Params, Any, jax.Array, Any]:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(theta)
-        updates, opt_state = optimizer.update(grads, opt_state, theta)
-        return optax.apply_updates(theta, updates), opt_state, loss, aux
+    def update(pullback: Callable, loss: jax.Array, theta: Params, state: Any) -> tuple[Params, Any]:
+        (grads,) = pullback(jnp.ones_like(loss))
+        updates, state = optimizer.update(grads, state, theta)
+        return optax.apply_updates(theta, updates), state
 
-    theta, opt_state = theta0, optimizer.init(theta0)
-    losses: list[float] = []
-    aux = None
+    traced = forward.trace(theta0)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        forward_compiled = pool.submit(traced.lower().compile)
+        loss_shape, pullback_shape, _ = traced.out_info
+        update_compiled = jax.jit(update, compiler_options=compiler_options).trace(pullback_shape, loss_shape, theta0, opt_state).lower().compile()
+        step_forward = forward_compiled.result()
+
+    theta, losses, aux = theta0, [], None
     for k in range(steps + 1):
-        new_theta, new_state, loss, aux = step(theta, opt_state)
+        loss, pullback, aux = step_forward(theta)
         losses.append(float(loss))
         if k == steps:
             break
-        theta, opt_state = new_theta, new_state
+        theta, opt_state = update_compiled(pullback, loss, theta, opt_state)
         if progress is not None:
             progress(k, losses[-1])
     return theta, losses, aux

@@ -1,9 +1,10 @@
 """Gauss–Newton normal equations from a graph's linearization.
 
 ``H δ = −g`` with ``H = Σ Jᵀ J`` and ``g = Σ Jᵀ e`` over IRLS-weighted,
-whitened residuals. Jacobian columns of variables that are not free (inactive
-slots, or slots no active factor touches) are zeroed, and those variables get
-an identity diagonal, so they never move and never make ``H`` singular.
+whitened residuals. Variables that are not free (inactive slots, or slots no
+active factor touches) have their Jacobian columns zeroed (in effect: their
+rows and columns of ``H`` and entries of ``g``) and get an identity
+diagonal, so they never move and never make ``H`` singular.
 
 Two storage layouts, chosen once per graph shape:
 
@@ -79,12 +80,14 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
         kinds, offsets = slab.ftype.var_kinds, lin.offsets()
-        jac = lin.jacobian * slab_tangent(slab, free)[:, None, :]
+        # Dense blocks are masked once assembled (a few products on the
+        # system instead of gathering the mask for every factor row).
+        jac = lin.jacobian if dense else lin.jacobian * slab_tangent(slab, free)[:, None, :]
         g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
         for pos, kind in enumerate(kinds):
             grads[kind].append((slab.slots[:, pos], g[:, offsets[pos] : offsets[pos] + TANGENT_DIM[kind]]))
         grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
-    grad = Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype))
+    grad = Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype)) * free
     if dense:
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
@@ -141,9 +144,12 @@ def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlo
         p, v, blk = (jnp.concatenate([part[i] for part in pose_point]) for i in range(3))
         H_pl = H_pl.at[p, :, v, :].add(blk)
     H_ll = _scatter_rows((V, 3, 3), point_point, dtype)
-    H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P)
-    H_pp = H_pp + jnp.diag(1.0 - free.poses.reshape(-1))
-    H_ll = H_ll + (1.0 - free.points)[:, :, None] * jnp.eye(3, dtype=dtype)
+    f_p, f_l = free.poses.reshape(-1), free.points
+    H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P) * f_p[:, None] * f_p[None, :]
+    H_pl = H_pl * free.poses[:, :, None, None] * f_l[None, None, :, :]
+    H_ll = H_ll * f_l[:, :, None] * f_l[:, None, :]
+    H_pp = H_pp + jnp.diag(1.0 - f_p)
+    H_ll = H_ll + (1.0 - f_l)[:, :, None] * jnp.eye(3, dtype=dtype)
     diag = Tangent(jnp.diagonal(H_pp).reshape(P, 6), jnp.diagonal(H_ll, axis1=1, axis2=2))
     return DenseBlocks(H_pp, H_pl, H_ll), _clamp(diag)
 
