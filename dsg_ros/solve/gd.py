@@ -1,7 +1,8 @@
 """Riemannian gradient descent: the seed tutorial's inner solver, kept for parity.
 
 ``x ← x ⊕ (−lr · ∇_δ f(x ⊕ δ)|₀)`` for a fixed number of iterations (seed:
-lr 0.05, 80 iterations). A ``lax.scan``, so reverse-mode differentiable.
+lr 0.05, 80 iterations). A ``lax.scan``, so reverse-mode differentiable; the
+gradient is ``normal.gradient`` (``Σ Jᵀ e`` from the factors' Jacobians).
 """
 
 from __future__ import annotations
@@ -11,30 +12,21 @@ import jax.numpy as jnp
 
 from dsg_ros.solve import report as rp
 from dsg_ros.solve.config import SolverConfig
-from dsg_ros.world.graph import Graph, State, Tangent, cost, free_mask
-
-
-def tangent_grad(graph: Graph, state: State) -> Tangent:
-    """∇ of the cost w.r.t. a right-perturbation at ``state`` (zero where not free).
-
-    The gradient w.r.t. the values, pulled back to the tangent in closed form:
-    the same vector as differentiating ``cost(state ⊕ δ)`` at δ = 0, without
-    the retraction in the (twice) differentiated program.
-    """
-    return state.pullback(jax.grad(lambda x: cost(graph, x))(state)) * free_mask(graph)
+from dsg_ros.solve.normal import gradient
+from dsg_ros.world.graph import Graph, State, cost
 
 
 def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport]:
     lr = config.gd_learning_rate
 
     def body(x: State, _: None) -> tuple[State, None]:
-        return x.retract(tangent_grad(graph, x).scale(-lr)), None
+        return x.retract(gradient(graph, x).scale(-lr)), None
 
     x, _ = jax.lax.scan(body, x0, None, length=config.gd_iterations)
     # The report is not differentiated: without this, reverse mode would
     # trace (and compile) a second-order pass through its gradient.
     graph, x0, x_report = jax.lax.stop_gradient((graph, x0, x))
-    g = tangent_grad(graph, x_report)
+    g = gradient(graph, x_report)
     final = cost(graph, x_report)
     grad_max = g.max_abs()
     status = jnp.where(

@@ -79,20 +79,46 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
     for slab in graph.slabs:
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
-        kinds, offsets = slab.ftype.var_kinds, lin.offsets()
         # Dense blocks are masked once assembled (a few products on the
         # system instead of gathering the mask for every factor row).
         jac = lin.jacobian if dense else lin.jacobian * slab_tangent(slab, free)[:, None, :]
-        g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
-        for pos, kind in enumerate(kinds):
-            grads[kind].append((slab.slots[:, pos], g[:, offsets[pos] : offsets[pos] + TANGENT_DIM[kind]]))
+        _add_gradient(grads, lin, jac)
         grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
-    grad = Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype)) * free
+    grad = _gradient(grads, free)
     if dense:
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
         blocks, diag = _sparse_blocks(grams, free, P, V, dtype)
     return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks, slabs=tuple(lin for lin, _ in grams)), total
+
+
+def gradient(graph: Graph, state: State) -> Tangent:
+    """The cost's gradient ``Σ Jᵀ e`` in the tangent at ``state`` (zero where
+    not free): ``linearize``'s ``grad`` without the Hessian blocks.
+
+    From the slabs' Jacobians (analytic for the built-ins), it is the same
+    vector as autodiff of the cost through the retraction; gradient descent
+    uses it because differentiating it (unrolled) is a first-order pass
+    through those kernels, where autodiff's gradient would be second-order.
+    """
+    grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
+    for slab in graph.slabs:
+        lin, _ = linearize_slab(slab, state)
+        _add_gradient(grads, lin, lin.jacobian)
+    return _gradient(grads, free_mask(graph))
+
+
+def _add_gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], lin: SlabLinearization, jac: jax.Array) -> None:
+    """Append one slab's ``Jᵀ e`` rows per variable kind (slots, (F, dof))."""
+    g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
+    for pos, (kind, offset) in enumerate(zip(lin.slab.ftype.var_kinds, lin.offsets())):
+        grads[kind].append((lin.slab.slots[:, pos], g[:, offset : offset + TANGENT_DIM[kind]]))
+
+
+def _gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], free: Tangent) -> Tangent:
+    P, V = free.poses.shape[0], free.points.shape[0]
+    dtype = free.points.dtype
+    return Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype)) * free
 
 
 def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:
