@@ -94,16 +94,21 @@ def _implicit_solve(config: SolverConfig, graph: Graph, x0: State) -> tuple[Stat
 
 @jdc.pytree_dataclass
 class _Perturbed:
-    """Which graph leaves the caller differentiates (static: no array leaves)."""
+    """Which graph leaves (flattened order) and which slabs hold parameters
+    being differentiated (static: no array leaves)."""
 
-    flags: jdc.Static[tuple[bool, ...]]
+    leaves: jdc.Static[tuple[bool, ...]]
+    slabs: jdc.Static[tuple[bool, ...]]
 
 
 def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
     # symbolic_zeros: every leaf comes as (value, perturbed). Only perturbed
     # leaves (those θ flows into) get a cotangent: the backward pass then
     # differentiates just the slabs they belong to.
-    perturbed = _Perturbed(tuple(bool(leaf.perturbed) for leaf in jax.tree.leaves(graph)))
+    perturbed = _Perturbed(
+        leaves=tuple(bool(leaf.perturbed) for leaf in jax.tree.leaves(graph)),
+        slabs=tuple(any(leaf.perturbed for leaf in jax.tree.leaves(slab)) for slab in graph.slabs),
+    )
     graph, x0 = jax.tree.map(lambda leaf: leaf.value, (graph, x0))
     if config.method == "gd":
         x_star, report = gd.run(graph, x0, config)
@@ -133,8 +138,8 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
     gn_solve = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
     # Only slabs holding a perturbed leaf contribute to the parameters' gradient.
     leaves, treedef = jax.tree.flatten(graph)
-    varying = [i for i, flag in enumerate(perturbed.flags) if flag]
-    slab_varies = _slabs_with(graph, set(varying))
+    varying = [i for i, flag in enumerate(perturbed.leaves) if flag]
+    slab_varies = perturbed.slabs
     if config.implicit_hessian == "exact":
         adjoint = pcg(hessian_vp, rhs, gn_solve, config.implicit_iterations, config.implicit_tolerance)
 
@@ -166,18 +171,6 @@ def _materialize(ct):
     if isinstance(ct, SymbolicZero):
         return jnp.zeros(ct.shape, ct.dtype)
     return ct
-
-
-def _slabs_with(graph: Graph, leaf_indices: set[int]) -> tuple[bool, ...]:
-    """Per slab: whether any of its leaves (flat indices in ``graph``) is in ``leaf_indices``."""
-    # Graph flattens as pose_active, point_active, then each slab's leaves.
-    start = len(jax.tree.leaves((graph.pose_active, graph.point_active)))
-    out = []
-    for slab in graph.slabs:
-        n = len(jax.tree.leaves(slab))
-        out.append(any(i in leaf_indices for i in range(start, start + n)))
-        start += n
-    return tuple(out)
 
 
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd, symbolic_zeros=True)
