@@ -28,11 +28,11 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
-from jax.custom_derivatives import SymbolicZero
 
 from dsg_ros.solve import gd, lm
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.normal import linearize
+from dsg_ros.solve.perturbed import Perturbed, materialize, values
 from dsg_ros.solve.report import SolveReport
 from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, cost, slab_tangent, slab_whitened
 
@@ -92,24 +92,9 @@ def _implicit_solve(config: SolverConfig, graph: Graph, x0: State) -> tuple[Stat
     return _forward(graph, x0, config)
 
 
-@jdc.pytree_dataclass
-class _Perturbed:
-    """Which graph leaves (flattened order) and which slabs hold parameters
-    being differentiated (static: no array leaves)."""
-
-    leaves: jdc.Static[tuple[bool, ...]]
-    slabs: jdc.Static[tuple[bool, ...]]
-
-
 def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
-    # symbolic_zeros: every leaf comes as (value, perturbed). Only perturbed
-    # leaves (those θ flows into) get a cotangent: the backward pass then
-    # differentiates just the slabs they belong to.
-    perturbed = _Perturbed(
-        leaves=tuple(bool(leaf.perturbed) for leaf in jax.tree.leaves(graph)),
-        slabs=tuple(any(leaf.perturbed for leaf in jax.tree.leaves(slab)) for slab in graph.slabs),
-    )
-    graph, x0 = jax.tree.map(lambda leaf: leaf.value, (graph, x0))
+    perturbed = Perturbed.of(graph)  # symbolic zeros: leaves come as (value, perturbed)
+    graph, x0 = values((graph, x0))
     if config.method == "gd":
         x_star, report = gd.run(graph, x0, config)
         system = None
@@ -120,7 +105,7 @@ def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
 
 def _implicit_bwd(config: SolverConfig, residuals, cotangents):
     graph, x_star, system, perturbed = residuals
-    x_bar = jax.tree.map(_materialize, cotangents[0])
+    x_bar = materialize(cotangents[0])
     dense = lm.uses_dense(graph, config)
     if system is None:
         system, _ = linearize(graph, x_star, dense)
@@ -137,8 +122,6 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
 
     gn_solve = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
     # Only slabs holding a perturbed leaf contribute to the parameters' gradient.
-    leaves, treedef = jax.tree.flatten(graph)
-    varying = [i for i, flag in enumerate(perturbed.leaves) if flag]
     slab_varies = perturbed.slabs
     if config.implicit_hessian == "exact":
         adjoint = pcg(hessian_vp, rhs, gn_solve, config.implicit_iterations, config.implicit_tolerance)
@@ -153,24 +136,10 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
         adjoint = gn_solve(rhs) * free
         directional = _gauss_newton_directional(system.slabs, x_star, adjoint, slab_varies)
 
-    def directional_of(values: list[jax.Array]) -> jax.Array:
-        merged = list(leaves)
-        for i, value in zip(varying, values):
-            merged[i] = value
-        return directional(jax.tree.unflatten(treedef, merged))
-
-    grads = jax.grad(directional_of)([leaves[i] for i in varying])
-    graph_bar: list[jax.Array | None] = [None] * len(leaves)
-    for i, grad in zip(varying, grads):
-        graph_bar[i] = -grad
-    return jax.tree.unflatten(treedef, graph_bar), None
-
-
-def _materialize(ct):
-    """A cotangent as an array (symbolic zeros become zeros)."""
-    if isinstance(ct, SymbolicZero):
-        return jnp.zeros(ct.shape, ct.dtype)
-    return ct
+    varying, rebuild = perturbed.split(graph)
+    grads = jax.grad(lambda v: directional(rebuild(v)))(varying)
+    # x0 gets no cotangent: the solution does not depend on where it started.
+    return perturbed.cotangent(graph, [-g for g in grads]), None
 
 
 _implicit_solve.defvjp(_implicit_fwd, _implicit_bwd, symbolic_zeros=True)
