@@ -67,7 +67,7 @@ def _cmd_hero(args: argparse.Namespace) -> int:
         learning_rate=defaults.learning_rate if args.learning_rate is None else args.learning_rate,
         momentum=defaults.momentum if args.momentum is None else args.momentum,
     )
-    say(f"HERO: 6 poses + 6 voxels, inner solver {args.inner}, {args.steps} outer steps (first step compiles)")
+    say(f"HERO: 6 poses + 6 voxels, inner solver {args.inner}, {args.steps} outer steps (compiling the learning step first)")
     result = hero.run(config, progress=lambda k, loss: say(f"  step {k + 1:3d}/{args.steps}  loss {loss:.3e}"))
     summary = {"inner": args.inner, **result.summary()}
     human = [

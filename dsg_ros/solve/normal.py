@@ -1,10 +1,9 @@
 """Gauss–Newton normal equations from a graph's linearization.
 
 ``H δ = −g`` with ``H = Σ Jᵀ J`` and ``g = Σ Jᵀ e`` over IRLS-weighted,
-whitened residuals. Variables that are not free (inactive slots, or slots no
-active factor touches) have their Jacobian columns zeroed (in effect: their
-rows and columns of ``H`` and entries of ``g``) and get an identity
-diagonal, so they never move and never make ``H`` singular.
+whitened residuals. Jacobian columns of variables that are not free (inactive
+slots, or slots no active factor touches) are zeroed, and those variables get
+an identity diagonal, so they never move and never make ``H`` singular.
 
 Two storage layouts, chosen once per graph shape:
 
@@ -79,12 +78,10 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
     for slab in graph.slabs:
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
-        # Dense blocks are masked once assembled (a few products on the
-        # system instead of gathering the mask for every factor row).
-        jac = lin.jacobian if dense else lin.jacobian * slab_tangent(slab, free)[:, None, :]
+        jac = lin.jacobian * slab_tangent(slab, free)[:, None, :]
         _add_gradient(grads, lin, jac)
         grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
-    grad = _gradient(grads, free)
+    grad = _gradient(grads, state)
     if dense:
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
@@ -105,7 +102,7 @@ def gradient(graph: Graph, state: State) -> Tangent:
     for slab in graph.slabs:
         lin, _ = linearize_slab(slab, state)
         _add_gradient(grads, lin, lin.jacobian)
-    return _gradient(grads, free_mask(graph))
+    return _gradient(grads, state) * free_mask(graph)
 
 
 def _add_gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], lin: SlabLinearization, jac: jax.Array) -> None:
@@ -115,10 +112,10 @@ def _add_gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], lin: Slab
         grads[kind].append((lin.slab.slots[:, pos], g[:, offset : offset + TANGENT_DIM[kind]]))
 
 
-def _gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], free: Tangent) -> Tangent:
-    P, V = free.poses.shape[0], free.points.shape[0]
-    dtype = free.points.dtype
-    return Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype)) * free
+def _gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], state: State) -> Tangent:
+    P, V = state.poses.shape[0], state.points.shape[0]
+    dtype = state.points.dtype
+    return Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype))
 
 
 def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:
@@ -170,12 +167,9 @@ def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlo
         p, v, blk = (jnp.concatenate([part[i] for part in pose_point]) for i in range(3))
         H_pl = H_pl.at[p, :, v, :].add(blk)
     H_ll = _scatter_rows((V, 3, 3), point_point, dtype)
-    f_p, f_l = free.poses.reshape(-1), free.points
-    H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P) * f_p[:, None] * f_p[None, :]
-    H_pl = H_pl * free.poses[:, :, None, None] * f_l[None, None, :, :]
-    H_ll = H_ll * f_l[:, :, None] * f_l[:, None, :]
-    H_pp = H_pp + jnp.diag(1.0 - f_p)
-    H_ll = H_ll + (1.0 - f_l)[:, :, None] * jnp.eye(3, dtype=dtype)
+    H_pp = jnp.transpose(H_pp, (0, 2, 1, 3)).reshape(6 * P, 6 * P)
+    H_pp = H_pp + jnp.diag(1.0 - free.poses.reshape(-1))
+    H_ll = H_ll + (1.0 - free.points)[:, :, None] * jnp.eye(3, dtype=dtype)
     diag = Tangent(jnp.diagonal(H_pp).reshape(P, 6), jnp.diagonal(H_ll, axis1=1, axis2=2))
     return DenseBlocks(H_pp, H_pl, H_ll), _clamp(diag)
 
