@@ -42,7 +42,7 @@ def namespace(*arrays: object) -> ModuleType:
 # and one stack per output. Inside jit, XLA then fuses a whole chain of
 # these into a few loops; stacked (…, 3) intermediates that were sliced
 # again made twice as many kernels to compile (and to differentiate). The
-# ``*_parts`` functions are that layer, for kernels built on it (factors).
+# ``*_parts`` functions are that layer; the array functions wrap them.
 Parts = tuple  # components, each (…,); a 3×3 matrix is a tuple of 3 rows
 
 

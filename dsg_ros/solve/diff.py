@@ -14,8 +14,11 @@ Modes (``SolverConfig.diff``):
   (autodiff). ``"gauss_newton"``: H = JᵀJ (one solve with that
   factorization) and ∂g/∂G = Jᵀ ∂e/∂G; both drop only terms proportional to
   the residuals, so they are exact when residuals vanish at x*, and cheaper
-  to compile and run. Memory does not grow with iterations.
-* ``unroll``: backpropagate through ``unroll_iterations`` solver steps.
+  to compile and run. Memory does not grow with iterations. H's
+  factorization comes from the forward solve's final linearization, and
+  only the graph leaves θ flows into are differentiated.
+* ``unroll``: backpropagate through ``unroll_iterations`` solver steps
+  (gradient descent: through all its ``gd_iterations``, by its own adjoint).
 * ``truncated``: solve without gradients, then backpropagate through
   ``truncated_iterations`` Gauss–Newton steps from that solution.
 """
