@@ -63,13 +63,14 @@ def _cmd_hero(args: argparse.Namespace) -> int:
     defaults = hero.HeroConfig()
     config = hero.HeroConfig(
         inner=args.inner,
+        diff=args.diff,
         outer_steps=args.steps,
         learning_rate=defaults.learning_rate if args.learning_rate is None else args.learning_rate,
         momentum=defaults.momentum if args.momentum is None else args.momentum,
     )
-    say(f"HERO: 6 poses + 6 voxels, inner solver {args.inner}, {args.steps} outer steps (compiling the learning step first)")
+    say(f"HERO: 6 poses + 6 voxels, inner solver {args.inner} ({args.diff} gradients), {args.steps} outer steps (compiling the learning step first)")
     result = hero.run(config, progress=lambda k, loss: say(f"  step {k + 1:3d}/{args.steps}  loss {loss:.3e}"))
-    summary = {"inner": args.inner, **result.summary()}
+    summary = {"inner": args.inner, "diff": args.diff, **result.summary()}
     human = [
         f"final loss        {result.final_loss:.3e}   (initial {result.losses[0]:.3e})",
         f"max voxel error   {result.max_voxel_error * 100:.2f} cm",
@@ -282,7 +283,14 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG_CACHE,
     )
-    p.add_argument("--inner", choices=("lm", "gd"), default="lm", help="inner solver: Levenberg-Marquardt (implicit gradients) or the seed's gradient descent (unrolled); default lm")
+    p.add_argument("--inner", choices=("lm", "gd"), default="lm", help="inner solver: Levenberg-Marquardt, or the seed's gradient descent (80 steps of lr 0.05); default lm")
+    p.add_argument(
+        "--diff",
+        choices=("implicit", "unroll"),
+        default="implicit",
+        help="gradient through the inner solve: implicit function theorem at its solution (default), "
+        "or backward through its iterations (the seed's way; slower to compile)",
+    )
     p.add_argument("--steps", type=int, default=30, help="outer learning steps (default 30)")
     p.add_argument("--learning-rate", type=float, default=None, help="outer learning rate (default 0.035)")
     p.add_argument("--momentum", type=float, default=None, help="outer Nesterov momentum (default 0.88)")

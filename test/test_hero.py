@@ -7,12 +7,14 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from dsg_ros.learn import hero
 
 
-def test_gd_inner_solver_learns_to_the_targets():
-    result = hero.run(hero.HeroConfig(inner="gd"))
+@pytest.mark.parametrize("diff", ["implicit", "unroll"])
+def test_gd_inner_solver_learns_to_the_targets(diff):
+    result = hero.run(hero.HeroConfig(inner="gd", diff=diff))
     assert result.final_loss < 1e-4, result.losses
     assert result.max_voxel_error < 0.01
     assert result.final_loss < result.losses[0] / 100

@@ -9,7 +9,8 @@ import pytest
 from conftest import DATA, small_hybrid
 
 from dsg_ros import runtime
-from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.solve import SolverConfig, gd, solve
+from dsg_ros.solve.normal import linearize
 from dsg_ros.solve.posegraph import solve_file
 from dsg_ros.world import cost
 
@@ -97,6 +98,25 @@ def test_gradient_descent_keeps_seed_settings(hybrid):
     assert rep["iterations"] == 80
     assert rep["final_cost"] < 0.5 * rep["initial_cost"]
     assert float(cost(graph, x)) == pytest.approx(rep["final_cost"])
+
+
+def test_gradient_descent_for_implicit_gradients_keeps_the_final_linearization(hybrid):
+    """The loop that keeps its normal equations (for implicit gradients) takes
+    the same steps as the plain one, and the equations are those of the final
+    iterate, not of the one before it."""
+    wm = hybrid[0]
+    graph, x0 = wm.graph(), wm.pack_state()
+    config = SolverConfig(method="gd", gd_learning_rate=2e-5, gd_iterations=5)
+    x, report = jax.jit(gd.run, static_argnums=2)(graph, x0, config)
+    x_kept, report_kept, system = jax.jit(gd.run_keeping_system, static_argnums=2)(graph, x0, config)
+    np.testing.assert_allclose(x_kept.poses, x.poses, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(x_kept.points, x.points, rtol=0, atol=1e-12)
+    assert report_kept.as_dict() == pytest.approx(report.as_dict())
+    expected, final = jax.jit(linearize, static_argnums=2)(graph, x, True)
+    assert float(report_kept.final_cost) == pytest.approx(float(final))
+    np.testing.assert_allclose(system.grad.poses, expected.grad.poses, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(system.blocks.H_pp, expected.blocks.H_pp, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(system.blocks.H_pl, expected.blocks.H_pl, rtol=1e-9, atol=1e-12)
 
 
 def test_config_rejects_unknown_options():

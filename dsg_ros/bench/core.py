@@ -22,6 +22,8 @@ from dsg_ros.solve.posegraph import solve_file
 DATA_DIR = Path(os.environ.get("DSG_ROS_POSEGRAPHS", Path(__file__).resolve().parents[2] / "test" / "data" / "posegraphs"))
 POSE_GRAPHS = ("sphere2500", "parking-garage")
 GOALS = {"hero_seconds": 3.0, "sphere2500_ratio": 2.0, "hybrid_ms_per_iteration": 15.0}
+# (inner solver, gradient mode): the defaults for each solver, then the seed's unrolled descent.
+HERO_VARIANTS = (("lm", "implicit"), ("gd", "implicit"), ("gd", "unroll"))
 
 
 def run(quick: bool = False, output_dir: str | Path = "bench", say: Callable[[str], None] = print) -> dict[str, Any]:
@@ -37,18 +39,19 @@ def run(quick: bool = False, output_dir: str | Path = "bench", say: Callable[[st
 
 
 def _hero(say: Callable[[str], None], cold_runs: int) -> list[dict[str, Any]]:
-    """Each inner solver in fresh processes: ``cold_runs`` times with an empty
-    compile cache (the row gives their median: a start-up of a few seconds
-    varies by ~20 % on a shared VM), then once with the cache the last run
-    filled."""
+    """Each inner solver and gradient mode in fresh processes: ``cold_runs``
+    times with an empty compile cache (the row gives their median: a start-up
+    of a few seconds varies by ~20 % on a shared VM), then once with the
+    cache the last run filled. Gradient descent also unrolled: the seed's
+    way, for comparison."""
     rows = []
-    for inner in ("lm", "gd"):
+    for inner, diff in HERO_VARIANTS:
         cold: list[dict[str, Any]] = []
         for k in range(cold_runs):
             with tempfile.TemporaryDirectory(prefix="dsg_ros_hero_cache_") as cache:
-                cold.append(_hero_process(inner, cache))
+                cold.append(_hero_process(inner, diff, cache))
                 if k == cold_runs - 1:
-                    warm = _hero_process(inner, cache)
+                    warm = _hero_process(inner, diff, cache)
         median = sorted(cold, key=lambda r: r["seconds_total"])[len(cold) // 2]
         runs = [r["seconds_total"] for r in cold]
         rows.append({**median, "start": "cold", "cold_runs_seconds": runs})
@@ -56,17 +59,17 @@ def _hero(say: Callable[[str], None], cold_runs: int) -> list[dict[str, Any]]:
         for row in rows[-2:]:
             runs_note = f" (median of {', '.join(f'{t:.2f}' for t in runs)})" if row["start"] == "cold" and len(runs) > 1 else ""
             say(
-                f"HERO {inner} ({row['start']} cache): {row['seconds_total']:.2f} s in-process{runs_note}, {row['process_seconds']:.2f} s "
+                f"HERO {inner} {diff} ({row['start']} cache): {row['seconds_total']:.2f} s in-process{runs_note}, {row['process_seconds']:.2f} s "
                 f"with interpreter start-up; loss {row['final_loss']:.2e}, max voxel error {row['max_voxel_error'] * 100:.2f} cm"
             )
     return rows
 
 
-def _hero_process(inner: str, cache: str) -> dict[str, Any]:
-    cmd = [sys.executable, "-m", "dsg_ros.cli", "hero", "--inner", inner, "--json", "--quiet", "--compile-cache", cache]
+def _hero_process(inner: str, diff: str, cache: str) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "dsg_ros.cli", "hero", "--inner", inner, "--diff", diff, "--json", "--quiet", "--compile-cache", cache]
     began = time.perf_counter()
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    return {"inner": inner, **json.loads(out.stdout.strip().splitlines()[-1]), "process_seconds": time.perf_counter() - began}
+    return {"inner": inner, "diff": diff, **json.loads(out.stdout.strip().splitlines()[-1]), "process_seconds": time.perf_counter() - began}
 
 
 def _gtsam_lm(path: Path, repeats: int) -> dict[str, Any]:
@@ -156,13 +159,13 @@ def _markdown(r: dict[str, Any]) -> str:
     lines += [
         "### HERO (30 outer steps, fresh process each; cold: median of the runs listed)",
         "",
-        "| inner | compile cache | seconds total (in process) | cold runs | with interpreter start | final loss | max voxel error |",
-        "|---|---|---|---|---|---|---|",
+        "| inner | gradients | compile cache | seconds total (in process) | cold runs | with interpreter start | final loss | max voxel error |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for h in r["hero"]:
         runs = ", ".join(f"{t:.2f}" for t in h.get("cold_runs_seconds", []))
         lines.append(
-            f"| {h['inner']} | {h['start']} | {h['seconds_total']:.2f} | {runs} | {h['process_seconds']:.2f} | {h['final_loss']:.2e} | {h['max_voxel_error'] * 100:.2f} cm |"
+            f"| {h['inner']} | {h['diff']} | {h['start']} | {h['seconds_total']:.2f} | {runs} | {h['process_seconds']:.2f} | {h['final_loss']:.2e} | {h['max_voxel_error'] * 100:.2f} cm |"
         )
     lines += ["", f"Goal: under {GOALS['hero_seconds']:.0f} s in total (the seed's implementation: 389 s).", ""]
     lines += ["### Pose graphs: our LM vs GTSAM LM (same process, best of runs, compiled)", "", "| graph | ours (s) | GTSAM (s) | ratio | our iterations | GTSAM iterations | our final cost | GTSAM final cost | our compile (s) |", "|---|---|---|---|---|---|---|---|---|"]
@@ -196,7 +199,7 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
     for h in r["hero"]:
         ok = h["seconds_total"] < GOALS["hero_seconds"] and h["final_loss"] < 1e-4 and h["max_voxel_error"] < 0.01
-        out.append((f"HERO {h['inner']} ({h['start']} cache)", f"{'met' if ok else 'missed'}: {h['seconds_total']:.2f} s, loss {h['final_loss']:.1e}"))
+        out.append((f"HERO {h['inner']} {h['diff']} ({h['start']} cache)", f"{'met' if ok else 'missed'}: {h['seconds_total']:.2f} s, loss {h['final_loss']:.1e}"))
     for g in r["pose_graphs"]:
         if g["gtsam"] and g["graph"] == "sphere2500":
             ok = g["time_ratio"] <= GOALS["sphere2500_ratio"] and g["cost_relative_difference"] < 1e-3

@@ -98,11 +98,8 @@ def _implicit_solve(config: SolverConfig, graph: Graph, x0: State) -> tuple[Stat
 def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
     perturbed = Perturbed.of(graph)  # symbolic zeros: leaves come as (value, perturbed)
     graph, x0 = values((graph, x0))
-    if config.method == "gd":
-        x_star, report = gd.run(graph, x0, config)
-        system = None
-    else:
-        x_star, report, system = lm.run_keeping_system(graph, x0, config)
+    keeping_system = gd.run_keeping_system if config.method == "gd" else lm.run_keeping_system
+    x_star, report, system = keeping_system(graph, x0, config)
     return (x_star, report), (graph, x_star, system, perturbed)
 
 

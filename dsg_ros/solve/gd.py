@@ -14,34 +14,68 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import jax_dataclasses as jdc
 
 from dsg_ros.solve import report as rp
 from dsg_ros.solve.config import SolverConfig
-from dsg_ros.solve.normal import gradient
+from dsg_ros.solve.lm import uses_dense
+from dsg_ros.solve.normal import NormalSystem, assemble, gradient, linearize_slabs, slabs_gradient
 from dsg_ros.solve.perturbed import Perturbed, any_perturbed, materialize, values
-from dsg_ros.world.graph import Graph, State, cost
+from dsg_ros.world.graph import Graph, SlabLinearization, State, cost
 
 
 def run(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport]:
     x = _descend(config, graph, x0)
     # The report is not differentiated.
     graph, x0, x_report = jax.lax.stop_gradient((graph, x0, x))
-    final = cost(graph, x_report)
-    grad_max = gradient(graph, x_report).max_abs()
+    return x, _report(config, cost(graph, x0), cost(graph, x_report), gradient(graph, x_report).max_abs())
+
+
+def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[State, rp.SolveReport, NormalSystem]:
+    """``run`` without derivatives, also returning the normal equations at
+    the final iterate (for implicit differentiation).
+
+    The loop carries each iteration's slab linearizations and runs once more
+    to linearize the final iterate without stepping, so the factor kernels
+    are compiled once (in the loop body); the equations are assembled from
+    the last of them. The same iterates as ``run``.
+    """
+    last = config.gd_iterations
+
+    def body(carry: _Carry, k: jax.Array) -> tuple[_Carry, None]:
+        x, _, initial, _ = carry
+        lins, point_cost = linearize_slabs(graph, x)
+        stepped = x.retract(slabs_gradient(graph, lins, x).scale(-config.gd_learning_rate))
+        x = jax.tree.map(lambda a, b: jnp.where(k < last, a, b), stepped, x)
+        lins = tuple(jdc.replace(lin, slab=None) for lin in lins)
+        return (x, lins, jnp.where(k == 0, point_cost, initial), point_cost), None
+
+    lins0 = tuple(jdc.replace(SlabLinearization.zeros(slab), slab=None) for slab in graph.slabs)
+    nan = jnp.full((), jnp.nan, x0.points.dtype)
+    (x, lins, initial, final), _ = jax.lax.scan(body, (x0, lins0, nan, nan), jnp.arange(last + 1))
+    lins = tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(lins, graph.slabs))
+    system = assemble(graph, lins, x, uses_dense(graph, config))
+    return x, _report(config, initial, final, system.grad.max_abs()), system
+
+
+# The iterate, its slab linearizations (without their slabs), the initial and the last cost.
+_Carry = tuple[State, tuple[SlabLinearization, ...], jax.Array, jax.Array]
+
+
+def _report(config: SolverConfig, initial: jax.Array, final: jax.Array, grad_max: jax.Array) -> rp.SolveReport:
     status = jnp.where(
         ~jnp.isfinite(final),
         rp.NON_FINITE,
         jnp.where(grad_max <= config.gradient_tolerance, rp.CONVERGED_GRADIENT, rp.MAX_ITERATIONS),
     ).astype(jnp.int32)
-    report = rp.SolveReport(
+    return rp.SolveReport(
         iterations=jnp.asarray(config.gd_iterations, jnp.int32),
-        initial_cost=cost(graph, x0),
+        initial_cost=initial,
         final_cost=final,
         rejected_steps=jnp.zeros((), jnp.int32),
         status=status,
         gradient_max=grad_max,
     )
-    return x, report
 
 
 def _step(graph: Graph, x: State, lr: float) -> State:

@@ -22,7 +22,7 @@ import jax_dataclasses as jdc
 from dsg_ros.solve import report as rp
 from dsg_ros.solve import schur, sparse
 from dsg_ros.solve.config import SolverConfig
-from dsg_ros.solve.normal import NormalSystem, linearize
+from dsg_ros.solve.normal import NormalSystem, linearize, linearize_jit
 from dsg_ros.world.graph import Graph, State, Tangent, cost, slab_dtype
 
 
@@ -209,11 +209,11 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
     gn = config.method == "gn"
     # The loop starts from a system of zeros of the right shapes: the jitted
     # linearize is traced once here and reused by the body.
-    system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), _state_parts(jax.eval_shape(_linearize_jit, graph, x0, dense)[0]))
+    system0 = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), jax.eval_shape(linearize_jit, graph, x0, dense)[0].without_slabs())
 
     def body(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> tuple[Carry, NormalSystem, Proposal, jax.Array]:
         c, _, prop, judge = loop  # judge: False when prop.candidate is x0 or the incumbent again
-        system, point_cost = _linearize_jit(graph, prop.candidate, dense)
+        system, point_cost = linearize_jit(graph, prop.candidate, dense)
         running = c.status == rp.RUNNING
         finite = jnp.isfinite(point_cost) & jnp.isfinite(prop.delta.max_abs())
         actual = c.cost - point_cost
@@ -253,7 +253,7 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
         # Next: a step from the incumbent, or after a rejection the incumbent
         # itself (to linearize it again). Unused once the solve has ended.
         step_prop = propose(graph, dense, state, system, _lam(c, gn))
-        return c, _state_parts(system), _select(trusted, step_prop, Proposal.none(c.state)), trusted
+        return c, system.without_slabs(), _select(trusted, step_prop, Proposal.none(c.state)), trusted
 
     def again(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> jax.Array:
         c, _, _, judge = loop
@@ -262,20 +262,7 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
 
     start = (init(graph, x0, config), system0, Proposal.none(x0), jnp.asarray(False))
     carry, parts, _, _ = jax.lax.while_loop(again, body, start)
-    return carry.state, carry.report(), _with_slabs(parts, graph)
-
-
-def _state_parts(system: NormalSystem) -> NormalSystem:
-    """``system`` without the graph's slabs in its per-slab linearizations."""
-    return jdc.replace(system, slabs=tuple(jdc.replace(lin, slab=None) for lin in system.slabs))
-
-
-def _with_slabs(parts: NormalSystem, graph: Graph) -> NormalSystem:
-    """Inverse of ``_state_parts``."""
-    return jdc.replace(parts, slabs=tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(parts.slabs, graph.slabs)))
-
-
-_linearize_jit = jax.jit(linearize, static_argnums=2)
+    return carry.state, carry.report(), parts.with_slabs(graph)
 
 
 def run_fixed(graph: Graph, x0: State, config: SolverConfig, iterations: int, gauss_newton: bool) -> tuple[State, rp.SolveReport]:

@@ -66,19 +66,47 @@ class NormalSystem:
     blocks: DenseBlocks | SparseBlocks
     slabs: tuple[SlabLinearization, ...]
 
+    def without_slabs(self) -> NormalSystem:
+        """The state-dependent parts: the per-slab linearizations without
+        their graph slabs (what a solver loop carries)."""
+        return jdc.replace(self, slabs=tuple(jdc.replace(lin, slab=None) for lin in self.slabs))
+
+    def with_slabs(self, graph: Graph) -> NormalSystem:
+        """Inverse of ``without_slabs``."""
+        return jdc.replace(self, slabs=tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(self.slabs, graph.slabs)))
+
 
 def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, jax.Array]:
     """Normal equations at ``state`` and the cost there."""
-    free = free_mask(graph)
-    P, V = state.poses.shape[0], state.points.shape[0]
-    dtype = state.points.dtype
-    total = jnp.zeros((), dtype)
-    grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
-    grams: list[tuple[SlabLinearization, jax.Array]] = []
+    lins, total = linearize_slabs(graph, state)
+    return assemble(graph, lins, state, dense), total
+
+
+# Jitted, so that a program calling it several times (a solver loop's body,
+# the shapes of its carry) traces it once.
+linearize_jit = jax.jit(linearize, static_argnums=2)
+
+
+def linearize_slabs(graph: Graph, state: State) -> tuple[tuple[SlabLinearization, ...], jax.Array]:
+    """Every slab's linearization at ``state`` and the cost there."""
+    total = jnp.zeros((), state.points.dtype)
+    lins = []
     for slab in graph.slabs:
         lin, slab_cost = linearize_slab(slab, state)
         total = total + slab_cost
-        jac = lin.jacobian * slab_tangent(slab, free)[:, None, :]
+        lins.append(lin)
+    return tuple(lins), total
+
+
+def assemble(graph: Graph, lins: tuple[SlabLinearization, ...], state: State, dense: bool) -> NormalSystem:
+    """The normal equations from the slabs' linearizations at ``state``."""
+    free = free_mask(graph)
+    P, V = state.poses.shape[0], state.points.shape[0]
+    dtype = state.points.dtype
+    grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
+    grams: list[tuple[SlabLinearization, jax.Array]] = []
+    for lin in lins:
+        jac = lin.jacobian * slab_tangent(lin.slab, free)[:, None, :]
         _add_gradient(grads, lin, jac)
         grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
     grad = _gradient(grads, state)
@@ -86,7 +114,7 @@ def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, ja
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
         blocks, diag = _sparse_blocks(grams, free, P, V, dtype)
-    return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks, slabs=tuple(lin for lin, _ in grams)), total
+    return NormalSystem(grad=grad, diag=diag, free=free, blocks=blocks, slabs=lins)
 
 
 def gradient(graph: Graph, state: State) -> Tangent:
@@ -98,9 +126,13 @@ def gradient(graph: Graph, state: State) -> Tangent:
     uses it because differentiating it (unrolled) is a first-order pass
     through those kernels, where autodiff's gradient would be second-order.
     """
+    return slabs_gradient(graph, linearize_slabs(graph, state)[0], state)
+
+
+def slabs_gradient(graph: Graph, lins: tuple[SlabLinearization, ...], state: State) -> Tangent:
+    """``gradient`` from the slabs' linearizations at ``state``."""
     grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
-    for slab in graph.slabs:
-        lin, _ = linearize_slab(slab, state)
+    for lin in lins:
         _add_gradient(grads, lin, lin.jacobian)
     return _gradient(grads, state) * free_mask(graph)
 

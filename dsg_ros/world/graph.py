@@ -268,6 +268,13 @@ class SlabLinearization:
     jacobian: jax.Array
     root_weight: jax.Array
 
+    @staticmethod
+    def zeros(slab: FactorSlab) -> SlabLinearization:
+        """A linearization of ``slab``'s shapes, all zeros (a loop's initial carry)."""
+        ftype, dtype = slab.ftype, slab.measurement.dtype
+        F, d, n = slab.capacity, ftype.residual_dim, sum(TANGENT_DIM[k] for k in ftype.var_kinds)
+        return SlabLinearization(slab, jnp.zeros((F, d), dtype), jnp.zeros((F, d, n), dtype), jnp.zeros((F,), dtype))
+
     def offsets(self) -> tuple[int, ...]:
         out, start = [], 0
         for kind in self.slab.ftype.var_kinds:
