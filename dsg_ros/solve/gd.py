@@ -2,10 +2,14 @@
 
 ``x ← x ⊕ (−lr · ∇_δ f(x ⊕ δ)|₀)`` for a fixed number of iterations (seed:
 lr 0.05, 80 iterations); the gradient is ``normal.gradient`` (``Σ Jᵀ e``
-from the factors' Jacobians). Reverse-mode differentiable: through the
-iterations (``diff="unroll"``, the seed's way) by a hand-written adjoint,
-the same numbers as autodiff through a ``lax.scan`` with a fraction of the
-program to trace and compile.
+from the factors' Jacobians). Reverse-mode differentiable two ways:
+
+* ``run`` through the iterations (``diff="unroll"``, the seed's way) by a
+  hand-written adjoint: the same numbers as autodiff through a ``lax.scan``
+  with a fraction of the program to trace and compile;
+* ``run_keeping_system`` hands ``solve``'s implicit mode the normal
+  equations at the final iterate: the derivative of the optimum the descent
+  approaches, a first-order program (no pass through the iterations).
 """
 
 from __future__ import annotations
