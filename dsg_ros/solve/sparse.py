@@ -125,11 +125,7 @@ def _host_solve(kinds_per_slab, P: int, V: int, diag_add, rhs, *slots_and_values
     data = np.bincount(pattern.target, weights=weights, minlength=pattern.indices.shape[0])
     H = sp.csc_matrix((data, pattern.indices, pattern.indptr), shape=(pattern.n, pattern.n))
     try:
-        # Relaxed supernodes (24 columns, panels of 12) suit the 6×6 blocks:
-        # the same fill, ~13 % less time on sphere2500 (paired runs).
-        lu = spla.splu(
-            H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, relax=24, panel_size=12, options={"SymmetricMode": True}
-        )
+        lu = spla.splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
         sol = lu.solve(np.asarray(rhs, np.float64))
     except RuntimeError:  # singular: report NaN, the LM loop rejects the step
         sol = np.full(pattern.n, np.nan)
