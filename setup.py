@@ -48,6 +48,7 @@ setup(
     install_requires=[
         "numpy",
         "scipy",
+        "threadpoolctl",
         "jax",
         "jaxlib",
         "jaxlie",

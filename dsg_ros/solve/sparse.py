@@ -1,10 +1,11 @@
-"""Sparse solve of the damped normal equations on the host (SuperLU).
+"""Sparse solve of the damped normal equations on the host.
 
 For pose graphs with thousands of poses a dense (6P, 6P) system is too big.
-JAX computes every factor's JᵀJ blocks; a host callback scatters them into a
-CSC matrix whose pattern (and scatter map) is cached per graph layout, and
-factorizes it with a fill-reducing ordering. The call sits inside the jitted
-LM loop through ``jax.pure_callback``, so both paths share one loop.
+JAX computes every factor's JᵀJ blocks; a host callback scatters them into
+the fronts of a supernodal Cholesky (``dsg_ros.solve.cholesky``), whose
+ordering, supernodes and scatter map are cached per graph layout, and
+factorizes it. The call sits inside the jitted LM loop through
+``jax.pure_callback``, so both paths share one loop.
 
 Not differentiable by unrolling (the callback has no JAX derivative); the
 implicit mode works, using this solve as its preconditioner.
@@ -19,9 +20,8 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.sparse as sp
-import scipy.sparse.linalg as spla
 
+from dsg_ros.solve import cholesky
 from dsg_ros.solve.normal import NormalSystem, SparseBlocks
 from dsg_ros.world.factors import TANGENT_DIM
 from dsg_ros.world.graph import Graph, Tangent
@@ -29,12 +29,10 @@ from dsg_ros.world.graph import Graph, Tangent
 
 @dataclass(frozen=True)
 class _Pattern:
-    """Scatter map from flat block values (+ diagonal) to CSC data."""
+    """The factorization's symbolic analysis and where each value goes."""
 
-    n: int
-    target: np.ndarray  # (n_values,) index into CSC data per value
-    indices: np.ndarray
-    indptr: np.ndarray
+    symbolic: cholesky.Symbolic
+    target: np.ndarray  # (n_values,) position in the entry buffer per value
 
 
 class _PatternCache:
@@ -63,8 +61,8 @@ def _offsets(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
 def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
     n = 6 * P + 3 * V
     # Values arrive per slab as (F, Σ blocks) row-major, then the off-diagonal
-    # blocks again mirrored (H is stored whole for SuperLU), then the diagonal.
-    direct_rows, direct_cols, mirror_rows, mirror_cols = [], [], [], []
+    # blocks again mirrored (each pair both ways), then the diagonal.
+    direct_rows, direct_cols, mirror_rows, mirror_cols, edges = [], [], [], [], []
     for kinds, slots in zip(kinds_per_slab, slots_per_slab):
         rows, cols, m_rows, m_cols = [], [], [], []
         for a in range(len(kinds)):
@@ -79,6 +77,7 @@ def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
                 if a != b:
                     m_rows.append(c)
                     m_cols.append(r)
+                    edges.append(np.stack([_variable(kinds[a], slots[:, a], P), _variable(kinds[b], slots[:, b], P)], axis=1))
         direct_rows.append(np.concatenate(rows, axis=1).reshape(-1))
         direct_cols.append(np.concatenate(cols, axis=1).reshape(-1))
         if m_rows:
@@ -86,12 +85,15 @@ def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
             mirror_cols.append(np.concatenate(m_cols, axis=1).reshape(-1))
     all_rows = np.concatenate(direct_rows + mirror_rows + [np.arange(n)]).astype(np.int64)
     all_cols = np.concatenate(direct_cols + mirror_cols + [np.arange(n)]).astype(np.int64)
-    keys = all_cols * n + all_rows  # CSC order: by column, then row
-    unique, target = np.unique(keys, return_inverse=True)
-    indices = (unique % n).astype(np.int32)
-    counts = np.bincount((unique // n).astype(np.int64), minlength=n)
-    indptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int32)
-    return _Pattern(n=n, target=target, indices=indices, indptr=indptr)
+    dims = np.concatenate([np.full(P, 6), np.full(V, 3)]).astype(np.int64)
+    pairs = np.unique(np.concatenate(edges), axis=0) if edges else np.zeros((0, 2), np.int64)
+    symbolic = cholesky.analyze(dims, pairs)
+    return _Pattern(symbolic=symbolic, target=symbolic.entry_targets(all_rows, all_cols))
+
+
+def _variable(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
+    """Variable index: poses first, then points."""
+    return slots.astype(np.int64) if kind == "pose" else P + slots.astype(np.int64)
 
 
 def _mirror_values(kinds_per_slab, values) -> list[np.ndarray]:
@@ -122,13 +124,12 @@ def _host_solve(kinds_per_slab, P: int, V: int, diag_add, rhs, *slots_and_values
     weights = np.concatenate(
         [v.reshape(-1) for v in values] + _mirror_values(kinds_per_slab, values) + [np.asarray(diag_add, np.float64)]
     )
-    data = np.bincount(pattern.target, weights=weights, minlength=pattern.indices.shape[0])
-    H = sp.csc_matrix((data, pattern.indices, pattern.indptr), shape=(pattern.n, pattern.n))
-    try:
-        lu = spla.splu(H, permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0, options={"SymmetricMode": True})
-        sol = lu.solve(np.asarray(rhs, np.float64))
-    except RuntimeError:  # singular: report NaN, the LM loop rejects the step
-        sol = np.full(pattern.n, np.nan)
+    symbolic = pattern.symbolic
+    with cholesky.single_threaded_blas():
+        entries = np.bincount(pattern.target, weights=weights, minlength=symbolic.size + 1)[: symbolic.size]
+        factor = cholesky.factor(symbolic, entries)
+        # Not positive definite: report NaN, the LM loop rejects the step.
+        sol = factor.solve(np.asarray(rhs, np.float64)) if factor is not None else np.full(symbolic.n, np.nan)
     return sol.astype(np.asarray(rhs).dtype)
 
 
