@@ -34,7 +34,6 @@ import jax_dataclasses as jdc
 
 from dsg_ros.solve import gd, lm
 from dsg_ros.solve.config import SolverConfig
-from dsg_ros.solve.normal import linearize
 from dsg_ros.solve.perturbed import Perturbed, materialize, values
 from dsg_ros.solve.report import SolveReport
 from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, cost, slab_tangent, slab_whitened
@@ -107,8 +106,6 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
     graph, x_star, system, perturbed = residuals
     x_bar = materialize(cotangents[0])
     dense = lm.uses_dense(graph, config)
-    if system is None:
-        system, _ = linearize(graph, x_star, dense)
     zero = Tangent.zeros_like(x_star)
     free = system.free
     rhs = x_star.pullback(x_bar) * free

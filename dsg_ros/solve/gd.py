@@ -18,12 +18,11 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import jax_dataclasses as jdc
 
 from dsg_ros.solve import report as rp
 from dsg_ros.solve.config import SolverConfig
-from dsg_ros.solve.lm import uses_dense
-from dsg_ros.solve.normal import NormalSystem, assemble, gradient, linearize_slabs, slabs_gradient
+from dsg_ros.solve.lm import select, uses_dense
+from dsg_ros.solve.normal import NormalSystem, assemble, attach_slabs, detach_slabs, gradient, linearize_slabs, slabs_gradient
 from dsg_ros.solve.perturbed import Perturbed, any_perturbed, materialize, values
 from dsg_ros.world.graph import Graph, SlabLinearization, State, cost
 
@@ -50,15 +49,13 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
         x, _, initial, _ = carry
         lins, point_cost = linearize_slabs(graph, x)
         stepped = x.retract(slabs_gradient(graph, lins, x).scale(-config.gd_learning_rate))
-        x = jax.tree.map(lambda a, b: jnp.where(k < last, a, b), stepped, x)
-        lins = tuple(jdc.replace(lin, slab=None) for lin in lins)
-        return (x, lins, jnp.where(k == 0, point_cost, initial), point_cost), None
+        x = select(k < last, stepped, x)
+        return (x, detach_slabs(lins), jnp.where(k == 0, point_cost, initial), point_cost), None
 
-    lins0 = tuple(jdc.replace(SlabLinearization.zeros(slab), slab=None) for slab in graph.slabs)
+    lins0 = detach_slabs(tuple(SlabLinearization.zeros(slab) for slab in graph.slabs))
     nan = jnp.full((), jnp.nan, x0.points.dtype)
     (x, lins, initial, final), _ = jax.lax.scan(body, (x0, lins0, nan, nan), jnp.arange(last + 1))
-    lins = tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(lins, graph.slabs))
-    system = assemble(graph, lins, x, uses_dense(graph, config))
+    system = assemble(graph, attach_slabs(lins, graph), x, uses_dense(graph, config))
     return x, _report(config, initial, final, system.grad.max_abs()), system
 
 

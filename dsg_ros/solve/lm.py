@@ -161,7 +161,7 @@ def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton
         rp.RUNNING,
     ).astype(jnp.int32)
     return Carry(
-        state=_select(accept, prop.candidate, c.state),
+        state=select(accept, prop.candidate, c.state),
         cost=jnp.where(accept, new_cost, current),
         initial_cost=jnp.where(c.iteration == 0, current, c.initial_cost),
         gradient_max=grad_max,
@@ -173,7 +173,8 @@ def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton
     )
 
 
-def _select(pred: jax.Array, a, b):
+def select(pred: jax.Array, a, b):
+    """``a`` where ``pred`` holds, else ``b``, leaf by leaf (pytrees of one structure)."""
     return jax.tree.map(lambda u, v: jnp.where(pred, u, v), a, b)
 
 
@@ -221,7 +222,7 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
         trusted = ~judge | accept  # the point is the incumbent now: system is its linearization
         lam, nu = _damping(c, accept, actual, prop.predicted)
         lam, nu = jnp.where(judge, lam, c.lam), jnp.where(judge, nu, c.nu)
-        state = _select(trusted, prop.candidate, c.state)
+        state = select(trusted, prop.candidate, c.state)
         conv_cost, conv_step = _converged(config, accept, actual, c.cost, prop.delta)
         iteration = c.iteration + judge.astype(jnp.int32)
         grad_max = jnp.where(trusted, system.grad.max_abs(), c.gradient_max)
@@ -253,7 +254,7 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
         # Next: a step from the incumbent, or after a rejection the incumbent
         # itself (to linearize it again). Unused once the solve has ended.
         step_prop = propose(graph, dense, state, system, _lam(c, gn))
-        return c, system.without_slabs(), _select(trusted, step_prop, Proposal.none(c.state)), trusted
+        return c, system.without_slabs(), select(trusted, step_prop, Proposal.none(c.state)), trusted
 
     def again(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> jax.Array:
         c, _, _, judge = loop

@@ -67,13 +67,23 @@ class NormalSystem:
     slabs: tuple[SlabLinearization, ...]
 
     def without_slabs(self) -> NormalSystem:
-        """The state-dependent parts: the per-slab linearizations without
-        their graph slabs (what a solver loop carries)."""
-        return jdc.replace(self, slabs=tuple(jdc.replace(lin, slab=None) for lin in self.slabs))
+        """The state-dependent parts (what a solver loop carries); see ``detach_slabs``."""
+        return jdc.replace(self, slabs=detach_slabs(self.slabs))
 
     def with_slabs(self, graph: Graph) -> NormalSystem:
         """Inverse of ``without_slabs``."""
-        return jdc.replace(self, slabs=tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(self.slabs, graph.slabs)))
+        return jdc.replace(self, slabs=attach_slabs(self.slabs, graph))
+
+
+def detach_slabs(lins: tuple[SlabLinearization, ...]) -> tuple[SlabLinearization, ...]:
+    """The per-slab linearizations without their graph slabs: the graph does
+    not change inside a solver loop, so a loop carries only these parts."""
+    return tuple(jdc.replace(lin, slab=None) for lin in lins)
+
+
+def attach_slabs(lins: tuple[SlabLinearization, ...], graph: Graph) -> tuple[SlabLinearization, ...]:
+    """Inverse of ``detach_slabs``."""
+    return tuple(jdc.replace(lin, slab=slab) for lin, slab in zip(lins, graph.slabs))
 
 
 def linearize(graph: Graph, state: State, dense: bool) -> tuple[NormalSystem, jax.Array]:
