@@ -6,8 +6,6 @@ w, x, y, z then translation. Stamps on the NumPy side are float seconds.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from builtin_interfaces.msg import Time
 from rclpy.serialization import serialize_message
@@ -17,24 +15,16 @@ from nav_msgs.msg import Odometry, Path
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from dsg_ros import se3
+from dsg_ros.msgs import ConversionError, ns_to_parts, sec_to_ns
 
-_NS_PER_S = 1_000_000_000
-_INT32 = 2**31
+# Reading messages is shared with the bag code (dsg_ros.msgs); the node reads
+# through this module, under these names.
+from dsg_ros.msgs import odometry_from_msg, pose_from_msg, stamp_to_sec  # noqa: F401
 
-
-class MessageError(ValueError):
-    """An incoming message whose content cannot be used; the message says why."""
+MessageError = ConversionError
 
 
 # --- stamps -----------------------------------------------------------------
-
-
-def stamp_to_sec(t: Time) -> float:
-    """Seconds as float64, correctly rounded (integer nanoseconds divided
-    once). Exact to the nanosecond only below ~2²² s (48 days, e.g. sim
-    time): at epoch times (~1.7e9 s) float64 resolves ~0.24 µs."""
-    return (t.sec * _NS_PER_S + t.nanosec) / _NS_PER_S
 
 
 def sec_to_stamp(s: float) -> Time:
@@ -43,60 +33,11 @@ def sec_to_stamp(s: float) -> Time:
     ``stamp_to_sec(sec_to_stamp(s)) == s`` for any ``s`` on the nanosecond grid
     and for every float64 above ~2²² s, so float stamps survive the trip out.
     """
-    s = float(s)
-    if not math.isfinite(s):
-        raise MessageError(f"non-finite stamp {s}")
-    whole = math.trunc(s)  # s - whole is exact for either sign; floor is not for small negatives
-    sec, nanosec = divmod(whole * _NS_PER_S + round((s - whole) * _NS_PER_S), _NS_PER_S)
-    if not -_INT32 <= sec < _INT32:
-        raise MessageError(f"stamp {s} s does not fit builtin_interfaces/Time (int32 seconds)")
+    sec, nanosec = ns_to_parts(sec_to_ns(s))
     return Time(sec=sec, nanosec=nanosec)
 
 
 # --- poses ------------------------------------------------------------------
-
-
-def _raw_pose(pose: Pose) -> tuple[np.ndarray, float]:
-    """(7,) as stored, and its quaternion norm; rejects what no normalization fixes."""
-    q, t = pose.orientation, pose.position
-    T = np.array([q.w, q.x, q.y, q.z, t.x, t.y, t.z])
-    if not np.isfinite(T).all():
-        part = "orientation" if not np.isfinite(T[:4]).all() else "position"
-        raise MessageError(f"non-finite {part} in pose: {T.tolist()}")
-    norm = float(np.linalg.norm(T[:4]))
-    if norm < 1e-6:
-        raise MessageError(f"zero quaternion (norm {norm:.3g}) in pose: no rotation can be recovered")
-    return T, norm
-
-
-def pose_from_msg(pose: Pose, tolerance: float = 1e-3) -> np.ndarray:
-    """Strict: pose (7,) with its quaternion renormalized; MessageError if a
-    value is non-finite or the quaternion norm is further than ``tolerance``
-    from 1 (a corrupt pose, not round-off). For the lenient variant that
-    normalizes and warns, see :func:`odometry_from_msg`."""
-    T, norm = _raw_pose(pose)
-    unit = se3.normalized(T, tolerance)
-    if unit is None:
-        raise MessageError(f"non-unit quaternion (norm {norm:.6g}, tolerance {tolerance:g}) in pose")
-    return unit
-
-
-def odometry_from_msg(msg: Odometry, tolerance: float = 1e-3) -> tuple[float, np.ndarray, str | None]:
-    """(stamp s, ``T_frame_child`` (7,) with frame = ``header.frame_id`` and
-    child = ``child_frame_id``, warning or None).
-
-    Lenient on the quaternion, because odometry drivers that publish slightly
-    or grossly unnormalized quaternions exist and the rotation is still
-    meaningful: a non-zero quaternion whose norm is off by more than
-    ``tolerance`` is normalized and reported in the warning. Non-finite values
-    and zero quaternions raise MessageError. Covariance and twist are ignored.
-    """
-    T, norm = _raw_pose(msg.pose.pose)
-    stamp = stamp_to_sec(msg.header.stamp)
-    warning = None
-    if abs(norm - 1.0) > tolerance:
-        warning = f"odometry at t={stamp:.9f} has a non-unit quaternion (norm {norm:.6g}); normalized"
-    return stamp, se3.normalized(T, math.inf), warning
 
 
 def pose_to_msg(T: np.ndarray) -> Pose:
