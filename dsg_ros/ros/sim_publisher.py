@@ -23,9 +23,7 @@ from sensor_msgs.msg import PointCloud2
 
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.pointcloud import xyz_to_cloud
-from dsg_ros.sim.scenario import SimData
-
-SIM_EPOCH = 1000.0  # sim-time stamps start here (ROS treats time 0 as "unset")
+from dsg_ros.sim.scenario import SIM_EPOCH_S, SimData
 
 
 class SimPublisher(Node):
@@ -53,7 +51,7 @@ class SimPublisher(Node):
         return False
 
     def publish_all(self, on_progress=None) -> None:
-        start = SIM_EPOCH if self.clock else time.time()
+        start = SIM_EPOCH_S if self.clock else time.time()
         t0 = time.perf_counter()
         total = len(self.data.cloud_stamps)
         for kind, t, payload in self.data.events():

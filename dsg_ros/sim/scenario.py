@@ -18,6 +18,10 @@ from dsg_ros.sim.odometry import OdometryConfig, integrate_odometry
 from dsg_ros.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
 from dsg_ros.sim.world import World, WorldConfig, build_world
 
+# Stamps of a run published or written to a bag start here (sim stamps start
+# at 0, which ROS treats as "unset").
+SIM_EPOCH_S = 1000.0
+
 # Lidar 0.2 m ahead of and 0.5 m above the base, yawed 2°: an extrinsic worth calibrating.
 _T_BASE_SENSOR = tuple(float(v) for v in planar_pose(np.deg2rad(2.0), np.array([0.2, 0.0, 0.5])))
 
