@@ -200,7 +200,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
     say = _progress(not args.quiet)
     overrides = {k: v for k, v in (("seed", args.seed), ("duration_s", args.duration)) if v is not None}
-    sim_config = replace(SimConfig(), **overrides)
+    try:
+        sim_config = replace(SimConfig(), **overrides)
+    except ValueError as exc:
+        print(f"dsg-ros sim: {exc}", file=sys.stderr)
+        return 2
     say(f"simulating {sim_config.duration_s:g} s (seed {sim_config.seed})")
     data = simulate(sim_config)
     try:
