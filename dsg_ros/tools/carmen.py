@@ -17,6 +17,7 @@ by their ranges (:func:`match_reference`).
 from __future__ import annotations
 
 import bz2
+import functools
 import gzip
 import math
 from dataclasses import dataclass
@@ -78,16 +79,23 @@ class CarmenLog:
     def beams(self) -> int:
         return int(self.scans.ranges.shape[1])
 
-    @property
+    @functools.cached_property
     def max_range_m(self) -> float:
-        """The sensor's no-return reading: the ``*laser_max`` parameter, else the largest range logged."""
+        """The sensor's no-return reading: the ``*laser_max`` parameter, else the
+        largest range logged if it is a saturation value (at least 0.1 % of the
+        readings equal it), else infinity (no reading means no return)."""
         for name in ("robot_front_laser_max", "robot_frontlaser_max", "laser_front_laser_max"):
             if name in self.params:
                 try:
                     return float(self.params[name])
                 except ValueError:
                     pass
-        return float(self.scans.ranges.max()) if self.scans.ranges.size else 0.0
+        ranges = self.scans.ranges
+        if ranges.size:
+            top = float(ranges.max())
+            if np.count_nonzero(ranges == top) >= 1e-3 * ranges.size:
+                return top
+        return float("inf")
 
     @property
     def laser_offset_m(self) -> float:
@@ -168,36 +176,36 @@ def read_log(path: str | Path, repair: bool = True) -> CarmenLog:
     return CarmenLog(path, scans, odometry, params, fixed["scan"][1] + fixed["odom"][1])
 
 
-def repair_stamps(stamps: np.ndarray, burst_s: float = 0.005) -> tuple[np.ndarray, int]:
+def repair_stamps(stamps: np.ndarray, burst_s: float = 0.02, window: int = 10) -> tuple[np.ndarray, int]:
     """Strictly increasing stamps (n,) for records whose file order is the true order.
 
-    Two faults are repaired. A record stamped later than a following one is
-    pulled back to the earliest stamp after it (a reverse running minimum).
-    A burst (records less than ``burst_s`` apart: delivered late and stamped
-    on arrival) is spread evenly over the gap before it, since its records
-    were taken during that gap. Returns the stamps and how many changed by
-    more than ``burst_s``.
+    Where a logger stalled, records arrive late and in bursts, stamped on
+    arrival: a stamp later than a following one, or many records less than
+    ``burst_s`` apart. Around such records (``window`` records either side)
+    the stamps are replaced by their moving average over file order, which
+    spreads a burst over the stall before it and leaves a steady rate as it
+    was; elsewhere stamps are kept. Returns the stamps and how many changed
+    by more than 1 ms.
     """
     t = np.asarray(stamps, np.float64)
-    if t.size < 2:
+    n = t.size
+    if n < 2:
         return t.copy(), 0
-    fixed = np.minimum.accumulate(t[::-1])[::-1].copy()
-    gap = np.diff(fixed)
-    tight = np.concatenate([[False], gap < burst_s])  # record i arrived with record i - 1
-    i = 1
-    while i < t.size:
-        if not tight[i]:
-            i += 1
-            continue
-        first = i - 1  # the burst is records first … last
-        last = i
-        while last + 1 < t.size and tight[last + 1]:
-            last += 1
-        before = fixed[first - 1] if first > 0 else fixed[first] - burst_s * (last - first + 1)
-        count = last - first + 1
-        fixed[first : last + 1] = before + (fixed[last] - before) * np.arange(1, count + 1) / count
-        i = last + 1
-    return fixed, int(np.count_nonzero(np.abs(fixed - t) > burst_s))
+    fixed = np.minimum.accumulate(t[::-1])[::-1]
+    bad = fixed != t
+    bad[1:] |= np.diff(fixed) < burst_s
+    if np.any(bad):
+        near = np.convolve(bad, np.ones(2 * window + 1), mode="same") > 0
+        # Moving average with the window shrunk symmetrically at the ends.
+        cumsum = np.concatenate([[0.0], np.cumsum(fixed - fixed[0])])
+        i = np.arange(n)
+        half = np.minimum(np.minimum(i, n - 1 - i), window)
+        smooth = fixed[0] + (cumsum[i + half + 1] - cumsum[i - half]) / (2 * half + 1)
+        fixed = np.where(near, smooth, fixed)
+    # Equal neighbours (a burst at the very start or end) get nudged apart.
+    step = 1e-6
+    fixed = np.maximum.accumulate(fixed - step * np.arange(n)) + step * np.arange(n)
+    return fixed, int(np.count_nonzero(np.abs(fixed - t) > 1e-3))
 
 
 def match_reference(raw: CarmenLog, corrected: CarmenLog) -> tuple[np.ndarray, np.ndarray]:
@@ -250,6 +258,8 @@ def beam_angles(beams: int) -> np.ndarray:
     ``beams`` even (180, 360): the step is 180°/beams (1° or 0.5°); odd (181,
     361): 180°/(beams − 1), both ends included.
     """
+    if beams < 2:
+        raise CarmenError(f"a scan needs at least 2 beams, got {beams}")
     step = FIELD_OF_VIEW_RAD / (beams if beams % 2 == 0 else beams - 1)
     return ANGLE_MIN_RAD + step * np.arange(beams)
 
