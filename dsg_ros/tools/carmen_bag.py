@@ -5,9 +5,13 @@ The bag is what a ROS 2 driver stack would have recorded:
 * ``/scan`` sensor_msgs/LaserScan in ``laser``: 180° from −90°, the log's
   max-range readings written as +inf (REP 117 "no return"), ``range_max`` =
   the sensor's maximum;
-* ``/odom`` nav_msgs/Odometry ``odom → base_link``: by default one per scan
-  from the FLASER record's own odometry pose (exact pairing with the scan,
-  whatever the ODOM stamps do), or the ODOM records with their velocities;
+* ``/odom`` nav_msgs/Odometry ``odom → base_link``: the ODOM records with
+  their velocities (``odom``), or one per scan from the FLASER record's own
+  odometry pose (``scan``: exact pairing with the scan, whatever the ODOM
+  stamps do, but that pose is the last ODOM before the scan, stale by up to
+  a record: seconds where the log stalled). ``auto`` (the default) takes the
+  ODOM records when their stamps are sound
+  (:attr:`carmen.CarmenLog.odometry_stamps_sound`), else the scans' field;
 * ``/ground_truth`` nav_msgs/Odometry ``map → base_link`` at the matched scans
   of a corrected log (the reference laser pose moved back to the base);
 * ``/tf_static`` ``base_link → laser``, the laser ``robot_frontlaser_offset``
@@ -33,13 +37,13 @@ from dsg_ros.bag import BagWriter, build
 from dsg_ros.msgs import LASER_SCAN, ODOMETRY, TF, sec_to_ns
 from dsg_ros.tools import carmen
 
-ODOMETRY_SOURCES = ("scan", "odom")
+ODOMETRY_SOURCES = ("auto", "scan", "odom")
 
 
 @dataclass(frozen=True)
 class CarmenBagConfig:
     storage: str = "sqlite3"  # or "mcap"
-    odometry: str = "scan"  # "scan": FLASER odometry poses; "odom": ODOM records
+    odometry: str = "auto"  # "scan": FLASER odometry poses; "odom": ODOM records; "auto": see the module docstring
     overwrite: bool = False
     scan_topic: str = "/scan"
     odom_topic: str = "/odom"
@@ -83,9 +87,16 @@ def _scan_events(log: carmen.CarmenLog, scan_ns: list[int], c: CarmenBagConfig) 
         yield ns, c.scan_topic, LASER_SCAN, build.laser_scan(ns, c.laser_frame, r, float(bearings[0]), step, 0.0, range_max)
 
 
-def _odometry_events(log: carmen.CarmenLog, odom_ns: list[int], c: CarmenBagConfig) -> Iterator[Event]:
-    """``odom_ns``: the scans' stamps for ``odometry == "scan"``, else the ODOM records'."""
-    if c.odometry == "scan":
+def odometry_source(log: carmen.CarmenLog, requested: str) -> str:
+    """"scan" or "odom": what ``requested`` ("auto", "scan" or "odom") means for this log."""
+    if requested == "auto":
+        return "odom" if log.odometry_stamps_sound else "scan"
+    return requested
+
+
+def _odometry_events(log: carmen.CarmenLog, odom_ns: list[int], source: str, c: CarmenBagConfig) -> Iterator[Event]:
+    """``odom_ns``: the scans' stamps for ``source == "scan"``, else the ODOM records'."""
+    if source == "scan":
         for ns, T in zip(odom_ns, carmen.se2_to_se3(log.scans.odom_pose)):
             yield ns, c.odom_topic, ODOMETRY, build.odometry(ns, c.odom_frame, c.base_frame, T)
         return
@@ -122,14 +133,15 @@ def convert(
             index, T_map_base = ground_truth(log, carmen.read_log(reference_path))
             say(f"reference {reference_path}: {len(index)} of its scans matched")
 
+        source = odometry_source(log, c.odometry)
         scan_ns = [sec_to_ns(t) for t in log.scans.stamps]
-        odom_ns = scan_ns if c.odometry == "scan" else [sec_to_ns(t) for t in log.odometry.stamps]
+        odom_ns = scan_ns if source == "scan" else [sec_to_ns(t) for t in log.odometry.stamps]
         start_ns = min(scan_ns[0], *odom_ns[:1])
         static = build.tf_message([(c.base_frame, c.laser_frame, start_ns, _T_base_laser(log))])
         streams = [
             iter([(start_ns, "/tf_static", TF, static)]),
             _scan_events(log, scan_ns, c),
-            _odometry_events(log, odom_ns, c),
+            _odometry_events(log, odom_ns, source, c),
             _ground_truth_events(index, T_map_base, scan_ns, c),
         ]
         # Each stream's stamps increase (repaired); merging keeps the bag in
@@ -142,7 +154,7 @@ def convert(
     return {
         "output": str(out),
         "storage": c.storage,
-        "odometry": c.odometry,
+        "odometry": source,
         "counts": dict(writer.counts),
         "scans": len(log.scans),
         "beams": log.beams,
