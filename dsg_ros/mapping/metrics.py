@@ -1,4 +1,9 @@
-"""Trajectory metrics as evo computes them (ATE after SE(3) alignment, RPE), and TUM export."""
+"""Trajectory metrics: ATE after SE(3) alignment and RPE as evo computes them,
+relation errors (Kuemmerle et al. 2009) at time gaps or from a relations
+file, poses looked up at given stamps, and TUM export.
+
+Poses are ``wxyz_xyz`` (N, 7); stamps are float seconds, increasing.
+"""
 
 from __future__ import annotations
 
@@ -38,12 +43,105 @@ def rpe(estimate: np.ndarray, reference: np.ndarray, delta: int = 1) -> tuple[fl
     """RMSE of relative-pose error over ``delta`` steps: (translation m, rotation deg)."""
     if estimate.shape[0] <= delta:
         return float("nan"), float("nan")
-    rel_est = se3.between(estimate[:-delta], estimate[delta:])
-    rel_ref = se3.between(reference[:-delta], reference[delta:])
-    err = se3.log(se3.between(rel_ref, rel_est))
-    trans = np.linalg.norm(se3.apply(se3.between(rel_ref, rel_est), np.zeros(3)), axis=-1)
-    rot = np.degrees(np.linalg.norm(err[:, 3:], axis=1))
-    return float(np.sqrt(np.mean(trans**2))), float(np.sqrt(np.mean(rot**2)))
+    trans, rot = relation_errors(se3.between(estimate[:-delta], estimate[delta:]), se3.between(reference[:-delta], reference[delta:]))
+    return _rmse(trans), _rmse(rot)
+
+
+def relation_errors(relative_estimate: np.ndarray, relative_reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per relation (P, 7), the error ``(ref_i⁻¹ ref_j)⁻¹ (est_i⁻¹ est_j)`` as its
+    translation norm (m) and rotation angle (deg), each (P,).
+
+    Kuemmerle et al. 2009's metric: only relative motions are compared, so
+    a drift long before a pair does not count against it (unlike the ATE).
+    """
+    error = se3.between(np.asarray(relative_reference), np.asarray(relative_estimate))
+    trans = np.linalg.norm(error[..., 4:], axis=-1)
+    rot = np.degrees(np.linalg.norm(se3.log(error)[..., 3:], axis=-1))
+    return trans, rot
+
+
+def poses_at(stamps: np.ndarray, poses: np.ndarray, query: np.ndarray, tolerance_s: float = 1e-3) -> np.ndarray:
+    """Poses (Q, 7) at the ``query`` stamps (Q,): the pose of a stamp within
+    ``tolerance_s`` where there is one (the nearest), else the geodesic
+    interpolation of the two around it; NaN rows outside ``stamps``' span.
+    ``stamps`` (N,) increasing, ``poses`` (N, 7)."""
+    stamps, poses, query = np.asarray(stamps, np.float64), np.asarray(poses, np.float64), np.asarray(query, np.float64)
+    out = np.full((query.size, 7), np.nan)
+    if stamps.size == 0:
+        return out
+    after = np.searchsorted(stamps, query)  # stamps[after - 1] < query <= stamps[after]
+    before = np.clip(after - 1, 0, stamps.size - 1)
+    after_c = np.clip(after, 0, stamps.size - 1)
+    nearest = np.where(np.abs(stamps[after_c] - query) <= np.abs(query - stamps[before]), after_c, before)
+    exact = np.abs(stamps[nearest] - query) <= tolerance_s
+    out[exact] = poses[nearest[exact]]
+    inside = ~exact & (after > 0) & (after < stamps.size)
+    if np.any(inside):
+        i, j = before[inside], after_c[inside]
+        alpha = (query[inside] - stamps[i]) / (stamps[j] - stamps[i])
+        out[inside] = se3.interpolate(poses[i], poses[j], alpha)
+    return out
+
+
+def pairs_at_gap(stamps: np.ndarray, gap_s: float, slack: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), one per i: j the first stamp at least ``gap_s``
+    after stamp i, kept when it is at most ``(1 + slack) · gap_s`` after it
+    (sparse references have no partner for some i)."""
+    stamps = np.asarray(stamps, np.float64)
+    i = np.arange(stamps.size)
+    j = np.searchsorted(stamps, stamps + gap_s - 1e-9)
+    keep = j < stamps.size
+    i, j = i[keep], j[keep]
+    keep = stamps[j] - stamps[i] <= (1.0 + slack) * gap_s
+    return i[keep], j[keep]
+
+
+def relation_poses(relations: np.ndarray) -> np.ndarray:
+    """Relative poses (R, 7) of Kuemmerle relations ``t1 t2 x y z roll pitch yaw``
+    (R, 8): rotation Rz(yaw)·Ry(pitch)·Rx(roll), translation x y z."""
+    relations = np.asarray(relations, np.float64).reshape(-1, 8)
+
+    def about(axis: int) -> np.ndarray:  # rotations (R, 7) by the angle in column 5 + axis
+        twist = np.zeros((relations.shape[0], 6))
+        twist[:, 3 + axis] = relations[:, 5 + axis]
+        return se3.exp(twist)
+
+    q = se3.compose(about(2), se3.compose(about(1), about(0)))
+    return np.concatenate([q[:, :4], relations[:, 2:5]], axis=1)
+
+
+def score(stamps: np.ndarray, poses: np.ndarray, reference_stamps: np.ndarray, reference: np.ndarray, gaps_s: tuple[float, ...] = (1.0, 10.0)) -> dict[str, float | int | None]:
+    """A trajectory (``stamps`` (N,), ``poses`` (N, 7)) scored at the reference
+    stamps (K,): ATE after rigid alignment (``ate_m``) and, per gap, the RMSE
+    of the relation errors of pose pairs about that far apart
+    (``rel_1s_m``, ``rel_1s_deg``, ``rel_1s_pairs``). Reference stamps outside
+    the trajectory are left out (``poses`` counts the rest)."""
+    estimate = poses_at(stamps, poses, reference_stamps)
+    ok = np.isfinite(estimate).all(axis=1)
+    estimate, reference, reference_stamps = estimate[ok], np.asarray(reference)[ok], np.asarray(reference_stamps)[ok]
+    out: dict[str, float | int | None] = {"poses": int(ok.sum()), "ate_m": ate(estimate, reference) if ok.sum() else None}
+    for gap in gaps_s:
+        i, j = pairs_at_gap(reference_stamps, gap)
+        trans, rot = relation_errors(se3.between(estimate[i], estimate[j]), se3.between(reference[i], reference[j]))
+        name = f"rel_{gap:g}s"
+        out.update({f"{name}_m": _rmse(trans), f"{name}_deg": _rmse(rot), f"{name}_pairs": int(i.size)})
+    return out
+
+
+def score_relations(stamps: np.ndarray, poses: np.ndarray, relations: np.ndarray) -> dict[str, float | int | None]:
+    """RMSE of the relation errors of a trajectory over Kuemmerle relations
+    (R, 8) (``relations_m``, ``relations_deg``); relations with a stamp
+    outside the trajectory are left out (``relations_used`` counts the rest)."""
+    relations = np.asarray(relations, np.float64).reshape(-1, 8)
+    start, end = poses_at(stamps, poses, relations[:, 0]), poses_at(stamps, poses, relations[:, 1])
+    ok = np.isfinite(start).all(axis=1) & np.isfinite(end).all(axis=1)
+    trans, rot = relation_errors(se3.between(start[ok], end[ok]), relation_poses(relations[ok]))
+    return {"relations_m": _rmse(trans), "relations_deg": _rmse(rot), "relations_used": int(ok.sum()), "relations_total": int(relations.shape[0])}
+
+
+def _rmse(values: np.ndarray) -> float | None:
+    """Root mean square, None for no values (JSON null rather than NaN)."""
+    return float(np.sqrt(np.mean(np.square(values)))) if np.size(values) else None
 
 
 def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> Path:
