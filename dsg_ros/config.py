@@ -71,6 +71,50 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings → dotted names, as ROS reads a nested params file."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def unflatten(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """Dotted names → nested mappings (the inverse of :func:`flatten`)."""
+    tree: dict[str, Any] = {}
+    for name, value in flat.items():
+        *parents, leaf = name.split(".")
+        node = tree
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return tree
+
+
+def section(data: Mapping[str, Any], name: str, where: str = "config") -> Mapping[str, Any] | None:
+    """The ``name`` section of a YAML document as nested mappings, from either
+    form the project's files take: plain (``mapper: {...}``, as run-sim's
+    config) or a ROS 2 parameters file (``/**: ros__parameters: {mapper: ...}``,
+    nested or with dotted names ``mapper.window.keyframes``; every node block
+    that has the section contributes, later ones winning, as ROS merges them).
+    None when a parameters file leaves the section at its defaults; ValueError
+    when the document is neither form."""
+    if name in data:
+        return data[name]
+    blocks = [block["ros__parameters"] for block in data.values() if isinstance(block, Mapping) and "ros__parameters" in block]
+    if not blocks:
+        raise ValueError(f"{where}: neither a '{name}:' section nor a ROS parameters file ('<node>: ros__parameters:'); top-level keys {sorted(data)}")
+    found: dict[str, Any] = {}
+    for params in blocks:
+        if not isinstance(params, Mapping):
+            raise ValueError(f"{where}: ros__parameters must be a mapping, got {type(params).__name__}")
+        found.update({key[len(name) + 1 :]: value for key, value in flatten(params).items() if key.startswith(name + ".")})
+    return unflatten(found) if found else None
+
+
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if dataclasses.is_dataclass(hint):

@@ -117,8 +117,13 @@ def rss_mb(pid: int | str = "self") -> float | None:
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
-    if pid == "self":
-        import resource
+    return peak_rss_mb() if pid == "self" else None
 
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    return None
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports
+    ``ru_maxrss`` in KiB). A high-water mark: it never goes down, so within one
+    process it covers everything run before too."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0

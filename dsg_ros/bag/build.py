@@ -14,6 +14,7 @@ import numpy as np
 from rosbags.typesys import Stores, get_typestore
 
 from dsg_ros.msgs import LASER_SCAN, ODOMETRY, POINT_CLOUD, POSE_STAMPED, TF, ns_to_parts
+from dsg_ros.msgs.colors import colorize
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
 _T = TYPESTORE.types
@@ -121,3 +122,53 @@ def point_cloud(stamp_ns: int, frame_id: str, p: np.ndarray) -> Any:
         data=np.ascontiguousarray(p, "<f4").view(np.uint8).reshape(-1),
         is_dense=bool(np.isfinite(p).all()),
     )
+
+
+def pose_array(stamp_ns: int, frame_id: str, poses: np.ndarray) -> Any:
+    """geometry_msgs/PoseArray of poses (K, 7) ``T_frame_body``."""
+    return _T["geometry_msgs/msg/PoseArray"](header=header(stamp_ns, frame_id), poses=[_pose(T) for T in np.asarray(poses).reshape(-1, 7)])
+
+
+def path(stamp_ns: int, frame_id: str, entries: Sequence[Any]) -> Any:
+    """nav_msgs/Path of ready-made PoseStamped ``entries`` (:func:`pose_stamped`,
+    each at its own stamp); ``stamp_ns`` is the path's. A long replay keeps the
+    entries of keyframes that left the window instead of rebuilding them."""
+    return _T["nav_msgs/msg/Path"](header=header(stamp_ns, frame_id), poses=list(entries))
+
+
+def voxel_markers(stamp_ns: int, frame_id: str, centers: np.ndarray, values: np.ndarray, voxel_size: float, ns: str = "voxels", colormap: str = "height") -> Any:
+    """visualization_msgs/MarkerArray holding one CUBE_LIST marker (``ns``, id 0)
+    of voxel ``centers`` (N, 3) in ``frame_id``, coloured by ``values`` (N,)
+    as the node's ``~/voxels`` (see :func:`dsg_ros.msgs.colors.colorize`).
+    Centers with a non-finite coordinate are left out (RViz rejects the whole
+    marker otherwise)."""
+    centers = np.asarray(centers, np.float64).reshape(-1, 3)
+    values = np.asarray(values, np.float64).reshape(-1)
+    if values.shape[0] != centers.shape[0]:
+        raise ValueError(f"{values.shape[0]} values for {centers.shape[0]} centers")
+    keep = np.isfinite(centers).all(axis=1)
+    centers, rgb = centers[keep], colorize(values[keep], colormap)
+    point, color = _T["geometry_msgs/msg/Point"], _T["std_msgs/msg/ColorRGBA"]
+    empty = np.zeros(0, np.uint8)
+    marker = _T["visualization_msgs/msg/Marker"](
+        header=header(stamp_ns, frame_id),
+        ns=ns,
+        id=0,
+        type=_T["visualization_msgs/msg/Marker"].CUBE_LIST,
+        action=_T["visualization_msgs/msg/Marker"].ADD,
+        pose=_pose(np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])),  # a unit quaternion: RViz rejects a zero one
+        scale=_vector3((voxel_size,) * 3),
+        color=color(r=1.0, g=1.0, b=1.0, a=1.0),  # per-point colours override it
+        lifetime=_T["builtin_interfaces/msg/Duration"](sec=0, nanosec=0),
+        frame_locked=False,
+        points=[point(x=x, y=y, z=z) for x, y, z in centers.tolist()],
+        colors=[color(r=r, g=g, b=b, a=1.0) for r, g, b in rgb.tolist()],
+        texture_resource="",
+        texture=_T["sensor_msgs/msg/CompressedImage"](header=header(0, ""), format="", data=empty),
+        uv_coordinates=[],
+        text="",
+        mesh_resource="",
+        mesh_file=_T["visualization_msgs/msg/MeshFile"](filename="", data=empty),
+        mesh_use_embedded_materials=False,
+    )
+    return _T["visualization_msgs/msg/MarkerArray"](markers=[marker])

@@ -64,11 +64,15 @@ def summarize(
     return summary
 
 
-def plot_top_view(path: Path, voxels: np.ndarray, estimate: np.ndarray, truth: np.ndarray, odom: np.ndarray) -> Path:
+def plot_top_view(
+    path: Path, voxels: np.ndarray, estimate: np.ndarray, truth: np.ndarray | None = None, odom: np.ndarray | None = None, align: bool = True
+) -> Path:
     """Top view: voxel map (N, 3) coloured by height, ground truth, odometry and the estimate (K, 7).
 
-    The estimate lives in the map frame (= the odometry frame at start); it
-    and the odometry are aligned to ground truth like the ATE, for display.
+    The estimate lives in the map frame (= the odometry frame at start). With
+    ``truth`` (K, 7) matched pose by pose and ``align``, the estimate (with
+    the map) and the odometry are aligned to it like the ATE, for display;
+    otherwise everything is drawn as given, in any lengths.
     """
     import matplotlib
 
@@ -77,19 +81,22 @@ def plot_top_view(path: Path, voxels: np.ndarray, estimate: np.ndarray, truth: n
 
     from dsg_ros import se3
 
-    align_est = metrics.umeyama(estimate[:, 4:], truth[:, 4:])
-    align_odom = metrics.umeyama(odom[:, 4:], truth[:, 4:])
+    def aligned(poses: np.ndarray) -> np.ndarray:
+        return metrics.umeyama(poses[:, 4:], truth[:, 4:]) if align and truth is not None else se3.IDENTITY
+
+    align_est = aligned(estimate)
     voxels = se3.apply(align_est, voxels)
     fig, ax = plt.subplots(figsize=(9, 8), dpi=110)
     order = np.argsort(voxels[:, 2])
     scatter = ax.scatter(voxels[order, 0], voxels[order, 1], c=voxels[order, 2], s=0.4, cmap="viridis", linewidths=0)
     fig.colorbar(scatter, ax=ax, label="voxel height (m)")
-    for poses, label, style in (
-        (truth[:, 4:], "ground truth", dict(color="black", lw=1.6)),
-        (se3.apply(align_odom, odom[:, 4:]), "odometry", dict(color="tab:red", lw=1.2, ls="--")),
-        (se3.apply(align_est, estimate[:, 4:]), "estimate", dict(color="tab:orange", lw=1.2)),
-    ):
-        ax.plot(poses[:, 0], poses[:, 1], label=label, **style)
+    lines = [(se3.apply(align_est, estimate[:, 4:]), "estimate", dict(color="tab:orange", lw=1.2))]
+    if odom is not None:
+        lines.insert(0, (se3.apply(aligned(odom), odom[:, 4:]), "odometry", dict(color="tab:red", lw=1.2, ls="--")))
+    if truth is not None:
+        lines.insert(0, (truth[:, 4:], "ground truth", dict(color="black", lw=1.6)))
+    for points, label, style in lines:
+        ax.plot(points[:, 0], points[:, 1], label=label, **style)
     ax.set_aspect("equal")
     ax.set_xlabel("x (m)")
     ax.set_ylabel("y (m)")

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, NamedTuple
 
 import numpy as np
 
@@ -12,6 +13,16 @@ from dsg_ros.learn.calibration import CalibrationSummary
 from dsg_ros.mapping.mapper import Mapper, TickResult
 
 Event = tuple[str, float, Any]  # ("odom" | "cloud" | "ground_truth", stamp, payload)
+
+
+class Cloud(NamedTuple):
+    """A "cloud" event's payload when more than the points is known (a bare
+    (N, 3) array is taken as ``Cloud(p_sensor)``): the caller's count of
+    points already dropped, and whether a planar scanner (LaserScan) took it."""
+
+    p_sensor: np.ndarray
+    dropped: int = 0
+    planar: bool = False
 
 
 @dataclass
@@ -26,6 +37,7 @@ class RunRecord:
     refine_ms: list[float] = field(default_factory=list)  # after the tick, off the latency path (when it ran)
     calibration: list[tuple[float, CalibrationSummary]] = field(default_factory=list)
     warnings: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # event kind → inputs the mapper refused (it warns why)
     wall_s: float = 0.0
     last: TickResult | None = None
 
@@ -51,12 +63,15 @@ def drive(
     started = time.perf_counter()
     for kind, stamp, payload in events:
         if kind == "odom":
-            mapper.add_odometry(stamp, payload)
+            if not mapper.add_odometry(stamp, payload):
+                record.rejected[kind] += 1
         elif kind == "ground_truth":
-            if use_reference:
-                mapper.add_reference(stamp, payload)
+            if use_reference and not mapper.add_reference(stamp, payload):
+                record.rejected[kind] += 1
         elif kind == "cloud":
-            mapper.add_cloud(stamp, payload)
+            cloud = payload if isinstance(payload, Cloud) else Cloud(payload)
+            if not mapper.add_cloud(stamp, cloud.p_sensor, cloud.dropped, cloud.planar):
+                record.rejected[kind] += 1
             result = mapper.tick()
             record.tick_ms.append(result.diagnostics["tick_ms"])
             if result.keyframes_added:

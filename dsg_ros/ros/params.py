@@ -18,7 +18,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.node import Node
 
-from dsg_ros.config import from_mapping, to_mapping
+from dsg_ros.config import flatten, from_mapping, to_mapping, unflatten
 from dsg_ros.mapping import MapperConfig
 
 
@@ -110,28 +110,6 @@ def _descriptor(name: str, default: Any, description: str, constraint: Any) -> P
     return d
 
 
-def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings → dotted names, as ROS reads a nested params file."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
-
-
-def _unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    tree: dict[str, Any] = {}
-    for name, value in flat.items():
-        *parents, leaf = name.split(".")
-        node = tree
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    return tree
-
-
 def mapper_parameter_defaults() -> dict[str, Any]:
     """``mapper.*`` parameter names and defaults, as declared."""
     return {f"mapper.{k}": v for k, v in flatten(to_mapping(MapperConfig())).items()}
@@ -159,7 +137,7 @@ def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
     for name in mapper_parameter_defaults():
         value = node.get_parameter(name).value  # double arrays come back as array.array
         flat[name[len("mapper.") :]] = value if isinstance(value, (bool, int, float, str)) else list(value)
-    return settings, from_mapping(MapperConfig, _unflatten(flat), "mapper")
+    return settings, from_mapping(MapperConfig, unflatten(flat), "mapper")
 
 
 def default_params_file() -> Path:
