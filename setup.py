@@ -64,8 +64,9 @@ setup(
         # extra means the same). `cuda13` needs driver >= 580.
         "cuda": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
-        # Reference solver for benches only; never a runtime dependency.
-        "bench": ["gtsam"],
+        # Reference solver and odometry (KISS-ICP, bench realdata) for benches
+        # only; never runtime dependencies.
+        "bench": ["gtsam", "kiss-icp"],
         "test": ["pytest", "colcon-common-extensions", "setuptools"],
     },
     zip_safe=True,

@@ -75,3 +75,25 @@ def test_a_replayed_simulation_must_match_its_config():
     data = simulate(SimConfig(duration_s=0.5))
     with pytest.raises(ValueError, match="another SimConfig"):
         run_sim(SimConfig(duration_s=1.0), MapperConfig(), data=data)
+
+
+def test_realdata_table_and_verdicts_from_synthetic_runs():
+    from dsg_ros.bench import realdata
+
+    score = {"ate_m": 0.5, "rel_1s_m": 0.04, "rel_1s_deg": 1.0, "rel_10s_m": 0.2, "rel_10s_deg": 2.0}
+    mapper = {**score, "realtime_factor": 8.0, "keyframe_tick_ms_p50": 30.0, "keyframe_tick_ms_p99": 90.0, "rss_mb": 800.0}
+    runs = {
+        "dsg_ros, calibration off": mapper,
+        "dsg_ros, calibration on (self-supervised)": mapper,
+        "dsg_ros, reference poses as odometry": {**mapper, "ate_m": 0.01},
+        "raw odometry": {**score, "ate_m": 1.0, "relations_m": 0.05, "relations_deg": 1.2},
+        "KISS-ICP (odometry as initial guess)": {**score, "realtime_factor": 200.0, "register_ms_p50": 0.2, "register_ms_p99": 4.0, "rss_mb": 810.0},
+    }
+    r = {"machine": {"cpu": "x", "cores": 2, "jax": "0", "backend": "cpu", "device": "cpu", "dtype": "float64", "python": "3", "date": "d"}, "quick": True,
+         "logs": {"aces": {"scans": 10, "reference_poses": 4, "log_duration_s": 100.0, "replayed_s": 50.0, "runs": runs}}}
+    r["goals"] = realdata._verdicts(r)
+    assert [v for _, v in r["goals"]] == ["met", "met"]
+    text = realdata._markdown(r)
+    assert "| dsg_ros, calibration off | 0.500 | 0.040 / 1.00 | 0.200 / 2.00 |  | 8.0x | 30 / 90 (keyframe) | 800 |" in text
+    assert "| raw odometry | 1.000 | 0.040 / 1.00 | 0.200 / 2.00 | 0.050 / 1.20 |  |  |  |" in text
+    assert "0.2 / 4.0 (per scan)" in text and "`dsg-ros bench realdata --quick`" in text
