@@ -122,11 +122,11 @@ def test_aces_excerpt_writes_every_output_and_records_what_the_node_publishes(ac
 def test_sim_bag_replays_its_points_with_the_extrinsic_from_tf_static(tmp_path, capsys):
     data = simulate(SimConfig(duration_s=3.0))
     write_sim_bag(data, tmp_path / "sim", SimBagConfig(storage="mcap"))
-    code, summary, err = _replay(capsys, str(tmp_path / "sim"), "--reference-topic", "/ground_truth", "--no-calibration", "--json")
+    code, summary, err = _replay(capsys, str(tmp_path / "sim"), "--reference-topic", "/ground_truth", "--no-calibration", "--start", "0.5", "--json")
     assert code == 0 and err == ""  # --json: no progress either
     assert summary["sensors"] == ["/points"] and summary["sensor_frame"] == "lidar"
     np.testing.assert_allclose(summary["T_base_sensor"], data.T_base_sensor, atol=1e-12)
-    assert summary["clouds_consumed"] == len(data.clouds) and summary["calibration_steps"] == 0
+    assert summary["clouds_consumed"] == len(data.clouds) - 5 and summary["calibration_steps"] == 0  # 10 Hz, from 0.5 s on
     assert summary["scores"]["estimate"]["ate_m"] < 0.2
 
 
@@ -153,8 +153,10 @@ def test_bad_messages_are_counted_skips_with_their_reason(tmp_path, capsys):
             if k == 5:
                 scan.angle_max = 0.0  # 180 ranges for half the angles
             w.write("/scan", msgs.LASER_SCAN, scan, int(t * S) + 500 + k)
-    code, summary, _ = _replay(capsys, str(bag), "--json")
-    assert code == 0
+    # The node's parameters file works as is; --rate 10 paces the 2 s of bag over ~0.2 s.
+    params = Path(__file__).resolve().parents[1] / "config" / "hybrid.yaml"
+    code, summary, _ = _replay(capsys, str(bag), "--params-file", str(params), "--rate", "10", "--json")
+    assert code == 0 and summary["realtime_factor"] < 11.0
     assert summary["skipped"] == {
         "/scan: # ranges, but angle_min # to angle_max # in steps of # rad make # beams": 1,
         "odom refused by the mapper": 1,
@@ -169,6 +171,10 @@ def test_missing_topic_lists_the_bag_and_corrupt_bag_names_the_file(aces_bag, tm
     assert code == 2 and "no topic /velodyne_points" in err
     assert "/scan (sensor_msgs/msg/LaserScan, " in err and "/odom (nav_msgs/msg/Odometry, " in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+    (tmp_path / "typo.yaml").write_text("/**:\n  ros__parameters:\n    mapper:\n      window:\n        keyframs: 3\n")
+    code, _, err = _replay(capsys, str(aces_bag), "--params-file", str(tmp_path / "typo.yaml"))
+    assert code == 2 and "mapper.window: unknown key(s) ['keyframs']" in err
+    (tmp_path / "typo.yaml").unlink()
 
     corrupt = tmp_path / "corrupt"
     corrupt.mkdir()

@@ -92,7 +92,7 @@ class ReplayConfig:
     supervise: bool = True  # give the reference to the mapper (supervised calibration); False: score only
     sensor_stamps_topic: str | None = None
     gaps_s: tuple[float, ...] = (1.0, 10.0)  # relation errors of pose pairs this far apart
-    record: RecordConfig = field(default_factory=RecordConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)  # for --record; its odom and base frames are taken from here
 
     def __post_init__(self) -> None:
         if not (np.isfinite(self.start_s) and self.start_s >= 0.0):
@@ -117,7 +117,7 @@ class ReplayResult:
     odometry: Trajectory
     reference: Trajectory | None
     mapper: Mapper
-    record: RunRecord
+    run: RunRecord
 
 
 @dataclass(frozen=True)
@@ -386,7 +386,7 @@ def _replay(
             mapper = Mapper(mapper_config, theta)
             warm_up_s = mapper.warm_up()
             say(f"warm-up (compiling the mapper) took {warm_up_s:.1f} s")
-            bar = ProgressBar("replay", enabled=progress) if progress else None
+            bar = ProgressBar("replay") if progress else None
             stream = _Stream(bag, plan, config, bar)
             record_config = replace(config.record, odom_frame=config.odom_frame, base_frame=config.base_frame)
             recorder = Recorder(bag_out, mapper, record_config) if bag_out is not None else None
