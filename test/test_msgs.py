@@ -199,7 +199,7 @@ def test_msgs_and_bag_import_no_ros():
     """The layering: message conversion and bags work without rclpy or any
     *_msgs package, and bag/ never imports the node's ros/."""
     code = (
-        "import sys; import dsg_ros.msgs, dsg_ros.bag, dsg_ros.bag.tf, dsg_ros.tools.carmen_bag, dsg_ros.tools.sim_bag; "
+        "import sys; import dsg_ros.msgs, dsg_ros.bag, dsg_ros.bag.tf, dsg_ros.bag.replay, dsg_ros.tools.carmen_bag, dsg_ros.tools.sim_bag; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('rclpy', 'sensor_msgs', 'nav_msgs', 'geometry_msgs', "
         "'tf2_msgs', 'builtin_interfaces', 'std_msgs') or m.startswith('dsg_ros.ros')); print(bad); assert not bad"
     )
