@@ -222,6 +222,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_runtime(args)
+    import os
+
     from dsg_ros.bag import BagError
     from dsg_ros.bag.replay import ReplayConfig, replay
     from dsg_ros.config import from_mapping, load_yaml, section
@@ -250,7 +252,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
             mapper_config = from_mapping(MapperConfig, mapper_section, "mapper")
         theta = cal.load(args.calibration) if args.calibration else None
         relations = read_relations(args.relations) if args.relations else None
-    except ValueError as exc:  # a bad flag value, parameters file, calibration or relations file
+        if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
+            raise ValueError(f"--output {args.output} exists and is not a directory")
+    except ValueError as exc:  # a bad flag value, parameters file, calibration or relations file, output path
         print(f"dsg-ros replay: {exc}", file=sys.stderr)
         return 2
     try:
