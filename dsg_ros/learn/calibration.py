@@ -45,6 +45,57 @@ def zero_theta() -> Theta:
     }
 
 
+@dataclass(frozen=True)
+class CalibrationBounds:
+    """The range every learned parameter is kept in (a step is clipped into it).
+
+    Wide enough for any working robot, narrow enough that no calibration can
+    become degenerate: a self-supervised loss prefers shorter motion (scans
+    agree best when nothing moved), and unbounded it shrank a real robot's
+    odometry to 0.06 % of its length.
+    """
+
+    odom_scale: tuple[float, float] = (0.8, 1.25)
+    odom_linear_bias_m_s: float = 0.2
+    odom_angular_bias_deg_s: float = 5.0
+    extrinsic_translation_m: float = 0.2
+    extrinsic_rotation_deg: float = 10.0
+    sigma_scale: tuple[float, float] = (0.1, 10.0)
+
+    def __post_init__(self) -> None:
+        for name in ("odom_scale", "sigma_scale"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= 1.0 <= hi:
+                raise ValueError(f"calibration bounds {name} must satisfy 0 < low <= 1 <= high, got {(lo, hi)}")
+        for name in ("odom_linear_bias_m_s", "odom_angular_bias_deg_s", "extrinsic_translation_m", "extrinsic_rotation_deg"):
+            if not getattr(self, name) >= 0.0:
+                raise ValueError(f"calibration bounds {name} must be >= 0")
+
+    def limits(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """(low, high) per theta entry, in theta's own units."""
+        bias = np.array([self.odom_linear_bias_m_s] * 3 + [np.radians(self.odom_angular_bias_deg_s)] * 3)
+        extrinsic = np.array([self.extrinsic_translation_m] * 3 + [np.radians(self.extrinsic_rotation_deg)] * 3)
+        log_scale = np.log(np.asarray(self.odom_scale, np.float64))
+        log_sigma = np.log(np.asarray(self.sigma_scale, np.float64))
+        return {
+            "odom_log_scale": (np.full(3, log_scale[0]), np.full(3, log_scale[1])),
+            "odom_bias": (-bias, bias),
+            "extrinsic": (-extrinsic, extrinsic),
+            "log_sigma_odom": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
+            "log_sigma_obs": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
+        }
+
+    def clip(self, theta: Theta) -> tuple[dict[str, np.ndarray], list[str]]:
+        """theta clipped into the bounds (host arrays), and the names of the entries that were outside."""
+        out, clipped = {}, []
+        for name, (lo, hi) in self.limits().items():
+            value = np.asarray(theta[name], np.float64)
+            out[name] = np.clip(value, lo, hi)
+            if not np.array_equal(out[name], value):
+                clipped.append(name)
+        return out, clipped
+
+
 def as_host(theta: Theta) -> dict[str, np.ndarray]:
     """theta as float64 NumPy arrays (copies)."""
     return {k: np.array(v, np.float64) for k, v in theta.items()}

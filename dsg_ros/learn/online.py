@@ -44,7 +44,7 @@ import jaxlie
 import numpy as np
 import optax
 
-from dsg_ros.learn.calibration import Theta, correct_odometry, observations_in_base
+from dsg_ros.learn.calibration import CalibrationBounds, Theta, correct_odometry, observations_in_base
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.solve.reduced import solve_poses
 from dsg_ros.world import Graph, State
@@ -94,8 +94,15 @@ class CalibrationConfig:
     solver: SolverConfig = field(
         default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", implicit_hessian="gauss_newton")
     )
+    bounds: CalibrationBounds = field(default_factory=CalibrationBounds)
+    # A step is applied only when, on the next ``validation_snapshots``
+    # snapshots (data it was not fitted to), it scores a lower loss than the
+    # calibration in use; otherwise it is rolled back (optimizer state too).
+    validation_snapshots: int = 3
 
     def __post_init__(self) -> None:
+        if self.validation_snapshots < 1:
+            raise ValueError(f"calibration.validation_snapshots must be >= 1, got {self.validation_snapshots}")
         if self.optimizer not in ("gauss_newton", "adam"):
             raise ValueError(f"calibration.optimizer must be 'gauss_newton' or 'adam', got {self.optimizer!r}")
         if self.optimizer == "gauss_newton" and not odometry_only(self):
@@ -275,7 +282,13 @@ class OnlineCalibrator:
         self._state = self._initial_state(theta)
         self._prior_steps = 1.0 / max(1.0 - config.forgetting, 1e-3) if resumed else 0.0
         self.steps = 0
+        self.accepted = 0
+        self.rejected = 0
+        self.clipped = 0  # steps that left the bounds and were clipped back
         self.last_loss: float | None = None
+        # A step waiting for validation: (candidate theta, optimizer state
+        # before the step, [loss in use, loss of the candidate, snapshots seen]).
+        self._candidate: tuple[dict[str, np.ndarray], object, float, list[float]] | None = None
 
     def _initial_state(self, theta: Theta):
         """Gauss–Newton: the accumulated information (n, n) over the n learned
@@ -294,8 +307,53 @@ class OnlineCalibrator:
         self.snapshots.append(snapshot)
 
     def clear(self) -> None:
-        """Forget buffered snapshots (after a map reset); the optimizer state stays."""
+        """Forget buffered snapshots and a step under validation (after a map reset); the optimizer state stays."""
         self.snapshots.clear()
+        if self._candidate is not None:
+            self._state, self._prior_steps = self._candidate[1], self._candidate[2]
+            self._candidate = None
+
+    def learn(self, snapshot: Snapshot, theta: Theta) -> tuple[dict[str, np.ndarray] | None, str | None]:
+        """Feed one snapshot; returns (a validated theta to apply or None, a note on what happened or None).
+
+        While a step is under validation, the snapshot scores it against
+        ``theta`` (the calibration in use) before it joins the buffer; after
+        ``validation_snapshots`` of them the step is applied if its loss is
+        lower, else rolled back. Otherwise, once the buffer is ready, one
+        step is taken, clipped into the bounds, and put under validation.
+        """
+        if self._candidate is not None:
+            candidate, state, prior_steps, tally = self._candidate
+            tally[0] += float(self._loss(theta, snapshot))
+            tally[1] += float(self._loss(candidate, snapshot))
+            tally[2] += 1
+            self.snapshots.append(snapshot)
+            if tally[2] < self.config.validation_snapshots:
+                return None, None
+            self._candidate = None
+            if np.isfinite(tally[1]) and tally[1] < tally[0]:
+                self.accepted += 1
+                return candidate, None
+            self.rejected += 1
+            self._state, self._prior_steps = state, prior_steps
+            n = int(tally[2])
+            return None, f"calibration step rolled back: held-out loss {tally[1] / n:.4g} is not below {tally[0] / n:.4g} (in use)"
+        self.snapshots.append(snapshot)
+        if not self.ready():
+            return None, None
+        state, prior_steps = self._state, self._prior_steps
+        stepped = self.step(theta)
+        if not all(bool(np.all(np.isfinite(np.asarray(v)))) for v in stepped.values()):
+            self.rejected += 1
+            self._state, self._prior_steps = state, prior_steps
+            return None, "calibration step produced non-finite parameters; kept the previous calibration"
+        candidate, outside = self.config.bounds.clip(stepped)
+        self.clipped += bool(outside)
+        self._candidate = (candidate, state, prior_steps, [0.0, 0.0, 0])
+        return None, None
+
+    def _loss(self, theta: Theta, snapshot: Snapshot) -> jax.Array:
+        return _validation_loss(theta, snapshot, self._T_base_sensor, self.config)
 
     def ready(self) -> bool:
         return len(self.snapshots) >= self.config.batch
@@ -310,8 +368,9 @@ class OnlineCalibrator:
         return theta
 
     def warm_up(self, theta: Theta, snapshot: Snapshot) -> None:
-        """Compile the step on a snapshot's shapes without touching the optimizer state."""
+        """Compile the step and the validation loss on a snapshot's shapes without touching the optimizer state."""
         self._run(theta, self._initial_state(theta), [snapshot] * self.config.batch, 0.0)[2].block_until_ready()
+        self._loss(theta, snapshot).block_until_ready()
 
     def _run(self, theta: Theta, state, batch: list[Snapshot], prior_steps: float):
         # Stacked on the host, then one transfer; a batch of one is a view (no copy of ~5 MB).
@@ -319,6 +378,11 @@ class OnlineCalibrator:
         if self.config.optimizer == "gauss_newton":
             return _gauss_newton_step(theta, state, np.float64(prior_steps), stacked, self._T_base_sensor, self.config)
         return _adam_step(theta, state, stacked, self._T_base_sensor, self._mask, self.config, _adam(self.config))
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _validation_loss(theta: Theta, snapshot: Snapshot, T_base_sensor, config: CalibrationConfig) -> jax.Array:
+    return snapshot_loss(theta, snapshot, T_base_sensor, config)
 
 
 def learned_coordinates(config: CalibrationConfig) -> tuple[tuple[str, int], ...]:

@@ -19,12 +19,14 @@ from typing import Any, Callable
 import jax
 import jax_dataclasses as jdc
 import numpy as np
+from scipy.spatial import cKDTree
 
 from dsg_ros import runtime, se3
 from dsg_ros.learn import calibration as cal
 from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
-from dsg_ros.mapping.voxels import CellObservations, voxelize
+from dsg_ros.mapping.registration import RegistrationConfig, register
+from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, Window, WindowConfig
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.world import Noise, huber
@@ -55,6 +57,10 @@ class MapperConfig:
     # (before the learned scales); observations use a Huber loss.
     odom_sigma_m: float = 0.03
     odom_sigma_rad: float = 0.01
+    # Odometry errors grow with the motion (wheels slip most in turns): each
+    # increment's sigma adds these fractions of its distance and rotation.
+    odom_sigma_per_m: float = 0.05
+    odom_sigma_rad_per_rad: float = 0.1
     obs_sigma_m: float = 0.05
     # Where a cell's points lie on a plane, ``obs_sigma_m`` weighs only the
     # observation's component along the normal and this the in-plane ones:
@@ -83,6 +89,7 @@ class MapperConfig:
     # idle time only, and a 10-minute node run without it mapped worse (ATE
     # 3.1 m against 1.7 m with it; why the node needs it is open).
     refine_iterations: int = 0
+    registration: RegistrationConfig = field(default_factory=RegistrationConfig)
     cloud_hold_s: float = 0.5
     odometry: OdometryLimits = field(default_factory=OdometryLimits)
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -103,6 +110,9 @@ class TickResult:
     stamp: float | None
     keyframes_added: int
     cloud_stamps: list[float]  # clouds this tick consumed (keyframes or not)
+    # ``T_map_base`` (len(cloud_stamps), 7) at each consumed cloud's stamp after
+    # this tick's solve: what a driver publishes for that cloud (causal).
+    cloud_poses: np.ndarray
     window_stamps: np.ndarray
     window_poses: np.ndarray
     odometry_stamp: float | None
@@ -115,6 +125,21 @@ class TickResult:
     diagnostics: dict[str, Any]
 
 
+# Odometry motion below which a cloud is placed where the last one was.
+_STILL_M = 0.01
+_STILL_RAD = np.radians(0.2)
+
+
+@dataclass(frozen=True)
+class _Localized:
+    """One consumed cloud: where it was placed (None: dropped) and the keyframe it became."""
+
+    stamp: float
+    T_map_base: np.ndarray | None
+    keyframe: Keyframe | None = None
+    marginalized: MarginalizationReport | None = None
+
+
 class Mapper:
     """Keyframes, voxel map and calibration, updated by ``tick()``."""
 
@@ -122,7 +147,7 @@ class Mapper:
         self.config = config
         self.window = Window(config.window)
         # Host (NumPy) copies: correcting odometry per tick then costs no dispatch.
-        self.theta = cal.as_host(theta if theta is not None else cal.zero_theta())
+        self.theta, outside = config.calibration.bounds.clip(theta if theta is not None else cal.zero_theta())
         self.odometry = OdometryBuffer(config.odometry)
         # The reference (ground-truth) stream, if any: only interpolated.
         self.reference = OdometryBuffer(OdometryLimits(max_speed_m_s=1e9, max_rate_rad_s=1e9, history_s=config.odometry.history_s))
@@ -132,7 +157,7 @@ class Mapper:
         # solve never blocks a callback.
         self._inputs = threading.RLock()
         self._state = threading.RLock()
-        self._clouds: deque[tuple[float, np.ndarray]] = deque()
+        self._clouds: deque[tuple[float, np.ndarray, bool]] = deque()
         self._last_cloud_stamp: float | None = None  # newest accepted, queued or not
         self._warnings: list[str] = []
         self._dirty = False
@@ -140,7 +165,14 @@ class Mapper:
         self._solver = jax.jit(solve, static_argnames="config")
         self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal, resumed=theta is not None)
         self._compilations_at_warmup: int | None = None
-        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0}
+        # The last localized cloud (stamp, T_map_base, T_odom_base, its keyframe or None):
+        # the next cloud is predicted from it.
+        self._track: tuple[float, np.ndarray, np.ndarray, Keyframe | None] | None = None
+        # Registration target: (centre, map voxels (M, 3), their KD-tree).
+        self._map_tree: tuple[np.ndarray, np.ndarray, cKDTree | None] | None = None
+        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0}
+        if outside:
+            self._warn(f"calibration {outside} outside the configured bounds; clipped into them")
 
     def warm_up(self) -> float:
         """Compile every kernel a tick can use, on the empty window's shapes.
@@ -180,10 +212,11 @@ class Mapper:
                 self._warn("reference " + reason)
             return reason is None
 
-    def add_cloud(self, stamp: float, p_sensor: np.ndarray, dropped: int = 0) -> bool:
+    def add_cloud(self, stamp: float, p_sensor: np.ndarray, dropped: int = 0, planar: bool = False) -> bool:
         """Queue a cloud (N, 3) in the sensor frame. Non-finite points are dropped
         and counted (with ``dropped`` more the caller already removed); an empty
-        or malformed cloud is skipped with a warning."""
+        or malformed cloud is skipped with a warning. ``planar``: the points
+        come from a planar scanner (a LaserScan, in the sensor's z = 0 plane)."""
         points = np.asarray(p_sensor)
         if not np.isfinite(stamp):
             self._warn(f"cloud stamp {stamp} is not finite; skipped")
@@ -207,7 +240,7 @@ class Mapper:
                 self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._last_cloud_stamp:.6f}); skipped")
                 return False
             self._last_cloud_stamp = float(stamp)
-            self._clouds.append((float(stamp), points[keep]))
+            self._clouds.append((float(stamp), points[keep], bool(planar)))
             self.stats["clouds"] += 1
         return True
 
@@ -232,14 +265,14 @@ class Mapper:
         started = time.perf_counter()
         added, marginalized = 0, []
         with self._inputs:
-            ready = [(stamp, points, self.odometry.interpolate(stamp)) for stamp, points in self._ready_clouds()]
+            ready = [(stamp, points, planar, self.odometry.interpolate(stamp)) for stamp, points, planar in self._ready_clouds()]
         with self._state:
-            for stamp, points, T_odom_base in ready:
-                report = self._keyframe_from(stamp, points, T_odom_base)
-                if report is not False:
+            localized = [self._localize(stamp, points, planar, T_odom_base) for stamp, points, planar, T_odom_base in ready]
+            for cloud in localized:
+                if cloud.keyframe is not None:
                     added += 1
-                    if report is not None:
-                        marginalized.append(report)
+                    if cloud.marginalized is not None:
+                        marginalized.append(cloud.marginalized)
             solve_report, rolled_back = None, False
             if added:  # a new keyframe always leaves the window dirty
                 solve_report, rolled_back = self._solve()
@@ -250,7 +283,8 @@ class Mapper:
         self.stats["ticks"] += 1
         tick_ms = 1000.0 * (time.perf_counter() - started)
         with self._state:
-            result = self._result(added, [r[0] for r in ready], marginalized, warnings, solve_report, rolled_back, tick_ms)
+            cloud_poses = self._published_poses(localized)
+            result = self._result(added, [c.stamp for c in localized], cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms)
         result.diagnostics["calibration_due"] = due
         return result
 
@@ -314,19 +348,18 @@ class Mapper:
             return self._snapshot()
 
     def learn(self, snapshot: Snapshot) -> cal.Theta | None:
-        """Buffer ``snapshot`` and take one outer step from the current theta.
+        """Feed ``snapshot`` to the calibrator; returns a new theta to apply, or None.
 
-        Returns the new theta, or None when the buffer is not ready yet or the
-        step was not finite. Touches only the calibrator, so one worker
-        thread may run it while another ticks.
+        A step is proposed from the buffered snapshots, clipped into the
+        configured bounds, and returned only after it lowered the loss on the
+        snapshots that came after it (see ``OnlineCalibrator.learn``); a
+        rolled-back step is counted in ``calibration_rejected`` and warned.
+        Touches only the calibrator, so one worker thread may run it while
+        another ticks.
         """
-        self.calibrator.add(snapshot)
-        if not self.calibrator.ready():
-            return None
-        theta = self.calibrator.step(self.theta)
-        if not all(bool(np.all(np.isfinite(np.asarray(v)))) for v in theta.values()):
-            self._warn("calibration step produced non-finite parameters; kept the previous calibration")
-            return None
+        theta, note = self.calibrator.learn(snapshot, self.theta)
+        if note is not None:
+            self._warn(note)
         return theta
 
     def set_theta(self, theta: cal.Theta) -> None:
@@ -412,10 +445,10 @@ class Mapper:
         """Pop clouds covered by odometry; drop those that waited too long."""
         latest = self.odometry.latest_stamp
         while self._clouds:
-            stamp, points = self._clouds[0]
+            stamp, points, planar = self._clouds[0]
             if self.odometry.covers(stamp):
                 self._clouds.popleft()
-                yield stamp, points
+                yield stamp, points, planar
                 continue
             newest = max(self._clouds[-1][0], latest or -np.inf)
             if newest - stamp > self.config.cloud_hold_s:
@@ -425,18 +458,38 @@ class Mapper:
                 continue
             break
 
-    def _keyframe_from(self, stamp: float, p_sensor: np.ndarray, T_odom_base: np.ndarray | None) -> MarginalizationReport | None | bool:
-        """Make a keyframe if the policy says so; False if the cloud is skipped."""
+    def _localize(self, stamp: float, p_sensor: np.ndarray, planar: bool, T_odom_base: np.ndarray | None) -> _Localized:
+        """Place a cloud in the map and make it a keyframe if the policy says so.
+
+        Every cloud is predicted from the last localized one by the corrected
+        odometry, then registered to the map around it: what is published for
+        it is scan-matched, not odometry carried from the last keyframe.
+        """
         if T_odom_base is None:
             self.stats["dropped_clouds"] += 1
             self._warn(f"cloud at {stamp:.3f} is older than the odometry history; dropped")
-            return False
+            return _Localized(stamp, None)
         window = self.window
+        T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
+        axis_base = se3.rotation_matrix(T_base_sensor)[:, 2] if planar else None
         last = window.keyframes[-1] if window.keyframes else None
-        odom = None
         if last is None:
             T_map_base = T_odom_base
+            self._track = (stamp, T_map_base, T_odom_base, None)
         else:
+            track_stamp, track_pose, track_odom = self._track_from()
+            raw = se3.between(track_odom, T_odom_base)
+            T_map_base = se3.compose(track_pose, self._correct(raw[None], np.array([stamp - track_stamp]))[0])
+            # Standing still, the last alignment holds: registering again would
+            # only cost time (and the motion keeps adding up from that alignment).
+            if np.linalg.norm(raw[4:]) > _STILL_M or 2.0 * np.arccos(min(1.0, abs(raw[0]))) > _STILL_RAD:
+                if self.config.registration.enabled:
+                    xi = se3.log(raw)
+                    motion = (float(np.linalg.norm(xi[:3])), float(np.linalg.norm(xi[3:])))
+                    T_map_base = self._register(se3.apply(T_base_sensor, p_sensor), T_map_base, axis_base, motion)
+                self._track = (stamp, T_map_base, T_odom_base, None)
+        odom = None
+        if last is not None:
             raw = se3.between(last.T_odom_base, T_odom_base)
             dt = stamp - last.stamp
             xi = se3.log(raw)
@@ -446,42 +499,95 @@ class Mapper:
                 and np.degrees(np.linalg.norm(xi[3:])) < policy.angle_deg
                 and dt < policy.interval_s
             ):
-                return False
-            corrected = self._correct(raw[None], np.array([dt]))[0]
-            T_map_base = se3.compose(window.pose(last), corrected)
-            odom = (raw, dt, corrected)
-        T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
+                return _Localized(stamp, T_map_base)
+            odom = (raw, dt, self._correct(raw[None], np.array([dt]))[0])
         T_map_sensor = se3.compose(T_map_base, T_base_sensor)
-        cells = voxelize(p_sensor, se3.rotation_matrix(T_map_sensor), T_map_sensor[4:], self.config.voxel_size, self.config.min_points_per_voxel)
-        p_base = se3.apply(T_base_sensor, cells.p_sensor)
-        _, report = window.add_keyframe(
-            stamp, T_odom_base, T_map_base, odom, self._odom_noise(), cells, p_base, self._obs_sqrt_info(cells, T_base_sensor), huber(self.config.obs_huber)
+        n_sensor = scan_normals(p_sensor, 2.0 * self.config.voxel_size) if planar else None
+        cells = voxelize(
+            p_sensor, se3.rotation_matrix(T_map_sensor), T_map_sensor[4:], self.config.voxel_size, self.config.min_points_per_voxel, n_sensor
         )
+        p_base = se3.apply(T_base_sensor, cells.p_sensor)
+        noise = self._odom_noise(None if odom is None else odom[2])
+        keyframe, report = window.add_keyframe(
+            stamp, T_odom_base, T_map_base, odom, noise, cells, p_base, self._obs_sqrt_info(cells, T_base_sensor, axis_base), huber(self.config.obs_huber)
+        )
+        self._track = (stamp, T_map_base, T_odom_base, keyframe)
+        self._map_tree = None  # the map changed: the next registration rebuilds its target
         self.stats["keyframes"] += 1
         self._dirty = True
-        return report
+        return _Localized(stamp, T_map_base, keyframe, report)
+
+    def _track_from(self) -> tuple[float, np.ndarray, np.ndarray]:
+        """(stamp, T_map_base, T_odom_base) of the last localized cloud; a keyframe's pose as the window now has it."""
+        stamp, T_map_base, T_odom_base, keyframe = self._track
+        if keyframe is not None and keyframe in self.window.keyframes:
+            T_map_base = self.window.pose(keyframe)
+        return stamp, T_map_base, T_odom_base
+
+    def _published_poses(self, localized: list[_Localized]) -> np.ndarray:
+        """``T_map_base`` (n, 7) of this tick's clouds: keyframes as solved, NaN where a cloud was dropped."""
+        out = np.full((len(localized), 7), np.nan)
+        for row, cloud in enumerate(localized):
+            if cloud.keyframe is not None and cloud.keyframe in self.window.keyframes:
+                out[row] = self.window.pose(cloud.keyframe)
+            elif cloud.T_map_base is not None:
+                out[row] = cloud.T_map_base
+        return out
 
     def _correct(self, raw: np.ndarray, dt: np.ndarray) -> np.ndarray:
         """Calibrated odometry increments (n, 7), in NumPy on the host."""
         return cal.correct_odometry(self.theta, raw, dt)
 
-    def _odom_noise(self) -> Noise:
+    def _register(self, p_base: np.ndarray, T_predicted: np.ndarray, axis_base: np.ndarray | None, motion: tuple[float, float]) -> np.ndarray:
+        """The cloud's pose aligned to the map around it (the prediction when that fails).
+
+        The target (map voxels within ``map_radius_m`` and their KD-tree) is
+        rebuilt only when a keyframe changed the map or the robot moved a
+        quarter of the radius away from where it was built.
+        """
+        config = self.config.registration
+        center = T_predicted[4:]
+        if self._map_tree is None or np.linalg.norm(center - self._map_tree[0]) > 0.25 * config.map_radius_m:
+            self.window.sync_map()
+            target = self.window.voxel_map.near(center, config.map_radius_m)
+            self._map_tree = (center.copy(), target, cKDTree(target) if target.shape[0] else None)
+        _, target, tree = self._map_tree
+        self.stats["registrations"] += 1
+        if tree is None:
+            self.stats["registration_failures"] += 1
+            return T_predicted
+        result = register(p_base, target, T_predicted, config, axis_base, tree, motion)
+        if not result.accepted:
+            self.stats["registration_failures"] += 1
+        return result.T_map_base
+
+    def _odom_noise(self, increment: np.ndarray | None) -> Noise:
+        """Noise of an odometry increment (7,): the configured floor plus fractions of its motion."""
         scale = float(np.exp(self.theta["log_sigma_odom"]))
         c = self.config
-        return Noise.diagonal(scale * np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3))
+        distance, angle = (0.0, 0.0) if increment is None else (float(np.linalg.norm(increment[4:])), float(np.linalg.norm(se3.log(increment)[3:])))
+        sigma_m = np.hypot(c.odom_sigma_m, c.odom_sigma_per_m * distance)
+        sigma_rad = np.hypot(c.odom_sigma_rad, c.odom_sigma_rad_per_rad * angle)
+        return Noise.diagonal(scale * np.array([sigma_m] * 3 + [sigma_rad] * 3))
 
-    def _obs_sqrt_info(self, cells: CellObservations, T_base_sensor: np.ndarray) -> np.ndarray:
+    def _obs_sqrt_info(self, cells: CellObservations, T_base_sensor: np.ndarray, axis_base: np.ndarray | None) -> np.ndarray:
         """Sqrt-information (M, 3, 3) of a keyframe's observations (base frame).
 
         ``a I + (b − a) n nᵀ`` with b = 1/σ along a planar cell's normal n and
         a = 1/σ_plane in its plane; ``b I`` for cells that are not planar.
+        A planar scanner's cells are lines in the scan plane: b also along the
+        plane's normal ``axis_base`` (every return lies in that plane), a only
+        along the line.
         """
         scale = float(np.exp(self.theta["log_sigma_obs"]))
         a, b = 1.0 / (scale * self.config.obs_plane_sigma_m), 1.0 / (scale * self.config.obs_sigma_m)
         n = cells.n_sensor @ se3.rotation_matrix(T_base_sensor).T
-        planar = np.any(n != 0.0, axis=1)
-        iso = np.where(planar, a, b)[:, None, None] * np.eye(3)
-        return iso + (b - a) * n[:, :, None] * n[:, None, :]
+        has_normal = np.any(n != 0.0, axis=1)
+        iso = np.where(has_normal, a, b)[:, None, None] * np.eye(3)
+        L = iso + (b - a) * n[:, :, None] * n[:, None, :]
+        if axis_base is not None:
+            L[has_normal] += (b - a) * np.outer(axis_base, axis_base)
+        return L
 
     def _solve(self) -> tuple[dict[str, Any], bool]:
         wm = self.window.model
@@ -507,7 +613,7 @@ class Mapper:
 
     # ----------------------------------------------------------------- outputs
 
-    def _result(self, added, cloud_stamps, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
+    def _result(self, added, cloud_stamps, cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
         window = self.window
         stamps = np.array([kf.stamp for kf in window.keyframes])
         poses = window.poses()
@@ -534,6 +640,9 @@ class Mapper:
             "compilations_after_warmup": compilations - self._compilations_at_warmup,
             "last_solve": self._last_report,
             "calibration_steps": self.calibrator.steps,
+            "calibration_accepted": self.calibrator.accepted,
+            "calibration_rejected": self.calibrator.rejected,
+            "calibration_clipped": self.calibrator.clipped,
             "calibration_loss": self.calibrator.last_loss,
             **self.stats,
         }
@@ -541,6 +650,7 @@ class Mapper:
             stamp=float(stamps[-1]) if stamps.size else None,
             keyframes_added=added,
             cloud_stamps=cloud_stamps,
+            cloud_poses=cloud_poses,
             window_stamps=stamps,
             window_poses=poses,
             odometry_stamp=odom_stamp,
@@ -588,6 +698,8 @@ class Mapper:
             self._last_cloud_stamp = None
             self.calibrator.clear()
             self._dirty = False
+            self._track = None
+            self._map_tree = None
 
     def _warn(self, message: str) -> None:
         log.warning(message)

@@ -70,6 +70,12 @@ class VoxelMap:
     def frozen(self, rows: np.ndarray) -> np.ndarray:
         return self._frozen[rows]
 
+    def near(self, center: np.ndarray, radius: float) -> np.ndarray:
+        """Positions (n, 3) of the voxels within ``radius`` of ``center`` (3,)."""
+        p = self._positions[: self._size]
+        d = p - np.asarray(center)
+        return p[np.einsum("ij,ij->i", d, d) <= radius * radius]
+
     def export(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Copies of (keys (N,), positions (N, 3), observation counts (N,))."""
         n = self._size

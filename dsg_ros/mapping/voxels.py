@@ -49,12 +49,22 @@ class CellObservations:
     n_sensor: np.ndarray | None = None
 
 
-def voxelize(p_sensor: np.ndarray, R_map_sensor: np.ndarray, t_map_sensor: np.ndarray, voxel_size: float, min_points: int = 1) -> CellObservations:
+def voxelize(
+    p_sensor: np.ndarray,
+    R_map_sensor: np.ndarray,
+    t_map_sensor: np.ndarray,
+    voxel_size: float,
+    min_points: int = 1,
+    n_sensor: np.ndarray | None = None,
+) -> CellObservations:
     """Group a cloud (N, 3) by the map cell each point falls in.
 
     ``R_map_sensor`` (3, 3) and ``t_map_sensor`` (3,) place the cloud in the
     map with the current pose estimate. Cells with fewer than ``min_points``
-    points are dropped (single returns are mostly noise).
+    points are dropped (single returns are mostly noise). ``n_sensor`` (N, 3):
+    per-point surface normals (zero where unknown), as :func:`scan_normals`
+    gives for a planar scan; without them a cell's normal comes from the
+    spread of its own points.
     """
     # A contiguous right operand keeps this a single BLAS call (a transposed
     # view makes numpy 10x slower here).
@@ -74,9 +84,48 @@ def voxelize(p_sensor: np.ndarray, R_map_sensor: np.ndarray, t_map_sensor: np.nd
     d = p_sorted - np.repeat(centroids, counts, axis=0)
     cov = np.add.reduceat((d[:, :, None] * d[:, None, :]).reshape(-1, 9), starts, axis=0).reshape(-1, 3, 3)
     keep = counts >= min_points
-    return CellObservations(
-        keys=keys[starts][keep], p_sensor=centroids[keep], counts=counts[keep], n_sensor=plane_normals(cov[keep], counts[keep])
-    )
+    normals = plane_normals(cov[keep], counts[keep]) if n_sensor is None else cell_normals(np.take(n_sensor, order, axis=0), starts, counts)[keep]
+    return CellObservations(keys=keys[starts][keep], p_sensor=centroids[keep], counts=counts[keep], n_sensor=normals)
+
+
+def cell_normals(n_sorted: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """One normal per cell (M, 3) from its points' normals (N, 3) sorted by cell:
+    their mean direction where they agree (zero normals count against it)."""
+    total = np.add.reduceat(n_sorted, starts, axis=0)
+    norm = np.linalg.norm(total, axis=1)
+    agree = norm >= 0.8 * counts
+    return np.where(agree[:, None], total / np.maximum(norm, 1e-12)[:, None], 0.0)
+
+
+def scan_normals(p_sensor: np.ndarray, radius: float, neighbours: int = 5) -> np.ndarray:
+    """Line normals (N, 3) of a planar scan's points (N, 3), in its plane (z = 0).
+
+    A cell of a 2D scan holds one or two returns, too few for a normal, and
+    its points have no spread out of the scan plane (so the least-spread
+    direction of a cell is always the plane's normal, never the wall's).
+    The normal comes instead from the ``neighbours`` nearest returns within
+    ``radius``, when they lie on a line; it points toward the sensor. Zero
+    elsewhere (corners, clutter, isolated returns).
+    """
+    from scipy.spatial import cKDTree
+
+    n = p_sensor.shape[0]
+    normals = np.zeros((n, 3))
+    k = min(neighbours, n)
+    if k < 3:
+        return normals
+    xy = p_sensor[:, :2]
+    dist, idx = cKDTree(xy).query(xy, k=k, distance_upper_bound=radius)
+    ok = np.all(np.isfinite(dist), axis=1)
+    nb = xy[idx[ok]]
+    d = nb - nb.mean(axis=1, keepdims=True)
+    w, v = np.linalg.eigh(np.einsum("nki,nkj->nij", d, d))
+    line = w[:, 0] <= PLANARITY * w[:, 1]
+    nxy = v[:, :, 0]
+    nxy *= -np.sign(np.einsum("ni,ni->n", nxy, xy[ok]))[:, None]  # toward the sensor
+    rows = np.flatnonzero(ok)[line]
+    normals[rows, :2] = nxy[line]
+    return normals
 
 
 # A cell is planar when its points spread at most this fraction as much along

@@ -59,7 +59,7 @@ class WindowConfig:
             raise ValueError("voxel, observation and anchor capacities must be positive")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: two keyframes are never the same one
 class Keyframe:
     """One keyframe: its pose variable and what it was built from."""
 
