@@ -4,6 +4,7 @@ Usage (ROS 2 distro install, after ``colcon build`` and sourcing the workspace):
 
     ros2 launch dsg_ros hybrid.launch.py rviz:=true use_sim_time:=true
     ros2 launch dsg_ros hybrid.launch.py points_topic:=/velodyne_points odom_topic:=/odometry/filtered
+    ros2 launch dsg_ros hybrid.launch.py scan_topic:=/base_scan
     ros2 launch dsg_ros hybrid.launch.py params_file:=/path/to/my.yaml
 
 With ROS from the pip wheels (no ``launch``/``ros2``), ``dsg-ros node`` starts
@@ -41,6 +42,9 @@ def generate_launch_description() -> LaunchDescription:
             DeclareLaunchArgument("odom_topic", default_value="odom", description="nav_msgs/Odometry input"),
             DeclareLaunchArgument("points_topic", default_value="points", description="sensor_msgs/PointCloud2 input"),
             DeclareLaunchArgument(
+                "scan_topic", default_value="scan", description="sensor_msgs/LaserScan input (the parameter scan_topic: '' turns it off)"
+            ),
+            DeclareLaunchArgument(
                 "ground_truth_topic", default_value="ground_truth", description="optional nav_msgs/Odometry reference for calibration"
             ),
             Node(
@@ -51,6 +55,7 @@ def generate_launch_description() -> LaunchDescription:
                 remappings=[
                     ("odom", LaunchConfiguration("odom_topic")),
                     ("points", LaunchConfiguration("points_topic")),
+                    ("scan", LaunchConfiguration("scan_topic")),
                     ("ground_truth", LaunchConfiguration("ground_truth_topic")),
                 ],
                 output="screen",

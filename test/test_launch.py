@@ -32,8 +32,8 @@ PARAMS_FILE = REPO / "config" / "hybrid.yaml"
 RVIZ_FILE = REPO / "config" / "hybrid.rviz"
 NODE_SOURCE = REPO / "dsg_ros" / "ros" / "node.py"
 NODE_NAME = "dsg_mapper"
-LAUNCH_ARGUMENTS = {"params_file", "use_sim_time", "rviz", "odom_topic", "points_topic", "ground_truth_topic"}
-SUBSCRIBED = {"odom", "points", "ground_truth"}
+LAUNCH_ARGUMENTS = {"params_file", "use_sim_time", "rviz", "odom_topic", "points_topic", "scan_topic", "ground_truth_topic"}
+SUBSCRIBED = {"odom", "points", "scan", "ground_truth"}
 
 
 # ----------------------------------------------------------------- helpers
@@ -362,6 +362,12 @@ def test_parameter_file_values_take_effect(ros_context, tmp_path: Path) -> None:
 def test_invalid_choice_is_refused_by_declare(ros_context, tmp_path: Path) -> None:
     path = _params_yaml(tmp_path, {"points_reliability": "sometimes"})
     with pytest.raises(ValueError, match="points_reliability"):
+        _declare_from(ros_context, path)
+
+
+def test_invalid_scan_topic_is_refused_by_declare(ros_context, tmp_path: Path) -> None:
+    path = _params_yaml(tmp_path, {"scan_topic": "base scan"})
+    with pytest.raises(ValueError, match="scan_topic"):
         _declare_from(ros_context, path)
 
 

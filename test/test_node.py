@@ -7,7 +7,8 @@ output with a :class:`dsg_ros.ros.live.Monitor`. The node's warm-up compiles
 its JAX kernels (about a minute cold; the persistent XLA cache in
 ~/.cache/dsg_ros/xla makes later starts quick), so the tests share one node
 and one simulated time line, in file order: outputs, services, malformed
-input.
+input, then LaserScans in a room of their own (after a reset, on a time line
+that continues the simulated run's).
 
 Isolation: a random ROS_DOMAIN_ID and localhost-only discovery, for this
 process and the node. The node's log is printed when a test fails.
@@ -38,18 +39,21 @@ from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
-from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
+from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy, qos_profile_sensor_data  # noqa: E402
 from rclpy.serialization import deserialize_message  # noqa: E402
-from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
+from sensor_msgs.msg import LaserScan, PointCloud2, PointField  # noqa: E402
+from std_msgs.msg import Header  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
 from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 
+from dsg_ros import se3  # noqa: E402
 from dsg_ros.learn import calibration as cal  # noqa: E402
 from dsg_ros.ros import messages as msgs  # noqa: E402
 from dsg_ros.ros.live import NODE, Monitor, stop_process  # noqa: E402
 from dsg_ros.ros.pointcloud import xyz_to_cloud  # noqa: E402
 from dsg_ros.ros.sim_publisher import SimPublisher  # noqa: E402
 from dsg_ros.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
+from dsg_ros.sim.trajectory import planar_pose  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "hybrid.yaml"
@@ -62,6 +66,11 @@ READY_TIMEOUT_S = 600.0
 MAP_FRAME, BASE_FRAME = "map", "base_link"
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 DIAGNOSTIC_KEYS = {"ready", "tick_ms", "latency_ms_p50", "window_keyframes", "window_capacity", "map_voxels", "compilations_after_warmup"}
+# The node starts from a calibration whose extrinsic raises the sensor by this
+# much over the nominal, so that input in the base frame must go through the
+# calibrated extrinsic to land right. A pure z shift moves the map of the
+# (planar) simulated run rigidly up: those tests do not see it.
+CALIBRATED_DZ = 0.15
 
 
 # ------------------------------------------------------------------ nodes
@@ -265,11 +274,11 @@ class Live:
         )
 
 
-def _params_file(directory: Path, calibration_file: Path) -> Path:
-    """config/hybrid.yaml with a small, fast mapper (and no online calibration to compile)."""
+def _params_file(directory: Path, calibration_file: Path, **node_settings: Any) -> Path:
+    """config/hybrid.yaml with a small, fast mapper (and no online calibration to compile), and ``node_settings``."""
     document = yaml.safe_load(PARAMS_FILE.read_text())
     p = document["/**"]["ros__parameters"]
-    p.update(rate_hz=10.0, voxel_rate_hz=5.0, diagnostics_rate_hz=5.0, calibration_file=str(calibration_file))
+    p.update(rate_hz=10.0, voxel_rate_hz=5.0, diagnostics_rate_hz=5.0, calibration_file=str(calibration_file), **node_settings)
     m = p["mapper"]
     m["window"].update(keyframes=KEYFRAMES, max_voxels=1024, max_observations_per_keyframe=300, max_anchors_per_keyframe=150)
     m["voxel_size"] = VOXEL_SIZE
@@ -284,6 +293,7 @@ def _params_file(directory: Path, calibration_file: Path) -> Path:
 def live(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dsg_node")
     calibration_file = tmp / "cal.yaml"
+    cal.save(calibration_file, {**cal.as_host(cal.zero_theta()), "extrinsic": np.array([0.0, 0.0, CALIBRATED_DZ, 0.0, 0.0, 0.0])}, {"source": "test_node"})
     params = _params_file(tmp, calibration_file)
     ros_env = {"ROS_DOMAIN_ID": str(random.randint(150, 229)), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     saved_env = {k: os.environ.get(k) for k in ros_env}
@@ -637,3 +647,216 @@ def test_malformed_input_is_skipped(live):
     assert d.level != 2, d.message
     assert d.values["compilations_after_warmup"] == "0"
     assert int(d.values["received_skipped_messages"]) - int(base["received_skipped_messages"]) == len(bad_clouds) + 2, "good data was skipped"
+
+
+# -------------------------------------------------------------- LaserScan
+
+ROOM_HALF = np.array([5.0, 3.0])  # walls of a 10 m × 6 m room at x = ±5, y = ±3 (odom frame)
+ROOM_SPEED = 1.0  # m/s along x, from x = -3
+SCAN_FRAME = "lidar"  # the sensor frame, whose origin the calibration puts 0.5 + CALIBRATED_DZ m above the base
+SCAN_BEARINGS = np.deg2rad(np.arange(-90.0, 90.5, 1.0))  # 181 beams over 180°
+SCAN_NAN_BEAMS = (40, 140)  # failed readings: dropped and counted (REP 117)
+SCAN_INF_BEAM = 90  # straight ahead, "nothing in range": not a point, not counted
+SCAN_HZ, ROOM_ODOM_HZ = 10.0, 20.0
+
+
+def _scan(ranges: np.ndarray, stamp, frame_id: str = SCAN_FRAME) -> LaserScan:
+    """A LaserScan of ``ranges`` (B,) at :data:`SCAN_BEARINGS` (B = 181)."""
+    return LaserScan(
+        header=Header(stamp=stamp, frame_id=frame_id),
+        angle_min=float(SCAN_BEARINGS[0]), angle_max=float(SCAN_BEARINGS[-1]), angle_increment=float(np.deg2rad(1.0)),
+        time_increment=0.0, scan_time=1.0 / SCAN_HZ, range_min=0.1, range_max=30.0,
+        ranges=np.asarray(ranges, np.float32).tolist(),
+    )
+
+
+def _room_ranges(T_odom_scanner: np.ndarray) -> np.ndarray:
+    """Ranges (181,) from a level scanner at ``T_odom_scanner`` (7,) to the room's walls."""
+    R = se3.rotation_matrix(T_odom_scanner)
+    d = (R @ np.stack([np.cos(SCAN_BEARINGS), np.sin(SCAN_BEARINGS), np.zeros_like(SCAN_BEARINGS)]))[:2]  # (2, B) in odom
+    wall = np.where(d > 0.0, ROOM_HALF[:, None], -ROOM_HALF[:, None])
+    # The nearer of the x and y walls ahead along each beam (a beam parallel to one never meets it).
+    t = np.divide(wall - T_odom_scanner[4:6, None], d, out=np.full_like(d, np.inf), where=d != 0.0)
+    ranges = t.min(axis=0)
+    ranges[list(SCAN_NAN_BEAMS)], ranges[SCAN_INF_BEAM] = np.nan, np.inf
+    return ranges
+
+
+@dataclass
+class Room:
+    """Odometry and LaserScans of a robot driving along x through the room, on
+    one time line that starts a second after the simulated run's last stamp
+    (so that nothing published on it goes back in time)."""
+
+    live: Live
+    pub_scan: Any
+    start: float
+    t: float = 0.0  # next time to publish, seconds from ``start``
+    scans: int = 0
+
+    def T_odom_base(self, t: float) -> np.ndarray:
+        return planar_pose(0.0, np.array([-3.0 + ROOM_SPEED * t, 0.2, 0.0]))
+
+    def publish(self, seconds: float, frame_id: str = SCAN_FRAME, rate: float = RATE) -> tuple[float, float]:
+        """Odometry at 20 Hz and scans at 10 Hz, taken in ``frame_id`` (the sensor's
+        or the base's), for the next ``seconds`` at ``rate`` × real time; returns
+        the (first, last) stamp. The sim's nominal extrinsic places the sensor:
+        the calibration only raises it, which leaves its ranges as they are."""
+        pub = self.live.stream.pub
+        T_base_scanner = np.asarray(SimConfig().T_base_sensor) if frame_id == SCAN_FRAME else np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
+        ticks = np.arange(round(seconds * ROOM_ODOM_HZ)) / ROOM_ODOM_HZ + self.t
+        wall0 = time.perf_counter()
+        for i, t in enumerate(ticks):
+            delay = (t - ticks[0]) / rate - (time.perf_counter() - wall0)
+            if delay > 0:
+                time.sleep(delay)
+            stamp = msgs.sec_to_stamp(self.start + t)
+            T = self.T_odom_base(t)
+            pub.pub_odom.publish(msgs.odometry_msg(T, stamp, "odom", BASE_FRAME))
+            if i % round(ROOM_ODOM_HZ / SCAN_HZ) == 0:
+                self.pub_scan.publish(_scan(_room_ranges(se3.compose(T, T_base_scanner)), stamp, frame_id))
+                self.scans += 1
+        self.t = ticks[-1] + 1.0 / ROOM_ODOM_HZ
+        return self.start + ticks[0], self.start + ticks[-1]
+
+    def map(self, seconds: float, z: float, frame_id: str = SCAN_FRAME) -> tuple[dict[str, str], dict[str, str]]:
+        """Publish ``seconds`` of scans in ``frame_id`` into a map reset before,
+        and check what the node made of them: the walls, with the returns ``z``
+        above the base. Returns the diagnostics before and after."""
+        w = self.live.watcher
+        base = self.live.fresh_diag().values
+        since = time.monotonic()
+        first, last = self.publish(seconds, frame_id)
+        d = self.live.settle()
+        v = d.values
+        scans = int(v["received_scans"]) - int(base["received_scans"])
+        assert scans >= 0.9 * round((last - first) * SCAN_HZ), (first, last, base, v)
+        assert int(v["dropped_points"]) - int(base["dropped_points"]) == len(SCAN_NAN_BEAMS) * scans, (base, v)
+        assert v["received_skipped_messages"] == base["received_skipped_messages"]
+        assert d.level != 2, d.message
+        assert v["compilations_after_warmup"] == "0"
+
+        # Keyframes every 0.5 m, placed where the odometry says (the map is the
+        # odom frame since the reset): the scans registered consistently.
+        path = w.messages("path")[-1]
+        stamps = _stamps(path)
+        assert len(path.poses) >= 2 and len(path.poses) == int(v["keyframes"]) - int(base["keyframes"]), (len(path.poses), base, v)
+        assert first - 1e-6 <= stamps[0] and stamps[-1] <= last + 1e-6, (first, stamps, last)
+        for ps, t in zip(path.poses, stamps):
+            T = _pose_ok(ps.pose, "path")
+            assert np.allclose(T[4:], self.T_odom_base(t - self.start)[4:], atol=0.1), (t, T, self.T_odom_base(t - self.start))
+        assert w.messages("poses", since), "no ~/poses from the scans"
+        for m in w.messages("poses", since):
+            for pose in m.poses:
+                _pose_ok(pose, "poses")
+        for m in w.messages("odometry", since):
+            _pose_ok(m.pose.pose, "odometry")
+
+        # The map is the walls, at the returns' height (voxels are at their points' centroids).
+        xyz = np.array([[p.x, p.y, p.z] for p in _check_voxels(w.messages("voxels")[-1]).points])
+        to_wall = np.min(np.abs(np.abs(xyz[:, :2]) - ROOM_HALF), axis=1)
+        assert np.all(to_wall <= VOXEL_SIZE / 2), xyz[to_wall > VOXEL_SIZE / 2]  # corner cells hold points of two walls
+        assert np.allclose(xyz[:, 2], z, atol=0.05), (z, np.unique(xyz[:, 2].round(2)))
+        return base, v
+
+
+@pytest.fixture(scope="module")
+def room(live: Live) -> Room:
+    """A scan publisher the node subscribes to, and the node reset (the room is a new map)."""
+    stream = live.stream
+    pub_scan = stream.pub.create_publisher(LaserScan, "scan", qos_profile_sensor_data)
+    live.wait_for(lambda: pub_scan.get_subscription_count() >= 1, 30.0, "the node's scan subscription to be discovered")
+    assert live.call(live.watcher.reset).success
+    start = (stream.stamp_sec() if stream.base is not None else math.floor(time.time())) + 1.0
+    return Room(live, pub_scan, start)
+
+
+def test_scans_are_mapped(live, room):
+    base, v = room.map(3.0, z=0.5 + CALIBRATED_DZ)
+    assert int(v["keyframes"]) - int(base["keyframes"]) >= 5  # 2.95 m at a keyframe per 0.5 m
+
+
+def test_malformed_scans_are_skipped(live, room):
+    w = live.watcher
+    if room.scans == 0:  # run alone: map the room first
+        room.publish(1.0)
+        live.settle()
+    base = live.fresh_diag().values
+    path_before = _stamps(w.messages("path")[-1])
+
+    stamp = msgs.sec_to_stamp(room.start + room.t - 0.01)
+    good = np.full(SCAN_BEARINGS.size, 2.0)
+    short = _scan(good[:100], stamp)  # 100 ranges for 181 bearings
+    clockwise = _scan(good, stamp)
+    clockwise.angle_min, clockwise.angle_max, clockwise.angle_increment = clockwise.angle_max, clockwise.angle_min, -clockwise.angle_increment
+    limits = _scan(good, stamp)
+    limits.range_min, limits.range_max = 5.0, 1.0
+    bad = {"ranges": short, "angle_increment": clockwise, "range_min": limits}  # a word of each reason
+    for m in bad.values():
+        room.pub_scan.publish(m)
+        time.sleep(0.05)  # within the subscription's depth, whatever the executor does
+
+    def counted() -> Diag | None:
+        d = w.diags[-1]
+        return d if int(d.values["received_scans"]) >= int(base["received_scans"]) + len(bad) else None
+
+    live.wait_for(counted, 10.0, "the malformed scans to be received")
+    v = live.fresh_diag(2).values
+    assert int(v["received_skipped_messages"]) - int(base["received_skipped_messages"]) == len(bad), (base, v)
+    reasons = {k: int(n) - int(base.get(k, 0)) for k, n in v.items() if k.startswith("skipped scan: ")}
+    assert sum(reasons.values()) == len(bad), reasons
+    for word in bad:
+        assert sum(n for k, n in reasons.items() if word in k) == 1, (word, reasons)
+    assert live.proc.poll() is None
+
+    # good scans again: the node keeps mapping them
+    first, _ = room.publish(1.0)
+    d = live.settle()
+    stamps = _stamps(w.messages("path")[-1])
+    assert stamps[-1] > path_before[-1] and stamps[-1] >= first, (path_before[-1], first, stamps[-1])
+    assert d.level != 2, d.message
+    assert int(d.values["received_skipped_messages"]) == int(v["received_skipped_messages"]), "good scans were skipped"
+
+
+def test_base_frame_scans_go_through_the_calibrated_extrinsic(live, room):
+    """Scans in base_link: the node moves them to the sensor frame and the
+    mapper back, both by the calibrated extrinsic, so they land in the base's
+    plane (by the nominal one, CALIBRATED_DZ above it)."""
+    assert live.call(live.watcher.reset).success
+    room.map(1.5, z=0.0, frame_id=BASE_FRAME)
+
+
+def test_empty_scan_topic_subscribes_no_scan(live, tmp_path):
+    """A second node (its own domain: not seen by the first's tests) with
+    ``scan_topic: ""``: its subscriptions are made before it compiles, so the
+    graph is read as soon as they are discovered."""
+    domain = random.choice([d for d in range(150, 230) if str(d) != os.environ["ROS_DOMAIN_ID"]])
+    params = _params_file(tmp_path, tmp_path / "cal.yaml", scan_topic="")
+    log_path = tmp_path / "node.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "dsg_ros", "node", "--params-file", str(params)],
+            cwd=REPO, env=dict(os.environ, ROS_DOMAIN_ID=str(domain), PYTHONUNBUFFERED="1"), stdout=log, stderr=subprocess.STDOUT,
+        )
+    context = Context()
+    rclpy.init(context=context, domain_id=domain)
+    graph = Node("dsg_test_graph", context=context)
+
+    def subscribed() -> set[str]:
+        try:
+            return {name for name, _ in graph.get_subscriber_names_and_types_by_node(NODE, "/")}
+        except rclpy.node.NodeNameNonExistentError:  # not discovered yet
+            return set()
+
+    try:
+        deadline = time.monotonic() + 60.0
+        while not {"/odom", "/points", "/ground_truth"} <= subscribed():
+            assert proc.poll() is None, f"the node exited with code {proc.returncode}:\n{log_path.read_text()}"
+            assert time.monotonic() < deadline, f"the node's subscriptions were not discovered; its log:\n{log_path.read_text()}"
+            time.sleep(0.1)
+        time.sleep(0.5)  # a scan subscription, made with them, would be discovered by now
+        assert "/scan" not in subscribed(), subscribed()
+    finally:
+        stop_process(proc)
+        graph.destroy_node()
+        rclpy.try_shutdown(context=context)

@@ -19,12 +19,13 @@ used for diagnostics headers when no data arrived yet).
 from __future__ import annotations
 
 import queue
+import re
 import threading
 import time
 import traceback
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import rclpy
@@ -35,16 +36,17 @@ from nav_msgs.msg import Odometry, Path as PathMsg
 from geometry_msgs.msg import PoseArray, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import PointCloud2
+from sensor_msgs.msg import LaserScan, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from dsg_ros import se3
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, TickResult
+from dsg_ros.msgs import points_from_scan
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.params import declare
-from dsg_ros.ros.pointcloud import CloudError, cloud_to_xyz
+from dsg_ros.ros.pointcloud import cloud_to_xyz
 
 LATENCY_WINDOW = 2000  # recent cloud→publication latencies kept for percentiles
 
@@ -58,6 +60,11 @@ def _qos(reliability: str, depth: int, latched: bool = False) -> QoSProfile:
     )
 
 
+def _reason(exc: Exception) -> str:
+    """Why a message was skipped, numbers masked (``#``): one count per kind of fault, not per value."""
+    return re.sub(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", "#", str(exc))
+
+
 class MapperNode(Node):
     """Online differentiable mapping over ROS 2 topics."""
 
@@ -66,7 +73,8 @@ class MapperNode(Node):
         self.settings, mapper_config = declare(self)
         s = self.settings
         self.mapper = Mapper(mapper_config, self._load_calibration())
-        self.counts = {"odom": 0, "points": 0, "ground_truth": 0, "skipped_messages": 0, "published_ticks": 0, "skipped_while_warming": 0}
+        self.counts = {"odom": 0, "points": 0, "scans": 0, "ground_truth": 0, "skipped_messages": 0, "published_ticks": 0, "skipped_while_warming": 0}
+        self._skipped: Counter[str] = Counter()  # "<what>: <reason>" → messages skipped
         self._latency_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._tick_ms: deque[float] = deque(maxlen=LATENCY_WINDOW)
         self._arrivals: dict[float, float] = {}
@@ -89,6 +97,8 @@ class MapperNode(Node):
         self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
         self.create_subscription(Odometry, "ground_truth", self._on_ground_truth, _qos(s.odom_reliability, s.odom_depth))
         self.create_subscription(PointCloud2, "points", self._on_points, _qos(s.points_reliability, s.points_depth))
+        if s.scan_topic:
+            self.create_subscription(LaserScan, s.scan_topic, self._on_scan, _qos(s.scan_reliability, s.scan_depth))
         self.pub_poses = self.create_publisher(PoseArray, "~/poses", 10)
         self.pub_path = self.create_publisher(PathMsg, "~/path", _qos("reliable", 1, latched=True))
         self.pub_voxels = self.create_publisher(MarkerArray, "~/voxels", _qos("reliable", 1, latched=True))
@@ -151,6 +161,7 @@ class MapperNode(Node):
 
     def _skip(self, what: str, exc: Exception) -> None:
         self.counts["skipped_messages"] += 1
+        self._skipped[f"{what}: {_reason(exc)}"] += 1
         self.get_logger().warning(f"skipped {what}: {exc}", throttle_duration_sec=2.0)
 
     def _on_odom(self, msg: Odometry) -> None:
@@ -179,24 +190,38 @@ class MapperNode(Node):
         self.mapper.add_reference(stamp, T_world_base)
 
     def _on_points(self, msg: PointCloud2) -> None:
+        self._add_sensor_points(msg, "points", "cloud", cloud_to_xyz, planar=False)
+
+    def _on_scan(self, msg: LaserScan) -> None:
+        self._add_sensor_points(msg, "scans", "scan", points_from_scan, planar=True)
+
+    def _add_sensor_points(
+        self, msg: PointCloud2 | LaserScan, counter: str, what: str, convert: Callable[[Any], tuple[np.ndarray, int]], planar: bool
+    ) -> None:
+        """Convert a cloud or scan to sensor-frame points ``p_sensor`` (N, 3) and
+        queue them for the mapper; a message that does not convert is a counted
+        skip. ``counter``: its ``counts`` key; ``what``: its name in skips."""
         arrived = time.perf_counter()
-        self.counts["points"] += 1
+        self.counts[counter] += 1
         if not self._ready.is_set():
             self.counts["skipped_while_warming"] += 1
             return
         s = self.settings
         frame = msg.header.frame_id
         if s.sensor_frame and frame not in (s.sensor_frame, s.base_frame):
-            return self._skip("cloud", ValueError(f"frame_id {frame!r} is neither sensor_frame {s.sensor_frame!r} nor base_frame {s.base_frame!r}"))
+            return self._skip(what, ValueError(f"frame_id {frame!r} is neither sensor_frame {s.sensor_frame!r} nor base_frame {s.base_frame!r}"))
         try:
-            p, dropped = cloud_to_xyz(msg)
+            p, dropped = convert(msg)
             stamp = msgs.stamp_to_sec(msg.header.stamp)
-        except (CloudError, msgs.MessageError) as exc:
-            return self._skip("cloud", exc)
-        if frame == s.base_frame:  # the mapper takes sensor-frame points
-            p = se3.apply(se3.inverse(np.asarray(self.mapper.config.T_base_sensor)), p)
+        except msgs.MessageError as exc:
+            return self._skip(what, exc)
+        if frame == s.base_frame:
+            # The mapper takes sensor-frame points and moves them to the base by
+            # its calibrated extrinsic: undo that one, not the nominal.
+            T_base_sensor = cal.base_sensor(self.mapper.theta, se3.normalized(np.asarray(self.mapper.config.T_base_sensor)))
+            p = se3.apply(se3.inverse(T_base_sensor), p)
         self._arrivals[stamp] = arrived  # before add_cloud: a running tick may take the cloud at once
-        if not self.mapper.add_cloud(stamp, p, dropped=dropped):
+        if not self.mapper.add_cloud(stamp, p, dropped=dropped, planar=planar):
             self._arrivals.pop(stamp, None)
         elif s.tick_on_cloud:
             self._wake.set()
@@ -430,6 +455,7 @@ class MapperNode(Node):
             "dropped_observations": d.get("dropped_observations"),
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
             **{f"received_{k}": v for k, v in self.counts.items()},
+            **{f"skipped {k}": v for k, v in sorted(self._skipped.items())},
         }
         self.pub_diagnostics.publish(msgs.diagnostics(self._header_stamp(), f"{self.get_name()}: mapping", self.get_fully_qualified_name(), level, message, values))
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidTopicNameException
 from rclpy.node import Node
+from rclpy.validate_topic_name import validate_topic_name
 
 from dsg_ros.config import flatten, from_mapping, to_mapping, unflatten
 from dsg_ros.mapping import MapperConfig
@@ -34,6 +36,9 @@ class NodeSettings:
     tick_on_cloud: bool = True
     points_reliability: str = "best_effort"
     points_depth: int = 5
+    scan_topic: str = "scan"
+    scan_reliability: str = "best_effort"
+    scan_depth: int = 5
     odom_reliability: str = "reliable"
     odom_depth: int = 100
     calibration_file: str = ""
@@ -53,12 +58,15 @@ _RELIABILITY = ("best_effort", "reliable")
 _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "map_frame": ("frame of every published pose and marker", None),
     "odom_frame": ("frame of the incoming odometry (the tf child of map_frame)", None),
-    "base_frame": ("robot base frame; clouds in this frame are moved to the sensor frame by the extrinsic", None),
-    "sensor_frame": ("frame_id clouds must carry (empty: any frame other than base_frame is the sensor)", None),
+    "base_frame": ("robot base frame; clouds and scans in this frame are moved to the sensor frame by the (calibrated) extrinsic", None),
+    "sensor_frame": ("frame_id clouds and scans must carry (empty: any frame other than base_frame is the sensor)", None),
     "rate_hz": ("tick rate when no cloud arrives; the mapper also ticks on each cloud if tick_on_cloud", (0.5, 200.0)),
     "tick_on_cloud": ("tick as soon as a cloud can be mapped (it arrived and odometry covers its stamp) instead of waiting for the next period", None),
     "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY),
     "points_depth": ("QoS history depth of the points subscription", (1, 1000)),
+    "scan_topic": ("sensor_msgs/LaserScan input (REP 117), mapped as a planar scan beside any clouds on points; remappings apply (empty: no scan subscription)", None),
+    "scan_reliability": ("QoS reliability of the scan subscription (SensorDataQoS is best_effort)", _RELIABILITY),
+    "scan_depth": ("QoS history depth of the scan subscription", (1, 1000)),
     "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY),
     "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000)),
     "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None),
@@ -119,7 +127,7 @@ def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
     """Declare every parameter on ``node`` and read the settings back.
 
     Raises ValueError naming the parameter when a value is out of place
-    (unknown choice, invalid mapper config); range violations are refused
+    (unknown choice, invalid topic name, invalid mapper config); range violations are refused
     by rclpy itself at declaration.
     """
     for f in fields(NodeSettings):
@@ -133,6 +141,11 @@ def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
         if isinstance(constraint, tuple) and isinstance(constraint[0], str) and values[name] not in constraint:
             raise ValueError(f"parameter {name}: {values[name]!r} is not one of {constraint}")
     settings = NodeSettings(**values)
+    if settings.scan_topic:  # else create_subscription fails later, with a traceback instead of the parameter's name
+        try:
+            validate_topic_name(settings.scan_topic)
+        except InvalidTopicNameException as exc:
+            raise ValueError(f"parameter scan_topic: {exc}") from None
     flat = {}
     for name in mapper_parameter_defaults():
         value = node.get_parameter(name).value  # double arrays come back as array.array
