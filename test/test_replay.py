@@ -171,6 +171,8 @@ def test_missing_topic_lists_the_bag_and_corrupt_bag_names_the_file(aces_bag, tm
     assert code == 2 and "no topic /velodyne_points" in err
     assert "/scan (sensor_msgs/msg/LaserScan, " in err and "/odom (nav_msgs/msg/Odometry, " in err
     assert "Traceback" not in err and not (tmp_path / "out").exists()
+    code, _, err = _replay(capsys, str(aces_bag), "--odom-topic", "/wheel_odom")  # and no /tf either
+    assert code == 2 and "no odometry: neither /wheel_odom nor /tf; the bag has:" in err and "/scan (sensor_msgs" in err
     (tmp_path / "typo.yaml").write_text("/**:\n  ros__parameters:\n    mapper:\n      window:\n        keyframs: 3\n")
     code, _, err = _replay(capsys, str(aces_bag), "--params-file", str(tmp_path / "typo.yaml"))
     assert code == 2 and "mapper.window: unknown key(s) ['keyframs']" in err

@@ -155,6 +155,9 @@ def _trajectory(stamps: list[float], poses: list[np.ndarray], source: str) -> Tr
 
 
 def _plan(bag: Bag, config: ReplayConfig, mapper_config: MapperConfig) -> _Plan:
+    """Check every topic named (or defaulted) against the bag, fix the time
+    window and find the sensor's frame and extrinsic; BagError naming what
+    is missing, before anything is compiled or written."""
     info = bag.info
     if config.points_topic is None and config.scan_topic is None:
         sensors = {t: t == DEFAULT_SCAN_TOPIC for t in (DEFAULT_POINTS_TOPIC, DEFAULT_SCAN_TOPIC) if t in info.topics}
@@ -221,8 +224,9 @@ class _SensorFrames:
 class _Stream:
     """The bag as mapper events, in bag time order, with what was fed kept for scoring."""
 
-    def __init__(self, bag: Bag, plan: _Plan, config: ReplayConfig, bar: ProgressBar | None) -> None:
-        self.bag, self.plan, self.config, self.bar = bag, plan, config, bar
+    def __init__(self, bag: Bag, plan: _Plan, config: ReplayConfig) -> None:
+        self.bag, self.plan, self.config = bag, plan, config
+        self.bar: ProgressBar | None = None  # set once the mapper is ready, so its rate and ETA leave the warm-up out
         self.frames = _SensorFrames(bag, config.base_frame, plan.sensor_frame, plan.T_base_sensor)
         self.skipped: Counter[str] = Counter()  # reason → messages not fed
         self.warnings: Counter[str] = Counter()  # reason → conversion warnings (the message was fed)
@@ -381,13 +385,15 @@ def _replay(
         mapper_config = replace(mapper_config, T_base_sensor=tuple(float(v) for v in plan.T_base_sensor))
         say(f"{bag.path}: {', '.join(plan.sensors)} in frame {plan.sensor_frame} (extrinsic from {plan.extrinsic_source}); "
             f"odometry from {plan.odom_topic or '/tf'}" + (f"; reference {plan.reference_topic}" if plan.reference_topic else ""))
+        # Preloads /tf odometry when there is no odometry topic: a bag without
+        # any fails here, before the mapper compiles.
+        stream = _Stream(bag, plan, config)
         writer = BagWriter(record, "mcap") if record is not None else nullcontext()
         with writer as bag_out:
             mapper = Mapper(mapper_config, theta)
             warm_up_s = mapper.warm_up()
             say(f"warm-up (compiling the mapper) took {warm_up_s:.1f} s")
-            bar = ProgressBar("replay") if progress else None
-            stream = _Stream(bag, plan, config, bar)
+            bar = stream.bar = ProgressBar("replay") if progress else None
             record_config = replace(config.record, odom_frame=config.odom_frame, base_frame=config.base_frame)
             recorder = Recorder(bag_out, mapper, record_config) if bag_out is not None else None
             ticks = _Ticks(recorder)
