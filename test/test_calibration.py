@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import jax
+import jax_dataclasses as jdc
 import numpy as np
 import pytest
 import yaml
@@ -74,7 +75,8 @@ def self_supervised() -> Learning:
 
 def test_self_supervised_calibration_moves_the_forward_scale_toward_the_truth(self_supervised: Learning):
     calibrator = self_supervised.mapper.calibrator
-    assert calibrator.steps >= 10 and len(self_supervised.losses) == calibrator.steps
+    # A step every fourth snapshot: each is validated on the three after it.
+    assert calibrator.steps >= 5 and len(self_supervised.losses) == calibrator.steps
     assert np.all(np.isfinite(self_supervised.losses))
     assert calibrator.snapshots and not any(bool(s.has_reference) for s in calibrator.snapshots), "no reference: self-supervised loss"
     assert self_supervised.record.warnings == 0 and self_supervised.record.last.diagnostics["rollbacks"] == 0
@@ -141,6 +143,48 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
     assert np.allclose(moved_r, first / 101.0, rtol=1e-3)
     # Unlearned groups stay exactly zero.
     assert not np.any(np.asarray(theta1["extrinsic"])) and float(theta1["log_sigma_obs"]) == 0.0
+
+
+def test_a_step_is_applied_only_after_it_lowers_the_loss_on_later_snapshots(self_supervised: Learning):
+    """The validation protocol: a step fitted to one snapshot is held back,
+    scored against the calibration in use on the next snapshots (not fitted
+    to), and applied when better; a step that makes them worse is rolled
+    back, optimizer state included, and counted."""
+    T_base_sensor = np.asarray(self_supervised.mapper.config.T_base_sensor)
+    snapshot = self_supervised.mapper.calibrator.snapshots[-1]
+    config = dataclasses.replace(self_supervised.mapper.config.calibration, buffer=4, batch=1, validation_snapshots=2)
+    calibrator = OnlineCalibrator(config, cal.zero_theta(), T_base_sensor)
+    theta = cal.as_host(cal.zero_theta())
+    assert calibrator.learn(snapshot, theta) == (None, None)  # proposed, not applied
+    assert calibrator.learn(snapshot, theta) == (None, None)  # one validation snapshot of two
+    applied, note = calibrator.learn(snapshot, theta)  # the snapshot it fits is its own best validation
+    assert applied is not None and note is None and calibrator.accepted == 1
+    # Validation data that contradicts the fit: the same scan, with a reference saying the robot
+    # moved 0.5 m more than the odometry. The step fitted to the plain snapshot moves the other way.
+    wrong = jdc.replace(snapshot, reference=se3.compose(np.asarray(snapshot.reference), se3.exp(np.array([0.5, 0, 0, 0, 0, 0]))), has_reference=np.asarray(True))
+    information = calibrator.information
+    calibrator.learn(snapshot, applied)  # proposes the next step
+    assert calibrator.learn(wrong, applied) == (None, None)
+    assert calibrator.learn(wrong, applied) == (None, None)
+    assert calibrator.rejected == 1
+    np.testing.assert_array_equal(calibrator.information, information)
+
+
+def test_learned_parameters_are_clipped_into_their_bounds():
+    bounds = cal.CalibrationBounds()
+    theta = cal.as_host(cal.zero_theta())
+    theta["odom_log_scale"][0] = np.log(0.0006)  # what an unbounded self-supervised loss once learned
+    theta["odom_bias"][5] = np.radians(30.0)
+    theta["log_sigma_obs"] = np.asarray(-50.0)
+    clipped, outside = bounds.clip(theta)
+    assert sorted(outside) == ["log_sigma_obs", "odom_bias", "odom_log_scale"]
+    assert np.exp(clipped["odom_log_scale"][0]) == pytest.approx(0.8) and np.degrees(clipped["odom_bias"][5]) == pytest.approx(5.0)
+    assert np.exp(clipped["log_sigma_obs"]) == pytest.approx(0.1)
+    # A calibration loaded from outside the bounds is clipped by the mapper too, with a warning.
+    mapper = Mapper(MapperConfig(window=WindowConfig(keyframes=2, max_voxels=8, max_observations_per_keyframe=4, max_anchors_per_keyframe=2)), theta)
+    assert np.exp(mapper.theta["odom_log_scale"][0]) == pytest.approx(0.8)
+    with pytest.raises(ValueError, match="odom_scale"):
+        cal.CalibrationBounds(odom_scale=(1.1, 1.3))
 
 
 def test_odometry_correction_is_the_same_on_the_host_and_differentiable_in_jax():

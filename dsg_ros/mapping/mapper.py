@@ -25,7 +25,7 @@ from dsg_ros import runtime, se3
 from dsg_ros.learn import calibration as cal
 from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
-from dsg_ros.mapping.registration import RegistrationConfig, register
+from dsg_ros.mapping.registration import RegistrationConfig, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, Window, WindowConfig
 from dsg_ros.solve import SolverConfig, solve
@@ -49,6 +49,9 @@ class MapperConfig:
     keyframes: KeyframePolicy = field(default_factory=KeyframePolicy)
     voxel_size: float = 0.2
     min_points_per_voxel: int = 2
+    # A planar scan's beams are too sparse for two returns per cell beyond a
+    # few metres (1° at 10 m is 17 cm): every return counts.
+    scan_min_points_per_voxel: int = 1
     min_range_m: float = 0.3
     max_range_m: float = 40.0
     # Nominal base→sensor extrinsic, wxyz_xyz.
@@ -486,7 +489,9 @@ class Mapper:
                 if self.config.registration.enabled:
                     xi = se3.log(raw)
                     motion = (float(np.linalg.norm(xi[:3])), float(np.linalg.norm(xi[3:])))
-                    T_map_base = self._register(se3.apply(T_base_sensor, p_sensor), T_map_base, axis_base, motion)
+                    c = self.config.registration
+                    p_base = se3.apply(T_base_sensor, thin(p_sensor, c.source_cell_m, c.max_points))
+                    T_map_base = self._register(p_base, T_map_base, axis_base, motion)
                 self._track = (stamp, T_map_base, T_odom_base, None)
         odom = None
         if last is not None:
@@ -504,7 +509,12 @@ class Mapper:
         T_map_sensor = se3.compose(T_map_base, T_base_sensor)
         n_sensor = scan_normals(p_sensor, 2.0 * self.config.voxel_size) if planar else None
         cells = voxelize(
-            p_sensor, se3.rotation_matrix(T_map_sensor), T_map_sensor[4:], self.config.voxel_size, self.config.min_points_per_voxel, n_sensor
+            p_sensor,
+            se3.rotation_matrix(T_map_sensor),
+            T_map_sensor[4:],
+            self.config.voxel_size,
+            self.config.scan_min_points_per_voxel if planar else self.config.min_points_per_voxel,
+            n_sensor,
         )
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
         noise = self._odom_noise(None if odom is None else odom[2])

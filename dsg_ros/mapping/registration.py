@@ -21,6 +21,7 @@ import numpy as np
 from scipy.spatial import cKDTree
 
 from dsg_ros import se3
+from dsg_ros.mapping.voxels import pack_cells
 
 
 # Iterations over which the correspondence bound shrinks to its minimum.
@@ -39,8 +40,8 @@ class RegistrationConfig:
     # the last ones use only close, reliable matches.
     max_correspondence_m: float = 1.0
     min_correspondence_m: float = 0.3
-    neighbours: int = 5  # map voxels defining the local surface of a match (3 at least)
-    surface_radius_m: float = 0.5  # how far beyond the nearest voxel they may lie
+    neighbours: int = 3  # map voxels defining the local surface of a match (3 at least)
+    surface_radius_m: float = 0.3  # how far beyond the nearest voxel they may lie
     # Scale of the Cauchy weight on point-to-surface distances.
     robust_scale_m: float = 0.1
     # Noise of one point-to-surface distance (sensor noise plus surface
@@ -54,6 +55,17 @@ class RegistrationConfig:
     prior_sigma_rad: float = 0.05
     prior_sigma_per_motion: float = 0.2
     min_matches: int = 20  # fewer: keep the prediction
+    # A translation direction the points pin down less than this fraction as
+    # well as the best-pinned one (a corridor's axis) is left where the
+    # prediction put it: there a few stray matches (a door frame, clutter)
+    # outweigh the prior and slide the pose along, metres over a corridor.
+    degenerate_ratio: float = 0.05
+    # A cloud is thinned to one point per cell of this size (its own frame)
+    # and at most ``max_points`` points before it is aligned: a 3D lidar's
+    # tens of thousands of returns say little more about six degrees of
+    # freedom than a thousand spread ones, at a fraction of the cost.
+    source_cell_m: float = 0.2
+    max_points: int = 1000
     # Map voxels farther than this from the predicted sensor position are
     # not considered (they cannot match a point within the sensor's range).
     map_radius_m: float = 40.0
@@ -82,6 +94,26 @@ class Registration:
     rmse_m: float
     iterations: int
     accepted: bool
+
+
+def thin(p: np.ndarray, cell: float, max_points: int) -> np.ndarray:
+    """One point (the first) per occupied ``cell`` of ``p`` (N, 3), then at most
+    ``max_points`` of those, evenly spread over the cloud's order."""
+    _, first = np.unique(pack_cells(np.floor(p / cell)), return_index=True)
+    keep = np.sort(first)
+    if keep.size > max_points:
+        keep = keep[np.linspace(0, keep.size - 1, max_points).astype(np.int64)]
+    return p[keep]
+
+
+def _degenerate_translations(H: np.ndarray, n: int, ratio: float) -> np.ndarray:
+    """Unit translation directions (n, d) the information ``H`` (its first ``n``
+    coordinates translations) pins down less than ``ratio`` × the best one,
+    with the rotations free to adjust (the Schur complement onto translation)."""
+    H_tt, H_tr, H_rr = H[:n, :n], H[:n, n:], H[n:, n:]
+    H_t = H_tt - H_tr @ np.linalg.solve(H_rr + 1e-9 * np.eye(H_rr.shape[0]), H_tr.T)
+    lam, V = np.linalg.eigh(0.5 * (H_t + H_t.T))
+    return V[:, lam < ratio * max(lam[-1], 1e-12)]
 
 
 def _surface_normals(neighbours: np.ndarray, valid: np.ndarray, planar_axis: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -148,6 +180,7 @@ def register(
     sigma_m = config.prior_sigma_m + config.prior_sigma_per_motion * motion[0]
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
     prior = np.diag(1.0 / np.array([sigma_m] * 3 + [sigma_rad] * 3) ** 2)
+    translations = 2 if planar_axis_base is not None else 3  # the first coordinates of ``basis``
     xi_total = np.zeros(6)  # correction from the prediction, body frame
     matches, rmse, iteration = 0, float("nan"), 0
     for iteration in range(1, config.max_iterations + 1):
@@ -171,9 +204,13 @@ def register(
         n_body = n @ R
         J = np.concatenate([n_body, np.cross(s, n_body)], axis=1) @ basis
         w = 1.0 / (1.0 + (r / config.robust_scale_m) ** 2) / config.point_sigma_m**2
-        H = J.T @ (w[:, None] * J) + basis.T @ prior @ basis
+        H_scan = J.T @ (w[:, None] * J)
+        H = H_scan + basis.T @ prior @ basis
         g = J.T @ (w * r) + basis.T @ (prior @ xi_total)
-        delta = basis @ np.linalg.solve(H, -g)
+        step = np.linalg.solve(H, -g)
+        degenerate = _degenerate_translations(H_scan, translations, config.degenerate_ratio)
+        step[:translations] -= degenerate @ (degenerate.T @ step[:translations])
+        delta = basis @ step
         T = se3.compose(T, se3.exp(delta))
         xi_total = se3.log(se3.between(T_predicted, T))
         matches, rmse = int(ok.sum()), float(np.sqrt(np.mean(r**2)))
