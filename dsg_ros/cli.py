@@ -304,7 +304,7 @@ def _node(argv: list[str]) -> int:
         prog="dsg-ros node",
         description=(
             "Start the dsg_mapper node with a parameters file (default: the installed config/hybrid.yaml). "
-            "Subscribes odom, points (and ground_truth if published); publishes ~/poses, ~/path, ~/voxels, "
+            "Subscribes odom, points and/or scan (LaserScan), and ground_truth if published; publishes ~/poses, ~/path, ~/voxels, "
             "~/graph, ~/odometry and /diagnostics; services ~/save_calibration and ~/reset. "
             "ROS arguments follow --ros-args (remaps, -p name:=value, use_sim_time)."
         ),

@@ -51,23 +51,28 @@ def _tum(path: Path) -> np.ndarray:
     return rows
 
 
+def _log_head(name: str, seconds: float, dest: Path) -> Path:
+    """The first ``seconds`` of a real-data CARMEN log, written as text to ``dest``."""
+    head, start = [], None
+    with bz2.open(REALDATA / name, "rt") as f:
+        for line in f:
+            fields = line.split()
+            if fields and fields[0] in ("FLASER", "ODOM"):
+                start = float(fields[-3]) if start is None else start
+                if float(fields[-3]) - start > seconds:
+                    break
+            head.append(line)
+    dest.write_text("".join(head))
+    return dest
+
+
 @pytest.fixture(scope="module")
 def aces_bag(tmp_path_factory) -> Path:
     """The first ~25 s of ACES (~160 scans, 4 reference poses) as an mcap bag."""
     if not REALDATA.is_dir():
         pytest.skip("shared real-data logs not present")
     tmp = tmp_path_factory.mktemp("aces")
-    head, start = [], None
-    with bz2.open(REALDATA / "aces.clf.bz2", "rt") as f:
-        for line in f:
-            fields = line.split()
-            if fields and fields[0] in ("FLASER", "ODOM"):
-                start = float(fields[-3]) if start is None else start
-                if float(fields[-3]) - start > 25.0:
-                    break
-            head.append(line)
-    (tmp / "aces25.clf").write_text("".join(head))
-    convert(tmp / "aces25.clf", tmp / "aces25", REALDATA / "aces-corrected.log.gz", CarmenBagConfig(storage="mcap"))
+    convert(_log_head("aces.clf.bz2", 25.0, tmp / "aces25.clf"), tmp / "aces25", REALDATA / "aces-corrected.log.gz", CarmenBagConfig(storage="mcap"))
     return tmp / "aces25"
 
 
@@ -206,3 +211,21 @@ def test_progress_bar_line_says_fraction_rate_and_eta():
     bar.update(0.25, 500)
     line = bar.line(bar.started + 10.0)
     assert "25.0 %" in line and "50 msg/s" in line and "ETA 0:30" in line and "[" + "#" * 8 + "." * 22 + "]" in line
+
+
+def test_reference_poses_fed_as_odometry_are_kept(tmp_path):
+    """A mapper given perfect odometry must keep it: FR079's first 30 s (a
+    reference pose at almost every scan), the reference as /odom, scored
+    against itself (goal: ATE ≤ 0.2 m; the whole-log rows are in bench realdata)."""
+    if not REALDATA.is_dir():
+        pytest.skip("shared real-data logs not present")
+    from dsg_ros.bag.replay import ReplayConfig, replay
+    from dsg_ros.mapping import MapperConfig
+
+    convert(_log_head("fr079.clf.bz2", 30.0, tmp_path / "fr079.clf"), tmp_path / "bag", REALDATA / "freiburg-079-corrected.log.gz", CarmenBagConfig(storage="mcap"))
+    config = ReplayConfig(scan_topic="/scan", odom_topic="/ground_truth", reference_topic="/ground_truth", sensor_stamps_topic="/ground_truth",
+                          calibrate=False, supervise=False)
+    result = replay(tmp_path / "bag", config, MapperConfig())
+    scores = result.summary["scores"]["estimate"]
+    assert result.summary["clouds_consumed"] > 100
+    assert scores["ate_m"] <= 0.2, scores

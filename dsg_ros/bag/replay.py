@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import json
 import logging
-import re
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -43,6 +42,7 @@ from dsg_ros.mapping.evaluate import plot_top_view
 from dsg_ros.mapping.ply import write_ply
 from dsg_ros.mapping.replay import Cloud, Event, RunRecord, drive
 from dsg_ros.msgs import (
+    reason,
     LASER_SCAN,
     ODOMETRY,
     POINT_CLOUD,
@@ -132,12 +132,6 @@ class _Plan:
     sensor_frame: str
     T_base_sensor: np.ndarray
     extrinsic_source: str
-
-
-def _reason(text: str) -> str:
-    """A message with its numbers masked (``#``), so that skips and warnings
-    of one kind count under one reason."""
-    return re.sub(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", "#", text)
 
 
 def _pose(m: BagMessage) -> tuple[float, np.ndarray, str | None]:
@@ -259,7 +253,7 @@ class _Stream:
         return any(abs(t - stamp) <= MATCH_TOLERANCE_S for t in near)
 
     def _skip(self, topic: str, exc: Exception) -> None:
-        self.skipped[f"{topic}: {_reason(str(exc))}"] += 1
+        self.skipped[f"{topic}: {reason(str(exc))}"] += 1
 
     def _timed(self) -> Iterator[tuple[int, BagMessage | tuple[float, np.ndarray]]]:
         """(bag time ns, message) from the topics read, merged with the
@@ -310,7 +304,7 @@ class _Stream:
                 self._skip(m.topic, exc)
                 return
             if warning:
-                self.warnings[f"{m.topic}: {_reason(warning)}"] += 1
+                self.warnings[f"{m.topic}: {reason(warning)}"] += 1
             self.fed[m.topic] += 1
             if m.topic == p.odom_topic:  # and also the reference, in the bench's reference-as-odometry run
                 self.odometry[0].append(stamp)
@@ -428,7 +422,7 @@ class _Ticks:
         self.stamps += result.cloud_stamps
         self.poses += list(result.cloud_poses)
         for warning in result.warnings:
-            self.warnings[_reason(warning)] += 1
+            self.warnings[reason(warning)] += 1
         if self.recorder is not None:
             self.recorder.on_tick(result)
 

@@ -8,7 +8,7 @@ nanoseconds. Building messages is left to each side (rclpy classes in
 ``dsg_ros.ros``, rosbags classes in ``dsg_ros.bag``).
 """
 
-from dsg_ros.msgs.errors import ConversionError
+from dsg_ros.msgs.errors import ConversionError, reason
 from dsg_ros.msgs.laserscan import points_from_scan, scan_points
 from dsg_ros.msgs.pointcloud import points_from_cloud
 from dsg_ros.msgs.poses import (

@@ -19,7 +19,6 @@ used for diagnostics headers when no data arrived yet).
 from __future__ import annotations
 
 import queue
-import re
 import threading
 import time
 import traceback
@@ -43,7 +42,7 @@ from visualization_msgs.msg import MarkerArray
 from dsg_ros import se3
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, TickResult
-from dsg_ros.msgs import points_from_scan
+from dsg_ros.msgs import points_from_scan, reason
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.params import declare
 from dsg_ros.ros.pointcloud import cloud_to_xyz
@@ -58,11 +57,6 @@ def _qos(reliability: str, depth: int, latched: bool = False) -> QoSProfile:
         reliability=ReliabilityPolicy.BEST_EFFORT if reliability == "best_effort" else ReliabilityPolicy.RELIABLE,
         durability=DurabilityPolicy.TRANSIENT_LOCAL if latched else DurabilityPolicy.VOLATILE,
     )
-
-
-def _reason(exc: Exception) -> str:
-    """Why a message was skipped, numbers masked (``#``): one count per kind of fault, not per value."""
-    return re.sub(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?", "#", str(exc))
 
 
 class MapperNode(Node):
@@ -161,7 +155,7 @@ class MapperNode(Node):
 
     def _skip(self, what: str, exc: Exception) -> None:
         self.counts["skipped_messages"] += 1
-        self._skipped[f"{what}: {_reason(exc)}"] += 1
+        self._skipped[f"{what}: {reason(str(exc))}"] += 1
         self.get_logger().warning(f"skipped {what}: {exc}", throttle_duration_sec=2.0)
 
     def _on_odom(self, msg: Odometry) -> None:
