@@ -631,10 +631,12 @@ class Mapper:
             odom_stamp = self.odometry.latest_stamp
             T_odom_base = self.odometry.interpolate(odom_stamp) if odom_stamp is not None else None
         T_map_base = T_map_odom = None
-        if window.keyframes and T_odom_base is not None:
-            last: Keyframe = window.keyframes[-1]
-            raw = se3.between(last.T_odom_base, T_odom_base)
-            T_map_base = se3.compose(poses[-1], self._correct(raw[None], np.array([odom_stamp - last.stamp]))[0])
+        if window.keyframes and self._track is not None and T_odom_base is not None:
+            # From the last registered cloud, not the last keyframe: between
+            # keyframes that is the better anchor for the corrected odometry.
+            track_stamp, track_pose, track_odom = self._track_from()
+            raw = se3.between(track_odom, T_odom_base)
+            T_map_base = se3.compose(track_pose, self._correct(raw[None], np.array([odom_stamp - track_stamp]))[0])
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()
