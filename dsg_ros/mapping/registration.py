@@ -1,16 +1,17 @@
-"""Scan-to-map registration: align a keyframe's points to the map before association.
+"""Scan-to-map registration: align each cloud to the map before it is placed.
 
-Odometry between keyframes of a real robot is off by tens of centimetres and
-several degrees (wheels slip in turns); cells keyed through such a pose land
-on the wrong voxels and the solve then pulls the pose toward them. So each
-new keyframe is first aligned to the voxels already mapped around it, by
-robust point-to-plane ICP (point-to-line for planar scanners): each source
-point is matched to its nearest map voxels, the local surface through them
-gives a normal, and Gauss–Newton minimizes the distances along the normals.
+Odometry of a real robot is off by centimetres per scan and degrees per turn
+(wheels slip, logs stall); cells keyed through such a pose land on the wrong
+voxels and the solve then pulls the pose toward them. So every cloud is
+first aligned to the voxels already mapped around it, by robust
+point-to-plane ICP (point-to-line for planar scanners): each source point is
+matched to its nearest map voxel, the local surface through it and its
+neighbours gives a normal, and Gauss–Newton minimizes the distances along
+the normals.
 
-A weak prior on the predicted pose keeps directions the scene does not
-constrain (a corridor's axis; z, roll and pitch for a planar scanner) where
-odometry put them.
+A prior on the predicted pose keeps directions the scene does not constrain
+(a corridor's axis; z, roll and pitch for a planar scanner) where odometry
+put them.
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ class RegistrationConfig:
     # A cloud is thinned to one point per cell of this size (its own frame)
     # and at most ``max_points`` points before it is aligned: a 3D lidar's
     # tens of thousands of returns say little more about six degrees of
-    # freedom than a thousand spread ones, at a fraction of the cost.
+    # freedom than a few hundred spread ones, at a fraction of the cost.
     source_cell_m: float = 0.2
     max_points: int = 400
     # Map voxels farther than this from the predicted sensor position are
