@@ -356,7 +356,7 @@ class Mapper:
         A step is proposed from the buffered snapshots, clipped into the
         configured bounds, and returned only after it lowered the loss on the
         snapshots that came after it (see ``OnlineCalibrator.learn``); a
-        rolled-back step is counted in ``calibration_rejected`` and warned.
+        rolled-back step is counted in ``calibration_rejected`` (and logged).
         Touches only the calibrator, so one worker thread may run it while
         another ticks.
         """
