@@ -229,3 +229,24 @@ def test_reference_poses_fed_as_odometry_are_kept(tmp_path):
     scores = result.summary["scores"]["estimate"]
     assert result.summary["clouds_consumed"] > 100
     assert scores["ate_m"] <= 0.2, scores
+
+
+def test_base_frame_points_move_by_the_mappers_current_extrinsic(tmp_path):
+    """Points stamped in the base frame reach the mapper in the sensor frame
+    through the extrinsic the mapper applies (calibrated, possibly learned
+    while replaying), not the nominal one; sensor-frame points pass as they are."""
+    from dsg_ros.bag.replay import _SensorFrames
+
+    with BagWriter(tmp_path / "bag", "mcap") as w:
+        w.write("/tf_static", msgs.TF, build.tf_message([("base_link", "laser", 0, se3.IDENTITY)]), 0)
+    nominal = np.array([1.0, 0, 0, 0, 0.2, 0, 0])
+    with Bag(tmp_path / "bag") as bag:
+        frames = _SensorFrames(bag, "base_link", "laser", nominal)
+    p_base = np.array([[1.0, 2.0, 0.0]])
+    np.testing.assert_allclose(frames.to_sensor("base_link", p_base)[0], [[0.8, 2.0, 0.0]])
+    calibrated = np.array([1.0, 0, 0, 0, 0.5, 0, 0.1])
+    frames.T_base_sensor = lambda: calibrated
+    moved, was_moved = frames.to_sensor("base_link", p_base)
+    assert was_moved
+    np.testing.assert_allclose(moved, [[0.5, 2.0, -0.1]])
+    assert frames.to_sensor("laser", p_base) == (p_base, False)

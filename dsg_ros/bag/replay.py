@@ -199,20 +199,22 @@ class _SensorFrames:
     def __init__(self, bag: Bag, base_frame: str, sensor_frame: str, T_base_sensor: np.ndarray) -> None:
         self._static = static_transforms(bag)
         self._base, self._sensor = frame_name(base_frame), sensor_frame
-        self._T_sensor_base = se3.inverse(T_base_sensor)
-        # frame → T_sensor_frame, None for the sensor frame itself. Points in
-        # the base frame move by the extrinsic's inverse, as the node moves them.
-        self._T_sensor: dict[str, np.ndarray | None] = {} if sensor_frame == self._base else {sensor_frame: None}
+        # The extrinsic the mapper applies, read per message: points in the
+        # base frame move by its inverse, as the node moves them, so a
+        # calibrated (or learned) extrinsic is the one used both ways.
+        self.T_base_sensor: Callable[[], np.ndarray] = lambda: T_base_sensor
+        self._T_base: dict[str, np.ndarray] = {}  # frame → T_base_frame
 
     def to_sensor(self, frame: str, p: np.ndarray) -> tuple[np.ndarray, bool]:
         """Points ``p`` (N, 3) in ``frame`` → (points in the sensor frame, whether they moved)."""
-        if frame not in self._T_sensor:
+        if frame == self._sensor and self._sensor != self._base:
+            return p, False
+        if frame not in self._T_base:
             T_base_frame = se3.IDENTITY if frame == self._base else relative_transform(self._static, self._base, frame)
             if T_base_frame is None:
                 raise ConversionError(f"frame {frame} is neither {self._sensor} nor joined to {self._base} by /tf_static")
-            self._T_sensor[frame] = se3.compose(self._T_sensor_base, T_base_frame)
-        T = self._T_sensor[frame]
-        return (p, False) if T is None else (se3.apply(T, p), True)
+            self._T_base[frame] = T_base_frame
+        return se3.apply(se3.between(self.T_base_sensor(), self._T_base[frame]), p), True
 
 
 class _Stream:
@@ -385,6 +387,8 @@ def _replay(
         writer = BagWriter(record, "mcap") if record is not None else nullcontext()
         with writer as bag_out:
             mapper = Mapper(mapper_config, theta)
+            nominal = np.asarray(mapper_config.T_base_sensor, np.float64)
+            stream.frames.T_base_sensor = lambda: cal.base_sensor(mapper.theta, nominal)
             warm_up_s = mapper.warm_up()
             say(f"warm-up (compiling the mapper) took {warm_up_s:.1f} s")
             bar = stream.bar = ProgressBar("replay") if progress else None
