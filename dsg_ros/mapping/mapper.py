@@ -480,15 +480,13 @@ class Mapper:
             T_map_base = T_odom_base
             self._track = (stamp, T_map_base, T_odom_base, None)
         else:
-            track_stamp, track_pose, track_odom = self._track_from()
-            raw = se3.between(track_odom, T_odom_base)
-            T_map_base = se3.compose(track_pose, self._correct(raw[None], np.array([stamp - track_stamp]))[0])
+            T_map_base, raw = self._predict(stamp, T_odom_base)
+            xi = se3.log(raw)
+            motion = (float(np.linalg.norm(xi[:3])), float(np.linalg.norm(xi[3:])))
             # Standing still, the last alignment holds: registering again would
             # only cost time (and the motion keeps adding up from that alignment).
-            if np.linalg.norm(raw[4:]) > _STILL_M or 2.0 * np.arccos(min(1.0, abs(raw[0]))) > _STILL_RAD:
+            if motion[0] > _STILL_M or motion[1] > _STILL_RAD:
                 if self.config.registration.enabled:
-                    xi = se3.log(raw)
-                    motion = (float(np.linalg.norm(xi[:3])), float(np.linalg.norm(xi[3:])))
                     c = self.config.registration
                     p_base = se3.apply(T_base_sensor, thin(p_sensor, c.source_cell_m, c.max_points))
                     T_map_base = self._register(p_base, T_map_base, axis_base, motion)
@@ -527,12 +525,15 @@ class Mapper:
         self._dirty = True
         return _Localized(stamp, T_map_base, keyframe, report)
 
-    def _track_from(self) -> tuple[float, np.ndarray, np.ndarray]:
-        """(stamp, T_map_base, T_odom_base) of the last localized cloud; a keyframe's pose as the window now has it."""
-        stamp, T_map_base, T_odom_base, keyframe = self._track
+    def _predict(self, stamp: float, T_odom_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``T_map_base`` (7,) at ``stamp`` from the last localized cloud moved by the
+        corrected odometry since (a keyframe's pose as the window now has it),
+        and that raw odometry increment (7,)."""
+        track_stamp, track_pose, track_odom, keyframe = self._track
         if keyframe is not None and keyframe in self.window.keyframes:
-            T_map_base = self.window.pose(keyframe)
-        return stamp, T_map_base, T_odom_base
+            track_pose = self.window.pose(keyframe)
+        raw = se3.between(track_odom, T_odom_base)
+        return se3.compose(track_pose, self._correct(raw[None], np.array([stamp - track_stamp]))[0]), raw
 
     def _published_poses(self, localized: list[_Localized]) -> np.ndarray:
         """``T_map_base`` (n, 7) of this tick's clouds: keyframes as solved, NaN where a cloud was dropped."""
@@ -634,9 +635,7 @@ class Mapper:
         if window.keyframes and self._track is not None and T_odom_base is not None:
             # From the last registered cloud, not the last keyframe: between
             # keyframes that is the better anchor for the corrected odometry.
-            track_stamp, track_pose, track_odom = self._track_from()
-            raw = se3.between(track_odom, T_odom_base)
-            T_map_base = se3.compose(track_pose, self._correct(raw[None], np.array([odom_stamp - track_stamp]))[0])
+            T_map_base = self._predict(odom_stamp, T_odom_base)[0]
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()
