@@ -30,6 +30,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _writer_flags(parser: argparse.ArgumentParser, destination: str) -> None:
+    """Flags of the subcommands that write a bag and compile nothing."""
+    parser.add_argument("--overwrite", action="store_true", help=f"replace {destination} if it exists")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
 def _setup_runtime(args: argparse.Namespace) -> None:
     from dsg_ros import runtime
 
@@ -503,9 +510,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "before the scan: exact pairing, but stale where the log stalled); "
         "auto (default): odom unless the ODOM stamps needed repair in more than 10%% of records (Intel), then scan",
     )
-    c.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    c.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    c.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    _writer_flags(c, "--out")
     c.set_defaults(handler=_cmd_convert)
 
     p = sub.add_parser(
@@ -522,9 +527,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--storage", choices=("sqlite3", "mcap"), default="sqlite3", help="rosbag2 storage (default sqlite3)")
     p.add_argument("--seed", type=int, default=None, help="world, odometry and sensor noise seed (default 0)")
     p.add_argument("--duration", type=float, default=None, help="simulated seconds (default 60)")
-    p.add_argument("--overwrite", action="store_true", help="replace --bag if it exists")
-    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    _writer_flags(p, "--bag")
     p.set_defaults(handler=_cmd_sim)
 
     p = sub.add_parser(
