@@ -19,9 +19,10 @@ def _room_scan(T_map_base: np.ndarray, size=(10.0, 6.0), beams: int = 181) -> np
     for bearing in np.linspace(-np.pi / 2, np.pi / 2, beams):
         a = yaw + bearing
         d = np.array([np.cos(a), np.sin(a)])
-        ranges = [t for t, ok in ((((w if d[0] > 0 else 0.0) - x) / d[0] if abs(d[0]) > 1e-9 else np.inf, True),
-                                  (((h if d[1] > 0 else 0.0) - y) / d[1] if abs(d[1]) > 1e-9 else np.inf, True)) if ok and t > 0]
-        r = min(ranges)
+        # Distance along the beam to the wall it faces, per axis; the nearer one is hit.
+        to_x = ((w if d[0] > 0 else 0.0) - x) / d[0] if abs(d[0]) > 1e-9 else np.inf
+        to_y = ((h if d[1] > 0 else 0.0) - y) / d[1] if abs(d[1]) > 1e-9 else np.inf
+        r = min(to_x, to_y)
         points.append([r * np.cos(bearing), r * np.sin(bearing), 0.0])
     return np.array(points)
 
