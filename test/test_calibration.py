@@ -118,12 +118,13 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
     theta0 = cal.zero_theta()
     theta1 = calibrator.step(theta0)
     information = calibrator.information
-    assert information.shape == (2, 2) and np.all(np.linalg.eigvalsh(information) > 0.0)
+    assert information.shape == (3, 3) and np.all(np.linalg.eigvalsh(information) > 0.0)
     theta2 = calibrator.step(theta1)
     # The same snapshot twice: twice the information (J moves a little with theta).
-    assert np.allclose(calibrator.information, 2.0 * information, rtol=0.1)
-    first = np.array([float(theta1["odom_log_scale"][0]), float(theta1["odom_bias"][5])])
-    second = np.array([float(theta2["odom_log_scale"][0]), float(theta2["odom_bias"][5])]) - first
+    assert np.linalg.norm(calibrator.information - 2.0 * information) < 0.1 * np.linalg.norm(2.0 * information)
+    learned = lambda t: np.array([float(t["odom_log_scale"][0]), float(t["odom_bias"][5]), float(t["time_offset"])])
+    first = learned(theta1)
+    second = learned(theta2) - first
     assert np.linalg.norm(first) > 1e-4 and np.linalg.norm(second) < 0.05 * np.linalg.norm(first)
     jitted = jax.jit(snapshot_loss, static_argnames="config")
     loss = lambda theta: float(jitted(theta, snapshot, T_base_sensor, config))
@@ -139,7 +140,7 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
     resumed = OnlineCalibrator(dataclasses.replace(config, forgetting=0.99), theta0, T_base_sensor, resumed=True)
     resumed.add(snapshot)
     theta_r = resumed.step(theta0)
-    moved_r = np.array([float(theta_r["odom_log_scale"][0]), float(theta_r["odom_bias"][5])])
+    moved_r = learned(theta_r)
     assert np.allclose(moved_r, first / 101.0, rtol=1e-3)
     # Unlearned groups stay exactly zero.
     assert not np.any(np.asarray(theta1["extrinsic"])) and float(theta1["log_sigma_obs"]) == 0.0
@@ -193,18 +194,47 @@ def test_odometry_correction_is_the_same_on_the_host_and_differentiable_in_jax()
     theta = cal.as_host(cal.zero_theta())
     theta["odom_log_scale"][0] = np.log(1.03)
     theta["odom_bias"][5] = np.radians(1.0)
+    theta["time_offset"] = np.asarray(0.08)
     raw = se3.exp(np.array([[0.5, 0.02, 0.0, 0.0, 0.0, 0.1], [0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [0.3, 0.0, 0.0, 0.0, 0.0, np.pi - 1e-6]]))
     dt = np.array([0.5, 0.1, 0.4])
-    host = cal.correct_odometry(theta, raw, dt)
+    velocity = np.zeros((3, 2, 6))
+    velocity[2] = [[0.5, 0.0, 0.0, 0.0, 0.0, 0.2], [0.2, 0.0, 0.0, 0.0, 0.0, 1.5]]
+    host = cal.correct_odometry(theta, raw, dt, velocity)
     assert isinstance(host, np.ndarray)  # the mapper's per-tick path: no JAX dispatch
-    device = jax.jit(cal.correct_odometry)({k: jnp.asarray(v) for k, v in theta.items()}, jnp.asarray(raw), jnp.asarray(dt))
+    device = jax.jit(cal.correct_odometry)({k: jnp.asarray(v) for k, v in theta.items()}, jnp.asarray(raw), jnp.asarray(dt), jnp.asarray(velocity))
     np.testing.assert_allclose(np.asarray(device), host, atol=1e-12)
     # Scale and yaw-rate bias act as documented: x shrinks by 1.03, yaw loses 1 deg/s.
     np.testing.assert_allclose(se3.log(host)[0, 0], se3.log(raw)[0, 0] / 1.03, rtol=1e-12)
     np.testing.assert_allclose(se3.log(host)[0, 5], 0.1 - np.radians(1.0) * 0.5, rtol=1e-12)
     # Finite derivatives at zero rotation (the identity increment) and near pi.
-    grads = jax.grad(lambda t: jnp.sum(cal.correct_odometry(t, jnp.asarray(raw), jnp.asarray(dt)) ** 2))({k: jnp.asarray(v) for k, v in theta.items()})
+    grads = jax.grad(lambda t: jnp.sum(cal.correct_odometry(t, jnp.asarray(raw), jnp.asarray(dt), jnp.asarray(velocity)) ** 2))(
+        {k: jnp.asarray(v) for k, v in theta.items()}
+    )
     assert all(np.all(np.isfinite(np.asarray(g))) for g in grads.values())
+
+
+def test_time_offset_shifts_the_increment_to_later_odometry_readings():
+    """A robot turning ever faster: its odometry read at stamps + δ is what the
+    offset-corrected increment between the plain stamps must equal."""
+    def odometry(t):  # yaw(t) = t², x(t) = t (in the odom frame)
+        return np.concatenate([se3.exp(np.array([0.0, 0.0, 0.0, 0.0, 0.0, t * t]))[:4], [t, 0.0, 0.0]])
+
+    def velocity(t, h=1e-6):
+        return se3.log(se3.between(odometry(t - h), odometry(t + h))) / (2 * h)
+
+    t_i, t_j, delta = 0.5, 1.0, 0.05
+    theta = cal.as_host(cal.zero_theta())
+    raw = se3.between(odometry(t_i), odometry(t_j))[None]
+    v = np.stack([velocity(t_i), velocity(t_j)])[None]
+    shifted = se3.between(odometry(t_i + delta), odometry(t_j + delta))
+    theta["time_offset"] = np.asarray(delta)
+    corrected = cal.correct_odometry(theta, raw, np.array([t_j - t_i]), v)[0]
+    # Exact for constant velocity over δ; here the rate changes, so to O(δ²).
+    error = se3.log(se3.between(shifted, corrected))
+    assert np.linalg.norm(error) < 5 * delta**2
+    theta["time_offset"] = np.asarray(0.0)
+    unshifted_error = se3.log(se3.between(shifted, cal.correct_odometry(theta, raw, np.array([t_j - t_i]), v)[0]))
+    assert np.linalg.norm(unshifted_error) > 10 * np.linalg.norm(error)
 
 
 # ------------------------------------------------------------ calibration file

@@ -8,7 +8,7 @@ import pytest
 
 from dsg_ros import se3
 from dsg_ros.mapping.voxels import CellObservations
-from dsg_ros.mapping.window import ANCHOR_SIGMA, Window, WindowConfig
+from dsg_ros.mapping.window import ANCHOR_SIGMA, OdometryRow, Window, WindowConfig
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.world import Capacity, Noise, WorldModel
 
@@ -16,6 +16,8 @@ CONVERGED = SolverConfig(relative_tolerance=0.0, step_tolerance=1e-14, gradient_
 solver = jax.jit(solve, static_argnames="config")
 ODOM = Noise.diagonal([0.05] * 3 + [0.01] * 3)
 OBS = Noise.isotropic(0.05, 3)
+# The window only stores the odometry velocities (the time offset uses them).
+NO_VELOCITY, NO_VELOCITIES = np.zeros(6), np.zeros((2, 6))
 
 
 def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: int = 3) -> float:
@@ -35,7 +37,7 @@ def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: in
         p = np.array([o[1] for o in obs])
         T_init = truth[0] if i == 0 else se3.compose(win.pose(win.keyframes[-1]), z)
         cells = CellObservations(keys=np.arange(i, i + seen), p_sensor=p, counts=np.ones(seen, np.int64))
-        win.add_keyframe(float(i), truth[i], T_init, None if i == 0 else (z, 1.0, z), ODOM, cells, p, OBS)
+        win.add_keyframe(float(i), truth[i], NO_VELOCITY, T_init, None if i == 0 else OdometryRow(z, 1.0, NO_VELOCITIES, z), ODOM, cells, p, OBS)
         x, _ = solver(win.model.graph(), win.model.pack_state(), config=CONVERGED)
         win.model.set_state(x)
 
@@ -73,8 +75,8 @@ def test_marginalization_freezes_voxels_into_the_map():
     for i in range(5):
         T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
         p = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]) - [0.1 * i, 0, 0]
-        odom = None if i == 0 else (step, 1.0, step)
-        reports.append(win.add_keyframe(float(i), T, T, odom, ODOM, cells, p, OBS)[1])
+        odom = None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step)
+        reports.append(win.add_keyframe(float(i), T, NO_VELOCITY, T, odom, ODOM, cells, p, OBS)[1])
     assert reports[:4] == [None] * 4 and reports[4].frozen_voxels == 2
     keys, positions, _ = win.voxel_map.export()
     assert sorted(keys.tolist()) == [10, 11]
@@ -96,7 +98,7 @@ def test_every_marginalization_graph_size_gives_the_same_prior():
         T = se3.exp(np.array([0.1 * i, 0.02 * i, 0, 0, 0, 0.05 * i]))
         cells = CellObservations(keys=np.array([10 + i, 11 + i, 12 + i]), p_sensor=np.zeros((3, 3)), counts=np.ones(3, np.int64))
         p = np.array([[1.0 + i, 0.5, 0.1], [2.0 + i, -0.5, 0.2], [3.0 + i, 0.3, -0.1]]) - [0.1 * i, 0.02 * i, 0]
-        win.add_keyframe(float(i), T, T, None if i == 0 else (step, 1.0, step), ODOM, cells, p, OBS)
+        win.add_keyframe(float(i), T, NO_VELOCITY, T, None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p, OBS)
     wm = win.model
     oldest = win.keyframes[0].var
     obs = wm.slab_rows("voxel_point_obs")
@@ -121,8 +123,8 @@ def test_anchor_rows_are_thinned_to_the_best_supported_cells():
     for i in range(3):  # the third keyframe marginalizes the first: cells 10 and 11 freeze
         cells = CellObservations(keys=np.array([10, 11]), p_sensor=p, counts=np.array([1, 5]))
         T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
-        win.add_keyframe(float(i), T, T, None if i == 0 else (step, 1.0, step), ODOM, cells, p - [0.1 * i, 0, 0], OBS)
-    win.add_keyframe(3.0, T, T, (step, 1.0, step), ODOM, cells, p, OBS)  # sees both frozen cells again
+        win.add_keyframe(float(i), T, NO_VELOCITY, T, None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p - [0.1 * i, 0, 0], OBS)
+    win.add_keyframe(3.0, T, NO_VELOCITY, T, OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p, OBS)  # sees both frozen cells again
     anchors = win.model.slab_rows("voxel_anchor_obs")
     newest = anchors.active & (anchors.var_ids[:, 0] == win.keyframes[-1].var)
     assert int(newest.sum()) == 1, "one anchor row per keyframe at most"

@@ -9,6 +9,9 @@ theta is a pytree of arrays shared by every tick:
 * ``extrinsic`` (6,): a twist correcting the nominal base→sensor transform,
   ``T_base_sensor = T_nominal · Exp(extrinsic)``.
 * ``log_sigma_odom`` (), ``log_sigma_obs`` (): log-scales of the noise models.
+* ``time_offset`` () seconds: the odometry reading that belongs with a cloud
+  stamped t is the one at t + time_offset (drivers and sensors stamp
+  differently; on the real logs odometry leads the scans by ~0.1 s).
 
 The same functions build measurements in the mapper (through jit) and inside
 the differentiable outer loop, so what is learned is exactly what is used.
@@ -42,7 +45,13 @@ def zero_theta() -> Theta:
         "extrinsic": jnp.zeros(6),
         "log_sigma_odom": jnp.zeros(()),
         "log_sigma_obs": jnp.zeros(()),
+        "time_offset": jnp.zeros(()),
     }
+
+
+# Parameters added after version 1 files were first written: a file without
+# them loads with their zero (no-correction) value.
+_ADDED_LATER = frozenset({"time_offset"})
 
 
 @dataclass(frozen=True)
@@ -61,13 +70,14 @@ class CalibrationBounds:
     extrinsic_translation_m: float = 0.2
     extrinsic_rotation_deg: float = 10.0
     sigma_scale: tuple[float, float] = (0.1, 10.0)
+    time_offset_s: float = 0.25
 
     def __post_init__(self) -> None:
         for name in ("odom_scale", "sigma_scale"):
             lo, hi = getattr(self, name)
             if not 0.0 < lo <= 1.0 <= hi:
                 raise ValueError(f"calibration bounds {name} must satisfy 0 < low <= 1 <= high, got {(lo, hi)}")
-        for name in ("odom_linear_bias_m_s", "odom_angular_bias_deg_s", "extrinsic_translation_m", "extrinsic_rotation_deg"):
+        for name in ("odom_linear_bias_m_s", "odom_angular_bias_deg_s", "extrinsic_translation_m", "extrinsic_rotation_deg", "time_offset_s"):
             if not getattr(self, name) >= 0.0:
                 raise ValueError(f"calibration bounds {name} must be >= 0")
 
@@ -83,6 +93,7 @@ class CalibrationBounds:
             "extrinsic": (-extrinsic, extrinsic),
             "log_sigma_odom": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
             "log_sigma_obs": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
+            "time_offset": (np.asarray(-self.time_offset_s), np.asarray(self.time_offset_s)),
         }
 
     def clip(self, theta: Theta) -> tuple[dict[str, np.ndarray], list[str]]:
@@ -101,13 +112,21 @@ def as_host(theta: Theta) -> dict[str, np.ndarray]:
     return {k: np.array(v, np.float64) for k, v in theta.items()}
 
 
-def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array) -> jax.Array:
+def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array, velocity: jax.Array) -> jax.Array:
     """Corrected increments ``wxyz_xyz`` (n, 7) from raw increments (n, 7) over ``dt`` (n,) seconds.
+
+    ``velocity`` (n, 2, 6): the raw odometry's body twist rate (ρ̇, ω̇) at
+    each increment's start and end stamp. The time offset δ moves both ends
+    along them: the increment between the readings at t_i + δ and t_j + δ is
+    ``Exp(−δ v_i) · raw · Exp(δ v_j)`` (exact where the velocity is constant
+    over δ), so a changed offset needs no re-interpolation of the odometry.
 
     NumPy in, NumPy out (the mapper's host path, no dispatch); JAX arrays
     in, differentiable JAX out (the calibration step).
     """
-    xp = se3.namespace(raw, *theta.values())
+    xp = se3.namespace(raw, velocity, *theta.values())
+    offset = theta["time_offset"]
+    raw = se3.compose(se3.exp(-offset * velocity[:, 0]), se3.compose(raw, se3.exp(offset * velocity[:, 1])))
     xi = se3.log(raw)
     rho = xi[:, :3] * xp.exp(-theta["odom_log_scale"]) - theta["odom_bias"][:3] * dt[:, None]
     omega = xi[:, 3:] - theta["odom_bias"][3:] * dt[:, None]
@@ -135,6 +154,7 @@ class CalibrationSummary:
     extrinsic_rotation_deg: tuple[float, float, float]
     sigma_scale_odom: float
     sigma_scale_obs: float
+    time_offset_s: float
 
     @staticmethod
     def of(theta: Theta) -> CalibrationSummary:
@@ -147,6 +167,7 @@ class CalibrationSummary:
             extrinsic_rotation_deg=tuple(np.degrees(t["extrinsic"][3:]).tolist()),
             sigma_scale_odom=float(np.exp(t["log_sigma_odom"])),
             sigma_scale_obs=float(np.exp(t["log_sigma_obs"])),
+            time_offset_s=float(t["time_offset"]),
         )
 
 
@@ -194,11 +215,13 @@ def load(path: str | Path) -> Theta:
     given = document.get("theta")
     if not isinstance(given, dict):
         raise ValueError(f"{path}: no 'theta' mapping of calibration parameters")
-    unknown, missing = sorted(set(given) - set(theta)), sorted(set(theta) - set(given))
+    unknown, missing = sorted(set(given) - set(theta)), sorted(set(theta) - set(given) - _ADDED_LATER)
     if unknown or missing:
         raise ValueError(f"{path}: calibration parameters {'unknown ' + str(unknown) if unknown else ''}"
                          f"{' and ' if unknown and missing else ''}{'missing ' + str(missing) if missing else ''}")
     for name, default in theta.items():
+        if name not in given:
+            continue
         try:
             value = np.asarray(given[name], np.float64)
         except (TypeError, ValueError):

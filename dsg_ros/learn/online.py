@@ -88,12 +88,16 @@ class CalibrationConfig:
     min_learning_rate: float = 2e-4
     # Planar motion at near-constant speed cannot tell a forward scale from a
     # forward velocity bias, nor identify most of the extrinsic: by default
-    # learn the odometry scale and angular-rate bias only.
+    # learn the odometry scale, angular-rate bias and time offset only.
     # Per axis (x, y, z of the base): a ground robot only moves forward and
     # turns about z; learning the others lets them drift with the noise.
     learn_odom_scale: tuple[bool, bool, bool] = (True, False, False)
     learn_odom_angular_bias: tuple[bool, bool, bool] = (False, False, True)
     learn_odom_linear_bias: bool = False
+    # The odometry–cloud time offset: seen where the motion changes between
+    # two keyframes (a turn starting or ending), which a bias or scale cannot
+    # mimic.
+    learn_time_offset: bool = True
     learn_extrinsic: bool = False
     learn_noise: bool = False
     rotation_weight_m: float = 1.0  # metres of loss per radian in the supervised loss
@@ -132,6 +136,7 @@ class CalibrationConfig:
             "extrinsic": np.full(6, float(self.learn_extrinsic)),
             "log_sigma_odom": np.asarray(float(self.learn_noise)),
             "log_sigma_obs": np.asarray(float(self.learn_noise)),
+            "time_offset": np.asarray(float(self.learn_time_offset)),
         }
 
 
@@ -140,7 +145,8 @@ class Snapshot:
     """One window, frozen for learning (all arrays; stackable for vmap).
 
     graph: the window graph with the newest keyframe's observation rows off.
-    odom_raw (W, 7), odom_dt (W,): raw increments per odometry row.
+    odom_raw (W, 7), odom_dt (W,), odom_velocity (W, 2, 6): raw increments
+    per odometry row, and the raw odometry's body velocity at both ends.
     obs_p_sensor (R, 3) / anchor_p_sensor (A, 3): centroids per observation
     and per anchor row.
     odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
@@ -158,6 +164,7 @@ class Snapshot:
     x0: State
     odom_raw: jax.Array
     odom_dt: jax.Array
+    odom_velocity: jax.Array
     obs_p_sensor: jax.Array
     anchor_p_sensor: jax.Array
     odom_L: jax.Array
@@ -184,7 +191,7 @@ def inject(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: Calib
     g = snap.graph
     odom = g.slab("odom_se3")
     rows = jnp.arange(odom.capacity)
-    corrected = correct_odometry(theta, snap.odom_raw, snap.odom_dt)
+    corrected = correct_odometry(theta, snap.odom_raw, snap.odom_dt, snap.odom_velocity)
     corrected = jnp.where(odom.active[:, None], corrected, odom.measurement)
     g = g.with_measurements("odom_se3", rows, corrected)
     obs, anchor = g.slab("voxel_point_obs"), g.slab("voxel_anchor_obs")

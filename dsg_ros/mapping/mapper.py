@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax_dataclasses as jdc
@@ -27,7 +27,7 @@ from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.registration import RegistrationConfig, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
-from dsg_ros.mapping.window import Keyframe, MarginalizationReport, Window, WindowConfig
+from dsg_ros.mapping.window import Keyframe, MarginalizationReport, OdometryRow, Window, WindowConfig
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.world import Noise, huber
 
@@ -133,6 +133,18 @@ _STILL_M = 0.01
 _STILL_RAD = np.radians(0.2)
 
 
+class _Track(NamedTuple):
+    """The last localized cloud: its stamp, ``T_map_base`` (7,), the raw
+    odometry ``T_odom_base`` (7,) and body velocity (6,) there, and its
+    keyframe (None if it did not become one)."""
+
+    stamp: float
+    T_map_base: np.ndarray
+    T_odom_base: np.ndarray
+    odom_velocity: np.ndarray
+    keyframe: Keyframe | None
+
+
 @dataclass(frozen=True)
 class _Localized:
     """One consumed cloud: where it was placed (None: dropped) and the keyframe it became."""
@@ -168,9 +180,8 @@ class Mapper:
         self._solver = jax.jit(solve, static_argnames="config")
         self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal, resumed=theta is not None)
         self._compilations_at_warmup: int | None = None
-        # The last localized cloud (stamp, T_map_base, T_odom_base, its keyframe or None):
-        # the next cloud is predicted from it.
-        self._track: tuple[float, np.ndarray, np.ndarray, Keyframe | None] | None = None
+        # The last localized cloud: the next cloud is predicted from it.
+        self._track: _Track | None = None
         # Registration target: (centre, map voxels (M, 3), their KD-tree).
         self._map_tree: tuple[np.ndarray, np.ndarray, cKDTree | None] | None = None
         self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0}
@@ -268,9 +279,12 @@ class Mapper:
         started = time.perf_counter()
         added, marginalized = 0, []
         with self._inputs:
-            ready = [(stamp, points, planar, self.odometry.interpolate(stamp)) for stamp, points, planar in self._ready_clouds()]
+            ready = [
+                (stamp, points, planar, self.odometry.interpolate(stamp), self.odometry.velocity(stamp))
+                for stamp, points, planar in self._ready_clouds()
+            ]
         with self._state:
-            localized = [self._localize(stamp, points, planar, T_odom_base) for stamp, points, planar, T_odom_base in ready]
+            localized = [self._localize(*cloud) for cloud in ready]
             for cloud in localized:
                 if cloud.keyframe is not None:
                     added += 1
@@ -373,7 +387,7 @@ class Mapper:
             odom = wm.slab_rows("odom_se3")
             rows = np.flatnonzero(odom.active)
             if rows.size:
-                wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows]))
+                wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows], window.odom_velocity[rows]))
             T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
             for name in ("voxel_point_obs", "voxel_anchor_obs"):
                 rows = np.flatnonzero(wm.slab_rows(name).active)
@@ -428,6 +442,7 @@ class Mapper:
             x0=wm.pack_state(on_device=False),
             odom_raw=np.array(window.odom_raw),
             odom_dt=np.array(window.odom_dt),
+            odom_velocity=np.array(window.odom_velocity),
             obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
             anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
             odom_L=np.broadcast_to(np.diag(1.0 / np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
@@ -461,7 +476,7 @@ class Mapper:
                 continue
             break
 
-    def _localize(self, stamp: float, p_sensor: np.ndarray, planar: bool, T_odom_base: np.ndarray | None) -> _Localized:
+    def _localize(self, stamp: float, p_sensor: np.ndarray, planar: bool, T_odom_base: np.ndarray | None, odom_velocity: np.ndarray) -> _Localized:
         """Place a cloud in the map and make it a keyframe if the policy says so.
 
         Every cloud is predicted from the last localized one by the corrected
@@ -478,9 +493,9 @@ class Mapper:
         last = window.keyframes[-1] if window.keyframes else None
         if last is None:
             T_map_base = T_odom_base
-            self._track = (stamp, T_map_base, T_odom_base, None)
+            self._track = _Track(stamp, T_map_base, T_odom_base, odom_velocity, None)
         else:
-            T_map_base, raw = self._predict(stamp, T_odom_base)
+            T_map_base, raw = self._predict(stamp, T_odom_base, odom_velocity)
             xi = se3.log(raw)
             motion = (float(np.linalg.norm(xi[:3])), float(np.linalg.norm(xi[3:])))
             # Standing still, the last alignment holds: registering again would
@@ -490,7 +505,7 @@ class Mapper:
                     c = self.config.registration
                     p_base = se3.apply(T_base_sensor, thin(p_sensor, c.source_cell_m, c.max_points))
                     T_map_base = self._register(p_base, T_map_base, axis_base, motion)
-                self._track = (stamp, T_map_base, T_odom_base, None)
+                self._track = _Track(stamp, T_map_base, T_odom_base, odom_velocity, None)
         odom = None
         if last is not None:
             raw = se3.between(last.T_odom_base, T_odom_base)
@@ -503,7 +518,8 @@ class Mapper:
                 and dt < policy.interval_s
             ):
                 return _Localized(stamp, T_map_base)
-            odom = (raw, dt, self._correct(raw[None], np.array([dt]))[0])
+            velocity = np.stack([last.odom_velocity, odom_velocity])
+            odom = OdometryRow(raw, dt, velocity, self._correct(raw[None], np.array([dt]), velocity[None])[0])
         T_map_sensor = se3.compose(T_map_base, T_base_sensor)
         n_sensor = scan_normals(p_sensor, 2.0 * self.config.voxel_size) if planar else None
         cells = voxelize(
@@ -515,25 +531,29 @@ class Mapper:
             n_sensor,
         )
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
-        noise = self._odom_noise(None if odom is None else odom[2])
+        noise = self._odom_noise(None if odom is None else odom.measurement)
         keyframe, report = window.add_keyframe(
-            stamp, T_odom_base, T_map_base, odom, noise, cells, p_base, self._obs_sqrt_info(cells, T_base_sensor, axis_base), huber(self.config.obs_huber)
+            stamp, T_odom_base, odom_velocity, T_map_base, odom, noise, cells, p_base, self._obs_sqrt_info(cells, T_base_sensor, axis_base), huber(self.config.obs_huber)
         )
-        self._track = (stamp, T_map_base, T_odom_base, keyframe)
+        self._track = _Track(stamp, T_map_base, T_odom_base, odom_velocity, keyframe)
         self._map_tree = None  # the map changed: the next registration rebuilds its target
         self.stats["keyframes"] += 1
         self._dirty = True
         return _Localized(stamp, T_map_base, keyframe, report)
 
-    def _predict(self, stamp: float, T_odom_base: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _predict(self, stamp: float, T_odom_base: np.ndarray, odom_velocity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``T_map_base`` (7,) at ``stamp`` from the last localized cloud moved by the
         corrected odometry since (a keyframe's pose as the window now has it),
-        and that raw odometry increment (7,)."""
-        track_stamp, track_pose, track_odom, keyframe = self._track
-        if keyframe is not None and keyframe in self.window.keyframes:
-            track_pose = self.window.pose(keyframe)
-        raw = se3.between(track_odom, T_odom_base)
-        return se3.compose(track_pose, self._correct(raw[None], np.array([stamp - track_stamp]))[0]), raw
+        and that raw odometry increment (7,). ``odom_velocity`` (6,): the raw
+        odometry's body velocity at ``stamp`` (zero places the reading
+        ``T_odom_base`` itself, not a cloud the time offset shifts)."""
+        track = self._track
+        track_pose = track.T_map_base
+        if track.keyframe is not None and track.keyframe in self.window.keyframes:
+            track_pose = self.window.pose(track.keyframe)
+        raw = se3.between(track.T_odom_base, T_odom_base)
+        velocity = np.stack([track.odom_velocity, odom_velocity])[None]
+        return se3.compose(track_pose, self._correct(raw[None], np.array([stamp - track.stamp]), velocity)[0]), raw
 
     def _published_poses(self, localized: list[_Localized]) -> np.ndarray:
         """``T_map_base`` (n, 7) of this tick's clouds: keyframes as solved, NaN where a cloud was dropped."""
@@ -545,9 +565,9 @@ class Mapper:
                 out[row] = cloud.T_map_base
         return out
 
-    def _correct(self, raw: np.ndarray, dt: np.ndarray) -> np.ndarray:
-        """Calibrated odometry increments (n, 7), in NumPy on the host."""
-        return cal.correct_odometry(self.theta, raw, dt)
+    def _correct(self, raw: np.ndarray, dt: np.ndarray, velocity: np.ndarray) -> np.ndarray:
+        """Calibrated odometry increments (n, 7), in NumPy on the host (see ``cal.correct_odometry``)."""
+        return cal.correct_odometry(self.theta, raw, dt, velocity)
 
     def _register(self, p_base: np.ndarray, T_predicted: np.ndarray, axis_base: np.ndarray | None, motion: tuple[float, float]) -> np.ndarray:
         """The cloud's pose aligned to the map around it (the prediction when that fails).
@@ -635,7 +655,7 @@ class Mapper:
         if window.keyframes and self._track is not None and T_odom_base is not None:
             # From the last registered cloud, not the last keyframe: between
             # keyframes that is the better anchor for the corrected odometry.
-            T_map_base = self._predict(odom_stamp, T_odom_base)[0]
+            T_map_base = self._predict(odom_stamp, T_odom_base, np.zeros(6))[0]
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()

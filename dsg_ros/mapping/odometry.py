@@ -95,6 +95,18 @@ class OdometryBuffer:
         t0, t1 = self._stamps[i - 1], self._stamps[i]
         return se3.interpolate(self._poses[i - 1], self._poses[i], (stamp - t0) / (t1 - t0))
 
+    def velocity(self, stamp: float) -> np.ndarray:
+        """Body twist rate (6,) = (ρ̇, ω̇) of the odometry segment that places
+        ``stamp`` (the one ending at the first sample at or after it; the last
+        one past the newest sample): the same segment ``interpolate`` used,
+        so the velocity never needs a sample that has not arrived. Zero with
+        fewer than two samples."""
+        if len(self._stamps) < 2:
+            return np.zeros(6)
+        i = min(max(bisect_left(self._stamps, stamp), 1), len(self._stamps) - 1)
+        t0, t1 = self._stamps[i - 1], self._stamps[i]
+        return se3.log(se3.between(self._poses[i - 1], self._poses[i])) / (t1 - t0)
+
     def clear(self) -> None:
         self._stamps.clear()
         self._poses.clear()

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import NamedTuple
+
 import jax
 import jax_dataclasses as jdc
 import numpy as np
@@ -67,7 +69,19 @@ class Keyframe:
     var: int
     stamp: float
     T_odom_base: np.ndarray  # (7,) raw odometry at the keyframe
+    odom_velocity: np.ndarray  # (6,) raw odometry body twist rate there (for the time offset)
     observations: int  # voxel observations added
+
+
+class OdometryRow(NamedTuple):
+    """An odometry factor's inputs: the raw increment (7,) from the previous
+    keyframe, its duration (s), the raw body velocity at both ends (2, 6),
+    and the calibrated measurement (7,) built from them."""
+
+    raw: np.ndarray
+    dt: float
+    velocity: np.ndarray
+    measurement: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -142,11 +156,12 @@ class Window:
         self._sequence = 0
         self.dropped_observations = 0  # new cells refused because every voxel slot was taken
         # Raw inputs per slab row, so measurements can be rebuilt when the
-        # calibration changes: odometry increment and its duration; the
-        # observation centroid in the sensor frame.
+        # calibration changes: odometry increment, its duration and the
+        # velocities at its ends; the observation centroid in the sensor frame.
         n_obs = W * config.max_observations_per_keyframe
         self.odom_raw = np.tile(se3.IDENTITY, (W, 1))
         self.odom_dt = np.zeros(W)
+        self.odom_velocity = np.zeros((W, 2, 6))
         n_anchor = W * config.max_anchors_per_keyframe
         self.obs_p_sensor = {"voxel_point_obs": np.zeros((n_obs, 3)), "voxel_anchor_obs": np.zeros((n_anchor, 3))}
 
@@ -177,8 +192,9 @@ class Window:
         self,
         stamp: float,
         T_odom_base: np.ndarray,
+        odom_velocity: np.ndarray,
         T_map_base: np.ndarray,
-        odom: tuple[np.ndarray, float, np.ndarray] | None,
+        odom: OdometryRow | None,
         odom_noise: Noise,
         cells: CellObservations,
         p_base: np.ndarray,
@@ -187,9 +203,9 @@ class Window:
     ) -> tuple[Keyframe, MarginalizationReport | None]:
         """Add a keyframe at ``T_map_base`` (its initial estimate).
 
-        ``odom`` = (raw increment from the previous keyframe (7,), its
-        duration, the corrected measurement (7,)); None for the first
-        keyframe, which gets the anchor prior instead. ``cells`` are its voxel
+        ``T_odom_base`` (7,) and ``odom_velocity`` (6,): the raw odometry
+        at ``stamp``. ``odom``: the factor from the previous keyframe; None
+        for the first keyframe, which gets the anchor prior instead. ``cells`` are its voxel
         observations, ``p_base`` (M, 3) their centroids in the base frame
         (the measurements) and ``obs_noise`` their noise: one model for all
         or a sqrt-information per observation (M, 3, 3). The oldest keyframe
@@ -201,13 +217,12 @@ class Window:
         if not self.keyframes:
             wm.add_factor("prior_se3", [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
         elif odom is not None:
-            raw, dt, corrected = odom
-            fid = wm.add_factor("odom_se3", [self.keyframes[-1].var, var], corrected, odom_noise)
+            fid = wm.add_factor("odom_se3", [self.keyframes[-1].var, var], odom.measurement, odom_noise)
             row = wm.factor_row(fid)[1]
-            self.odom_raw[row], self.odom_dt[row] = raw, dt
+            self.odom_raw[row], self.odom_dt[row], self.odom_velocity[row] = odom.raw, odom.dt, odom.velocity
         L = np.broadcast_to(obs_noise.sqrt_info, (p_base.shape[0], 3, 3)) if isinstance(obs_noise, Noise) else obs_noise
         n_obs = self._add_observations(var, T_map_base, cells, p_base, L, robust)
-        keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), n_obs)
+        keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), np.asarray(odom_velocity, np.float64), n_obs)
         self._sequence += 1
         self.keyframes.append(keyframe)
         return keyframe, report
