@@ -11,6 +11,7 @@ import numpy as np
 
 from dsg_ros.learn.calibration import CalibrationSummary
 from dsg_ros.mapping.mapper import Mapper, TickResult
+from dsg_ros.mapping.session import MappingSession, SessionConfig
 
 Event = tuple[str, float, Any]  # ("odom" | "cloud" | "ground_truth", stamp, payload)
 
@@ -54,11 +55,12 @@ def drive(
     calibrate: bool = True,
     on_tick: Callable[[TickResult], None] | None = None,
 ) -> RunRecord:
-    """Feed events in order, ticking after every cloud (the node ticks at the
-    cloud rate too); run calibration when a tick says it is due, then, as the
-    node does after publishing, make room for the next keyframe
-    (``Mapper.marginalize``) and refine the window (``Mapper.refine``). A
-    keyframe's estimate is the last one it had before leaving the window."""
+    """Feed events in order, one ``MappingSession.step`` after every cloud
+    (the node ticks at the cloud rate too), calibrating inline when a tick
+    says it is due. ``on_tick`` sees each tick's result once its step is
+    done. A keyframe's estimate is the last one it had before leaving the
+    window."""
+    session = MappingSession(mapper, SessionConfig(calibrate=calibrate))
     record = RunRecord()
     started = time.perf_counter()
     for kind, stamp, payload in events:
@@ -72,22 +74,21 @@ def drive(
             cloud = payload if isinstance(payload, Cloud) else Cloud(payload)
             if not mapper.add_cloud(stamp, cloud.p_sensor, cloud.dropped, cloud.planar):
                 record.rejected[kind] += 1
-            result = mapper.tick()
+            step = session.step()
+            result = step.result
             record.tick_ms.append(result.diagnostics["tick_ms"])
             if result.keyframes_added:
                 record.keyframe_tick_ms.append(result.diagnostics["tick_ms"])
             record.warnings += len(result.warnings)
             record.keyframe_poses.update(zip(result.window_stamps.tolist(), result.window_poses))
-            if calibrate and result.diagnostics["calibration_due"]:
-                record.calibration_ms.append(mapper.calibrate())
+            if step.calibration_ms is not None:
+                record.calibration_ms.append(step.calibration_ms)
                 if mapper.calibrator.steps:
                     record.calibration.append((stamp, CalibrationSummary.of(mapper.theta)))
-            marginalizing = time.perf_counter()
-            if mapper.marginalize() is not None:
-                record.marginalization_ms.append(1000.0 * (time.perf_counter() - marginalizing))
-            refining = time.perf_counter()
-            if mapper.refine():
-                record.refine_ms.append(1000.0 * (time.perf_counter() - refining))
+            if step.marginalization_ms is not None:
+                record.marginalization_ms.append(step.marginalization_ms)
+            if step.refine_ms is not None:
+                record.refine_ms.append(step.refine_ms)
             record.last = result
             if on_tick is not None:
                 on_tick(result)

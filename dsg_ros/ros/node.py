@@ -4,12 +4,12 @@ Threads (why: a solve or a calibration step must never starve a subscription):
 
 * the executor thread runs subscriptions (they only convert and enqueue),
   services and the diagnostics timer;
-* the tick thread warms the mapper up, then ticks it on every cloud (or at
-  ``rate_hz`` when none comes), publishes what the tick produced, and then
-  marginalizes and refines the window until the next cloud is ready;
-* the calibration worker takes window snapshots from the tick thread, runs
-  the outer-loop step and hands the new theta back; the tick thread applies
-  it between ticks;
+* the tick thread warms the mapper up, then steps the mapping session
+  (``dsg_ros.mapping.session``) on every cloud (or at ``rate_hz`` when none
+  comes): tick, publish what the tick produced, then marginalize and refine
+  the window until the next cloud is ready;
+* the session's calibration worker learns from window snapshots the tick
+  thread hands it; the tick thread applies the new theta at its next step;
 * the voxel thread publishes the whole map at ``voxel_rate_hz``.
 
 Stamps come from messages (``use_sim_time`` only affects the node clock,
@@ -18,7 +18,6 @@ used for diagnostics headers when no data arrived yet).
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
 import traceback
@@ -41,7 +40,7 @@ from visualization_msgs.msg import MarkerArray
 
 from dsg_ros import se3
 from dsg_ros.learn import calibration as cal
-from dsg_ros.mapping import Mapper, TickResult
+from dsg_ros.mapping import Mapper, MappingSession, SessionConfig, TickResult
 from dsg_ros.msgs import points_from_scan, reason
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.params import declare
@@ -83,10 +82,6 @@ class MapperNode(Node):
         self._reset_requested = threading.Event()
         self._reset_done = threading.Event()
         self._map_lock = threading.Lock()  # a reset's DELETEALL and a map publication never interleave
-        self._theta_queue: queue.Queue = queue.Queue(maxsize=1)
-        self._snapshots: queue.Queue = queue.Queue(maxsize=1)
-        self._learning = threading.Event()  # a snapshot is queued or being learned from
-        self._next_calibration = 0.0  # time.monotonic() before which no calibration step starts
 
         self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
         self.create_subscription(Odometry, "ground_truth", self._on_ground_truth, _qos(s.odom_reliability, s.odom_depth))
@@ -104,13 +99,18 @@ class MapperNode(Node):
         self.create_timer(1.0 / s.diagnostics_rate_hz, self._publish_diagnostics)
         self._tf = self._make_tf_broadcaster()
 
+        self.session = MappingSession(
+            self.mapper,
+            SessionConfig(calibrate=s.calibrate_online, learn_in_background=True, calibration_period_s=s.calibration_period_s),
+            publish=self._on_tick,
+            interrupt=self._wake.is_set,  # refine until the next cloud can be mapped
+            report=lambda message: self.get_logger().error(message, throttle_duration_sec=5.0),
+        )
         self._ticker = threading.Thread(target=self._run_ticks, name="dsg_tick", daemon=True)
-        self._learner = threading.Thread(target=self._run_calibration, name="dsg_calibration", daemon=True)
         # The whole map as markers takes ~0.2 s per 100k voxels to build: its
         # own thread, so ticks (and the latency they add) never wait for it.
         self._voxeler = threading.Thread(target=self._run_voxels, name="dsg_voxels", daemon=True)
         self._ticker.start()
-        self._learner.start()
         self._voxeler.start()
 
     # ------------------------------------------------------------------ set-up
@@ -144,12 +144,9 @@ class MapperNode(Node):
         """Stop the worker threads (the executor is the caller's)."""
         self._stop.set()
         self._wake.set()
-        try:
-            self._snapshots.put_nowait(None)  # wakes the calibration worker
-        except queue.Full:
-            pass
-        for thread in (self._ticker, self._learner, self._voxeler):
-            thread.join(timeout=10.0)
+        self._ticker.join(timeout=10.0)
+        self.session.close()
+        self._voxeler.join(timeout=10.0)
 
     # --------------------------------------------------------------- callbacks
 
@@ -290,14 +287,11 @@ class MapperNode(Node):
             self.pub_poses.publish(msgs.pose_array(np.zeros((0, 7)), stamp, self.settings.map_frame))
             self._reset_done.set()
             self.get_logger().info("reset: map cleared")
-        try:
-            theta = self._theta_queue.get_nowait()
-        except queue.Empty:
-            pass
-        else:
-            self.mapper.set_theta(theta)
+        if self.session.step().theta_applied:
             self._calibrated_at = time.monotonic()
-        result = self.mapper.tick()
+
+    def _on_tick(self, result: TickResult) -> None:
+        """The session's ``publish``: report and publish a tick's result, right after the tick."""
         for warning in result.warnings:
             self.get_logger().warning(warning, throttle_duration_sec=1.0)
         if result.rolled_back:
@@ -316,32 +310,6 @@ class MapperNode(Node):
             self._arrivals.pop(k, None)
         self._last = result
         self._tick_ms.append(result.diagnostics["tick_ms"])
-        # One calibration step in flight at most, and at most one per
-        # calibration_period_s: a step that comes due sooner is skipped, not
-        # queued. In stretches of back-to-back keyframes, learning running
-        # beside every tick and marginalization doubled their time on 2 cores.
-        now = time.monotonic()
-        snapshot = None
-        if (
-            result.diagnostics["calibration_due"] and self.settings.calibrate_online
-            and not self._learning.is_set() and now >= self._next_calibration
-        ):
-            self._learning.set()
-            self._next_calibration = now + self.settings.calibration_period_s
-            snapshot = self.mapper.calibration_snapshot()
-        # Published: now make room for the next keyframe (off the latency
-        # path), and only then start learning: the two side by side took
-        # ~5x as long as the marginalization alone.
-        try:
-            self.mapper.marginalize()
-        finally:
-            # Queued even if marginalizing failed: _learning is set, and only
-            # the worker clears it.
-            if snapshot is not None:
-                self._snapshots.put_nowait(snapshot)
-        # Then refine the window until it converges or the next cloud can be
-        # mapped (_wake), whichever comes first; the next tick publishes it.
-        self.mapper.refine(interrupt=self._wake.is_set)
 
     def _header_stamp(self):
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
@@ -389,27 +357,6 @@ class MapperNode(Node):
                         self.pub_voxels.publish(markers)
             except Exception:
                 self.get_logger().error("voxel publication failed: " + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
-
-    # ------------------------------------------------------------ calibration
-
-    def _run_calibration(self) -> None:
-        while not self._stop.is_set():
-            snapshot = self._snapshots.get()
-            if snapshot is None or self._stop.is_set():
-                break
-            try:
-                theta = self.mapper.learn(snapshot)
-            except Exception:
-                self.get_logger().error("calibration step failed: " + traceback.format_exc(limit=3), throttle_duration_sec=5.0)
-                continue
-            finally:
-                self._learning.clear()
-            if theta is not None:
-                try:
-                    self._theta_queue.put_nowait(theta)
-                except queue.Full:  # the tick thread has not applied the previous one: newer wins
-                    self._theta_queue.get_nowait()
-                    self._theta_queue.put_nowait(theta)
 
     # ------------------------------------------------------------- diagnostics
 
