@@ -75,18 +75,19 @@ def self_supervised() -> Learning:
 
 def test_self_supervised_calibration_moves_the_forward_scale_toward_the_truth(self_supervised: Learning):
     calibrator = self_supervised.mapper.calibrator
-    # A step every fourth snapshot: each is validated on the three after it.
-    assert calibrator.steps >= 5 and len(self_supervised.losses) == calibrator.steps
+    # A step every snapshot (each scores the candidate before it steps on it).
+    assert calibrator.steps >= 10 and len(self_supervised.losses) == calibrator.steps
+    assert calibrator.accepted >= 1
     assert np.all(np.isfinite(self_supervised.losses))
     assert calibrator.snapshots and not any(bool(s.has_reference) for s in calibrator.snapshots), "no reference: self-supervised loss"
     assert self_supervised.record.warnings == 0 and self_supervised.record.last.diagnostics["rollbacks"] == 0
     learned = self_supervised.final()
     # With no reference the held-out scans alone pull the scale from 1.0 past 1.03 (measured
-    # 1.0485: the scans' own ~1.8 % bias at these 0.4 m voxels, which the least-squares steps
-    # converge to; Adam was still rising through 1.035 at 30 s and ends near it given time) and
-    # the yaw-rate bias to 1.09 deg/s. The loss is dominated by scan-to-map noise and does not
-    # fall visibly in 30 s, so it is not asserted.
-    assert abs(learned.odom_scale[0] - TRUE_SCALE[0]) < 0.75 * abs(1.0 - TRUE_SCALE[0])
+    # 1.055, time offset learned too, 1.040 without it: the scans' own ~2 % bias at these 0.4 m
+    # voxels, which the least-squares steps converge to) and the yaw-rate bias to 1.10 deg/s.
+    # The loss is dominated by scan-to-map noise and does not fall visibly in 30 s, so it is
+    # not asserted.
+    assert 1.01 < learned.odom_scale[0] < TRUE_SCALE[0] + 0.03
     assert abs(learned.odom_bias_angular_deg_s[2] - TRUE_YAW_BIAS_DEG_S) < 0.3
     # Groups switched off by default stay exactly where they were.
     assert learned.odom_bias_linear_m_s == (0.0, 0.0, 0.0) and learned.extrinsic_translation_m == (0.0, 0.0, 0.0)
@@ -147,28 +148,36 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
 
 
 def test_a_step_is_applied_only_after_it_lowers_the_loss_on_later_snapshots(self_supervised: Learning):
-    """The validation protocol: a step fitted to one snapshot is held back,
-    scored against the calibration in use on the next snapshots (not fitted
-    to), and applied when better; a step that makes them worse is rolled
-    back, optimizer state included, and counted."""
+    """The validation protocol: learning moves a candidate calibration; each
+    snapshot scores it against the calibration in use before it steps on
+    that snapshot, and the candidate is applied once it scored lower on
+    ``validation_snapshots`` snapshots. A candidate that scores worse is
+    rolled back, optimizer state included, and counted."""
     T_base_sensor = np.asarray(self_supervised.mapper.config.T_base_sensor)
     snapshot = self_supervised.mapper.calibrator.snapshots[-1]
     config = dataclasses.replace(self_supervised.mapper.config.calibration, buffer=4, batch=1, validation_snapshots=2)
     calibrator = OnlineCalibrator(config, cal.zero_theta(), T_base_sensor)
     theta = cal.as_host(cal.zero_theta())
-    assert calibrator.learn(snapshot, theta) == (None, None)  # proposed, not applied
-    assert calibrator.learn(snapshot, theta) == (None, None)  # one validation snapshot of two
+    assert calibrator.learn(snapshot, theta) == (None, None)  # a first step: a candidate, not applied
+    assert calibrator.learn(snapshot, theta) == (None, None)  # scored once of twice (and stepped again)
+    assert calibrator.steps == 2
     applied, note = calibrator.learn(snapshot, theta)  # the snapshot it fits is its own best validation
-    assert applied is not None and note is None and calibrator.accepted == 1
-    # Validation data that contradicts the fit: the same scan, with a reference saying the robot
-    # moved 0.5 m more than the odometry. The step fitted to the plain snapshot moves the other way.
-    wrong = jdc.replace(snapshot, reference=se3.compose(np.asarray(snapshot.reference), se3.exp(np.array([0.5, 0, 0, 0, 0, 0]))), has_reference=np.asarray(True))
-    information = calibrator.information
-    calibrator.learn(snapshot, applied)  # proposes the next step
+    assert applied is not None and note is None and calibrator.accepted == 1 and calibrator.steps == 3
+    # Training data that contradicts the rest: the same snapshot with its held-out scan seen
+    # 0.3 m further ahead (as if the robot had moved 0.3 m less). The candidate steps toward it,
+    # and the next plain snapshot, which it was not fitted to since, scores it worse than
+    # ``applied``: rolled back.
+    p_sensor = np.array(snapshot.obs_p_sensor)
+    p_sensor[np.asarray(snapshot.held_obs_rows)[np.asarray(snapshot.held_obs)]] += [0.3, 0.0, 0.0]
+    wrong = jdc.replace(snapshot, obs_p_sensor=p_sensor)
+    information = calibrator.information  # three steps on ``snapshot``
     assert calibrator.learn(wrong, applied) == (None, None)
-    assert calibrator.learn(wrong, applied) == (None, None)
-    assert calibrator.rejected == 1
-    np.testing.assert_array_equal(calibrator.information, information)
+    assert calibrator.rejected == 0
+    assert calibrator.learn(snapshot, applied) == (None, None)
+    assert calibrator.rejected == 1 and calibrator.steps == 5
+    # The wrong snapshot's information is gone with the rollback: back to the state that produced
+    # ``applied`` (two steps on ``snapshot``), then one more step on it: three steps' worth again.
+    assert np.linalg.norm(calibrator.information - information) < 0.05 * np.linalg.norm(information)
 
 
 def test_learned_parameters_are_clipped_into_their_bounds():

@@ -29,12 +29,15 @@ scale was still converging and settled on the last few snapshots. optax's
 Adam remains for the extrinsic and the noise scales, whose whole-window
 solve has reverse-mode derivatives only (``J`` needs forward mode).
 
-A step is never applied blindly (``OnlineCalibrator.learn``): it is clipped
-into ``CalibrationConfig.bounds`` and held back until the next
-``validation_snapshots`` snapshots, which it was not fitted to, score it
-below the calibration in use; otherwise it is rolled back with the
-optimizer state. On a real robot the self-supervised loss, unchecked, shrank
-the odometry until every scan agreed with every other.
+A step is never applied blindly (``OnlineCalibrator.learn``). Learning runs
+on a *candidate* calibration, clipped into ``CalibrationConfig.bounds``
+after every step, beside the one in use. Each new snapshot first scores
+both (neither was fitted to it), then takes the candidate's next step
+(prequential validation: every snapshot tests, then trains). The candidate
+is applied once it scored lower over ``validation_snapshots`` snapshots;
+otherwise it is rolled back to the calibration in use, optimizer state
+included. On a real robot the self-supervised loss, unchecked, shrank the
+odometry until every scan agreed with every other.
 """
 
 from __future__ import annotations
@@ -109,8 +112,8 @@ class CalibrationConfig:
         default_factory=lambda: SolverConfig(max_iterations=1, linear_solver="dense", implicit_hessian="gauss_newton")
     )
     bounds: CalibrationBounds = field(default_factory=CalibrationBounds)
-    # A step is applied only when, on the next ``validation_snapshots``
-    # snapshots (data it was not fitted to), it scores a lower loss than the
+    # The candidate calibration is applied only when, over this many
+    # snapshots it had not been fitted to, it scored a lower loss than the
     # calibration in use; otherwise it is rolled back (optimizer state too).
     validation_snapshots: int = 3
 
@@ -303,9 +306,13 @@ class OnlineCalibrator:
         self.rejected = 0
         self.clipped = 0  # steps that left the bounds and were clipped back
         self.last_loss: float | None = None
-        # A step waiting for validation: (candidate theta, optimizer state
-        # before the step, [loss in use, loss of the candidate, snapshots seen]).
-        self._candidate: tuple[dict[str, np.ndarray], object, float, list[float]] | None = None
+        # The candidate calibration learning moves (None: the one in use),
+        # the optimizer state that goes with the one in use (restored on a
+        # rollback), and (loss in use, loss of the candidate) per snapshot
+        # scored since the last decision.
+        self._candidate: dict[str, np.ndarray] | None = None
+        self._in_use_state = (self._state, self._prior_steps)
+        self._tally: list[tuple[float, float]] = []
 
     def _initial_state(self, theta: Theta):
         """Gauss–Newton: the accumulated information (n, n) over the n learned
@@ -324,52 +331,52 @@ class OnlineCalibrator:
         self.snapshots.append(snapshot)
 
     def clear(self) -> None:
-        """Forget buffered snapshots and a step under validation (after a map reset); the optimizer state stays."""
+        """Forget buffered snapshots and the candidate (after a map reset); the optimizer state of the calibration in use stays."""
         self.snapshots.clear()
-        if self._candidate is not None:
-            self._state, self._prior_steps = self._candidate[1], self._candidate[2]
-            self._candidate = None
+        self._roll_back()
+
+    def _roll_back(self) -> None:
+        self._candidate, self._tally = None, []
+        self._state, self._prior_steps = self._in_use_state
 
     def learn(self, snapshot: Snapshot, theta: Theta) -> tuple[dict[str, np.ndarray] | None, str | None]:
         """Feed one snapshot; returns (a validated theta to apply or None, a warning or None).
 
-        While a step is under validation, the snapshot scores it against
-        ``theta`` (the calibration in use) before it joins the buffer; after
-        ``validation_snapshots`` of them the step is applied if its loss is
-        lower, else rolled back. Otherwise, once the buffer is ready, one
-        step is taken, clipped into the bounds, and put under validation.
+        ``theta`` is the calibration in use. The snapshot first scores it and
+        the candidate (when learning has moved one away from it); after
+        ``validation_snapshots`` such scores the candidate that was scored is
+        returned if its total is lower, else learning rolls back to
+        ``theta``. Then, once the buffer is ready, the candidate takes one
+        step on the snapshot.
         """
+        applied = None
         if self._candidate is not None:
-            candidate, state, prior_steps, tally = self._candidate
-            tally[0] += float(self._loss(theta, snapshot))
-            tally[1] += float(self._loss(candidate, snapshot))
-            tally[2] += 1
-            self.snapshots.append(snapshot)
-            if tally[2] < self.config.validation_snapshots:
-                return None, None
-            self._candidate = None
-            if np.isfinite(tally[1]) and tally[1] < tally[0]:
-                self.accepted += 1
-                return candidate, None
-            self.rejected += 1
-            self._state, self._prior_steps = state, prior_steps
-            n = int(tally[2])
-            # Expected now and then (a noisy step), so counted and logged, not warned.
-            log.info("calibration step rolled back: held-out loss %.4g is not below %.4g (in use)", tally[1] / n, tally[0] / n)
-            return None, None
+            scored = self._candidate
+            self._tally.append((float(self._loss(theta, snapshot)), float(self._loss(scored, snapshot))))
+            if len(self._tally) >= self.config.validation_snapshots:
+                in_use, candidate = (sum(column) for column in zip(*self._tally))
+                n = len(self._tally)
+                self._tally = []
+                if np.isfinite(candidate) and candidate < in_use:
+                    self.accepted += 1
+                    applied = scored
+                    self._in_use_state = (self._state, self._prior_steps)
+                else:
+                    self.rejected += 1
+                    self._roll_back()
+                    # Expected now and then (noisy steps), so counted and logged, not warned.
+                    log.info("calibration rolled back: held-out loss %.4g is not below %.4g (in use)", candidate / n, in_use / n)
         self.snapshots.append(snapshot)
         if not self.ready():
-            return None, None
-        state, prior_steps = self._state, self._prior_steps
-        stepped = self.step(theta)
+            return applied, None
+        stepped = self.step(self._candidate if self._candidate is not None else theta)
         if not all(bool(np.all(np.isfinite(np.asarray(v)))) for v in stepped.values()):
             self.rejected += 1
-            self._state, self._prior_steps = state, prior_steps
-            return None, "calibration step produced non-finite parameters; kept the previous calibration"
-        candidate, outside = self.config.bounds.clip(stepped)
+            self._roll_back()
+            return applied, "calibration step produced non-finite parameters; kept the previous calibration"
+        self._candidate, outside = self.config.bounds.clip(stepped)
         self.clipped += bool(outside)
-        self._candidate = (candidate, state, prior_steps, [0.0, 0.0, 0])
-        return None, None
+        return applied, None
 
     def _loss(self, theta: Theta, snapshot: Snapshot) -> jax.Array:
         return _validation_loss(theta, snapshot, self._T_base_sensor, self.config)
