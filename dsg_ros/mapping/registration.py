@@ -55,6 +55,12 @@ class RegistrationConfig:
     prior_sigma_m: float = 0.1
     prior_sigma_rad: float = 0.05
     prior_sigma_per_motion: float = 0.2
+    # Where the prior's heading sigma exceeds this (a logging gap or a fast
+    # turn between two scans), the alignment also starts from headings ½ and
+    # 1 sigma either side of the prediction and keeps the one that fits
+    # best: from a heading tens of degrees off, ICP settles on the wrong
+    # walls (ACES: a 3 s gap in a 78° turn left an 8° heading error).
+    heading_hypotheses_above_rad: float = 0.15
     min_matches: int = 20  # fewer: keep the prediction
     # A translation direction the points pin down less than this fraction as
     # well as the best-pinned one (a corridor's axis) is left where the
@@ -87,6 +93,9 @@ class Registration:
     correction: (6,) twist from the predicted to the aligned pose (body frame).
     matches:    correspondences used in the last iteration.
     rmse_m:     RMS point-to-surface distance of those matches.
+    cost:       the robust objective there (unmatched points at the
+                correspondence bound, plus the prior): what picks one of
+                several starting headings.
     """
 
     T_map_base: np.ndarray
@@ -95,6 +104,7 @@ class Registration:
     rmse_m: float
     iterations: int
     accepted: bool
+    cost: float = float("inf")
 
 
 def thin(p: np.ndarray, cell: float, max_points: int) -> np.ndarray:
@@ -164,14 +174,36 @@ def register(
     degrees of freedom), since the scan says nothing about the other three.
     ``tree``: a KD-tree already built over ``map_points``. ``motion``: the
     odometry distance (m) and rotation (rad) the prediction extrapolated,
-    which widens the prior.
+    which widens the prior (and, when wide, adds starting headings: see
+    ``RegistrationConfig.heading_hypotheses_above_rad``).
     """
-    T = np.asarray(T_predicted, np.float64).copy()
-    reject = Registration(T.copy(), np.zeros(6), 0, float("nan"), 0, False)
-    k = min(config.neighbours, map_points.shape[0])
-    if p_base.shape[0] < config.min_matches or k < 3:
-        return reject
+    T_predicted = np.asarray(T_predicted, np.float64)
+    if p_base.shape[0] < config.min_matches or min(config.neighbours, map_points.shape[0]) < 3:
+        return Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     tree = tree if tree is not None else cKDTree(map_points)
+    seeds = [T_predicted]
+    sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
+    if sigma_rad > config.heading_hypotheses_above_rad:
+        up = np.array([0.0, 0.0, 1.0]) if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
+        seeds += [se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), k * sigma_rad * up]))) for k in (-1.0, -0.5, 0.5, 1.0)]
+    results = [_align(p_base, map_points, T_predicted, seed, config, planar_axis_base, tree, motion) for seed in seeds]
+    return min(results, key=lambda r: (not r.accepted, r.cost))
+
+
+def _align(
+    p_base: np.ndarray,
+    map_points: np.ndarray,
+    T_predicted: np.ndarray,
+    T_initial: np.ndarray,
+    config: RegistrationConfig,
+    planar_axis_base: np.ndarray | None,
+    tree: cKDTree,
+    motion: tuple[float, float],
+) -> Registration:
+    """ICP from ``T_initial`` (7,) with the prior on ``T_predicted`` (7,); see ``register``."""
+    T = np.asarray(T_initial, np.float64).copy()
+    reject = Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
+    k = min(config.neighbours, map_points.shape[0])
     if planar_axis_base is not None:
         a = np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
         # Basis of the free directions: two translations in the plane and the rotation about its axis.
@@ -186,8 +218,8 @@ def register(
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
     prior = np.diag(1.0 / np.array([sigma_m] * 3 + [sigma_rad] * 3) ** 2)
     translations = 2 if planar_axis_base is not None else 3  # the first coordinates of ``basis``
-    xi_total = np.zeros(6)  # correction from the prediction, body frame
-    matches, rmse, iteration = 0, float("nan"), 0
+    xi_total = se3.log(se3.between(T_predicted, T))  # correction from the prediction, body frame
+    matches, rmse, cost, iteration = 0, float("nan"), float("inf"), 0
     for iteration in range(1, config.max_iterations + 1):
         frac = min(1.0, (iteration - 1) / _SHRINK_ITERATIONS)
         radius = config.max_correspondence_m + frac * (config.min_correspondence_m - config.max_correspondence_m)
@@ -219,9 +251,14 @@ def register(
         T = se3.compose(T, se3.exp(delta))
         xi_total = se3.log(se3.between(T_predicted, T))
         matches, rmse = int(ok.sum()), float(np.sqrt(np.mean(r**2)))
+        # The Cauchy loss whose weights ``w`` are, with every point not
+        # matched counted at the bound: comparable between starting headings.
+        s2 = config.robust_scale_m**2 / config.point_sigma_m**2
+        unmatched = (len(q) - matches) * np.log1p((radius / config.robust_scale_m) ** 2)
+        cost = 0.5 * s2 * (float(np.sum(np.log1p((r / config.robust_scale_m) ** 2))) + unmatched) + 0.5 * float(xi_total @ prior @ xi_total)
         if np.linalg.norm(delta[:3]) < config.tolerance and np.linalg.norm(delta[3:]) < config.tolerance and frac >= 1.0:
             break
     if matches < config.min_matches:
         return Registration(reject.T_map_base, reject.correction, matches, rmse, iteration, False)
-    return Registration(T, xi_total, matches, rmse, iteration, True)
+    return Registration(T, xi_total, matches, rmse, iteration, True, cost)
 
