@@ -455,7 +455,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="g2o file")
     p.add_argument("--solver", choices=("lm", "gn"), default="lm", help="Levenberg-Marquardt (default) or Gauss-Newton")
-    p.add_argument("--linear-solver", choices=("auto", "dense", "sparse"), default="auto", help="dense Schur/Cholesky or host sparse LU; auto picks by size (default)")
+    p.add_argument("--linear-solver", choices=("auto", "dense", "sparse"), default="auto", help="dense Schur/Cholesky or the host supernodal sparse Cholesky; auto picks by size (default)")
     p.add_argument("--max-iterations", type=int, default=100, help="iteration limit (default 100)")
     p.add_argument("--output", metavar="FILE", help="write the optimized graph as g2o")
     _common(p)

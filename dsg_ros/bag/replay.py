@@ -485,6 +485,8 @@ def _summary(
         "keyframe_tick_ms_p99": _percentile(run.keyframe_tick_ms, 99),
         "calibration_ms_p50": _percentile(run.calibration_ms, 50),
         "calibration_steps": mapper.calibrator.steps,
+        "calibration_accepted": mapper.calibrator.accepted,
+        "calibration_rejected": mapper.calibrator.rejected,
         "calibration": cal.CalibrationSummary.of(mapper.theta).__dict__,
         "compilations_after_warmup": diagnostics.get("compilations_after_warmup"),
         "rss_mb": runtime.peak_rss_mb(),

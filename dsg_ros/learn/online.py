@@ -432,7 +432,7 @@ def _gauss_newton_step(theta, information, prior_steps, stacked: Snapshot, T_bas
     (``prior_steps`` > 0 once, for a resumed calibration).
 
     J (m, n) is n forward-mode derivatives through the pose-system solve
-    (n = 2 by default); returns (theta, A, mean loss of the batch)."""
+    (n = 3 by default: scale, yaw-rate bias, time offset); returns (theta, A, mean loss of the batch)."""
     coords = learned_coordinates(config)
     v0 = jnp.stack([jnp.reshape(theta[k], -1)[i] for k, i in coords])
 

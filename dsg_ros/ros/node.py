@@ -373,6 +373,7 @@ class MapperNode(Node):
         p50, p99 = self._percentiles(self._latency_ms)  # cloud arrival → publication of the tick that used it
         tick50, tick99 = self._percentiles(self._tick_ms)
         age = time.monotonic() - self._calibrated_at if self._calibrated_at is not None else None
+        learned = cal.CalibrationSummary.of(self.mapper.theta)
         values = {
             "ready": self._ready.is_set(),
             "tick_ms": d.get("tick_ms"),
@@ -390,11 +391,17 @@ class MapperNode(Node):
             "last_solve_iterations": (d.get("last_solve") or {}).get("iterations"),
             "rollbacks": d.get("rollbacks"),
             "calibration_steps": self.mapper.calibrator.steps,
+            "calibration_accepted": self.mapper.calibrator.accepted,
+            "calibration_rejected": self.mapper.calibrator.rejected,
             "calibration_age_s": age,
+            "calibration_odom_scale": learned.odom_scale[0],
+            "calibration_yaw_rate_bias_deg_s": learned.odom_bias_angular_deg_s[2],
+            "calibration_time_offset_s": learned.time_offset_s,
             "dropped_points": self.mapper.stats["dropped_points"],
             "dropped_clouds": self.mapper.stats["dropped_clouds"],
             "dropped_observations": d.get("dropped_observations"),
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
+            "registration_failures": self.mapper.stats["registration_failures"],
             **{f"received_{k}": v for k, v in self.counts.items()},
             **{f"skipped {k}": v for k, v in sorted(self._skipped.items())},
         }
