@@ -123,7 +123,7 @@ def _row(summary: dict[str, Any], track: str, result: ReplayResult) -> dict[str,
     mapper's own estimate, its speed and memory."""
     row = dict(summary["scores"][track])
     if track == "estimate":
-        row.update({key: summary[key] for key in ("realtime_factor", "keyframe_tick_ms_p50", "keyframe_tick_ms_p99", "tick_ms_p50", "tick_ms_p99", "keyframes", "clouds_consumed", "calibration_steps")})
+        row.update({key: summary[key] for key in ("realtime_factor", "keyframe_tick_ms_p50", "keyframe_tick_ms_p99", "tick_ms_p50", "tick_ms_p99", "keyframes", "clouds_consumed", "calibration_steps", "calibration_accepted", "calibration_rejected")})
         row["rss_mb"] = runtime.rss_mb()
         row["peak_rss_mb"] = summary["rss_mb"]
         row["calibration"] = summary["calibration"] if summary["calibration_steps"] else None
@@ -271,6 +271,12 @@ def _markdown(r: dict[str, Any]) -> str:
                 ticks = ""
             rss = f"{row['rss_mb']:.0f}" if row.get("rss_mb") else ""
             lines.append(f"| {label} | {_num(row.get('ate_m'), 3)} | {rel['1']} | {rel['10']} | {relations} | {speed} | {ticks} | {rss} |")
+        learned = log["runs"]["dsg_ros, calibration on (self-supervised)"]
+        if learned.get("calibration"):
+            c = learned["calibration"]
+            lines += ["", f"Learned online: forward scale {c['odom_scale'][0]:.4f}, yaw-rate bias {c['odom_bias_angular_deg_s'][2]:.3f} deg/s, "
+                          f"time offset {c['time_offset_s']:.3f} s ({learned['calibration_steps']} steps; candidate applied "
+                          f"{learned['calibration_accepted']} times, rolled back {learned['calibration_rejected']})."]
         lines.append("")
     lines += report.goal_table(r["goals"])
     return "\n".join(lines)
