@@ -131,3 +131,9 @@ def test_closed_form_surface_normals_are_the_directions_of_least_spread():
     w2, v2 = np.linalg.eigh(np.einsum("nki,nkj->nij", d2, d2))
     assert np.all(line_normal[:, 2] == 0.0)
     assert np.all(np.abs(np.einsum("ni,ni->n", line_normal[:, :2], v2[:, :, 0])) > 1.0 - 1e-6)
+    # Degenerate neighbourhoods: collinear points have some normal across the
+    # line, coincident ones none (zero), never NaN.
+    degenerate = np.array([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], [[5.0, 5.0, 5.0]] * 3])
+    _, normal = _surface_normals(degenerate, np.ones((2, 3), bool), None)
+    assert abs(np.linalg.norm(normal[0]) - 1.0) < 1e-12 and abs(normal[0, 0]) < 1e-12
+    np.testing.assert_array_equal(normal[1], 0.0)

@@ -164,7 +164,8 @@ def _least_spread(a00: np.ndarray, a11: np.ndarray, a22: np.ndarray, a01: np.nda
     b00, b11, b22 = a00 - mean, a11 - mean, a22 - mean
     p = np.sqrt((b00 * b00 + b11 * b11 + b22 * b22 + 2.0 * (a01 * a01 + a02 * a02 + a12 * a12)) / 6.0)
     det = b00 * (b11 * b22 - a12 * a12) - a01 * (a01 * b22 - a12 * a02) + a02 * (a01 * a12 - b11 * a02)
-    half_det = np.clip(det / (2.0 * np.maximum(p, 1e-300) ** 3), -1.0, 1.0)
+    # Coincident points (p = 0) give a zero ratio, not 0 / 0, and then a zero normal.
+    half_det = np.clip(det / (2.0 * np.maximum(p, 1e-30) ** 3), -1.0, 1.0)
     smallest = mean + 2.0 * p * np.cos(np.arccos(half_det) / 3.0 + 2.0 * np.pi / 3.0)
     c00, c11, c22 = a00 - smallest, a11 - smallest, a22 - smallest
     # The rows' three cross products (rows 0 × 1, 0 × 2, 1 × 2), component by component.
