@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from dsg_ros import se3
-from dsg_ros.mapping.registration import RegistrationConfig, register
+from dsg_ros.mapping.registration import RegistrationConfig, _surface_normals, register
 from dsg_ros.mapping.voxels import scan_normals, voxelize
 
 UP = np.array([0.0, 0.0, 1.0])
@@ -125,3 +125,34 @@ def test_scan_normals_are_wall_normals_in_the_scan_plane_facing_the_sensor():
     # a neighbourhood reaches round a corner).
     assert np.all(np.einsum("ij,ij->i", n[has], scan[has]) < 0.0)
     assert np.mean(np.abs(n[has, :2]).max(axis=1) > 0.999) > 0.95
+
+
+def test_closed_form_surface_normals_are_the_directions_of_least_spread():
+    """The normals (no eigensolver) agree with ``eigh`` on noisy planes and
+    lines of 3 to 6 neighbours, some of them masked out."""
+    rng = np.random.default_rng(1)
+    n, k = 2000, 6
+    axes = np.linalg.qr(rng.normal(size=(n, 3, 3)))[0]
+    neighbours = (rng.normal(size=(n, k, 3)) * [1.0, 0.4, 0.02]) @ axes + rng.uniform(-50.0, 50.0, (n, 1, 3))
+    valid = np.arange(k) < rng.integers(3, k + 1, n)[:, None]
+    mu, normal = _surface_normals(neighbours, valid, None)
+    m = valid[..., None]
+    np.testing.assert_allclose(mu, (neighbours * m).sum(axis=1) / m.sum(axis=1), atol=1e-9)
+    d = (neighbours - mu[:, None]) * m
+    w, v = np.linalg.eigh(np.einsum("nki,nkj->nij", d, d))
+    np.testing.assert_allclose(np.linalg.norm(normal, axis=1), 1.0, atol=1e-12)
+    assert np.all(np.abs(np.einsum("ni,ni->n", normal, v[:, :, 0])) > 1.0 - 1e-6)
+    # A planar scanner's lines: the normal lies in the scan plane, across the line.
+    flat = neighbours.copy()
+    flat[..., 2] = rng.uniform(-1.0, 1.0, (n, 1))  # the plane's offset does not matter
+    _, line_normal = _surface_normals(flat, valid, UP)
+    d2 = (flat[..., :2] - flat[..., :2].mean(axis=1, where=m, keepdims=True)) * m
+    w2, v2 = np.linalg.eigh(np.einsum("nki,nkj->nij", d2, d2))
+    assert np.all(line_normal[:, 2] == 0.0)
+    assert np.all(np.abs(np.einsum("ni,ni->n", line_normal[:, :2], v2[:, :, 0])) > 1.0 - 1e-6)
+    # Degenerate neighbourhoods: collinear points have some normal across the
+    # line, coincident ones none (zero), never NaN.
+    degenerate = np.array([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [2.0, 0.0, 0.0]], [[5.0, 5.0, 5.0]] * 3])
+    _, normal = _surface_normals(degenerate, np.ones((2, 3), bool), None)
+    assert abs(np.linalg.norm(normal[0]) - 1.0) < 1e-12 and abs(normal[0, 0]) < 1e-12
+    np.testing.assert_array_equal(normal[1], 0.0)

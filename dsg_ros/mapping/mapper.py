@@ -25,7 +25,7 @@ from dsg_ros import runtime, se3
 from dsg_ros.learn import calibration as cal
 from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
-from dsg_ros.mapping.registration import RegistrationConfig, register, thin
+from dsg_ros.mapping.registration import RegistrationConfig, map_tree, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, OdometryRow, Window, WindowConfig
 from dsg_ros.solve import SolverConfig, solve
@@ -581,7 +581,7 @@ class Mapper:
         if self._map_tree is None or np.linalg.norm(center - self._map_tree[0]) > 0.25 * config.map_radius_m:
             self.window.sync_map()
             target = self.window.voxel_map.near(center, config.map_radius_m)
-            self._map_tree = (center.copy(), target, cKDTree(target) if target.shape[0] else None)
+            self._map_tree = (center.copy(), target, map_tree(target) if target.shape[0] else None)
         _, target, tree = self._map_tree
         self.stats["registrations"] += 1
         if tree is None:
