@@ -56,17 +56,17 @@ def test_planar_registration_recovers_odometry_errors_of_decimetres_and_degrees(
     assert abs(np.linalg.norm(result.T_map_base[1:3])) < 1e-12
 
 
-def test_a_wide_heading_prior_tries_more_starting_headings():
+def test_a_heading_far_off_is_found_by_the_heading_screen():
     """After a logging gap in a turn the prediction's heading may be 30° off:
-    ICP from it alone settles on the wrong walls; started also from headings
-    ½ and 1 prior sigma either side, the best fit is the true pose."""
+    ICP from it alone settles on the wrong walls; the heading screen finds a
+    start near the truth, and the better fit is the true pose."""
     import dataclasses
 
     truth = _pose(4.0, 3.0, 20.0)
     room = _map_of([(_pose(3.0, 2.5, 0.0), _room_scan(_pose(3.0, 2.5, 0.0))), (_pose(6.0, 3.5, 180.0), _room_scan(_pose(6.0, 3.5, 180.0)))])
     scan = _room_scan(truth)
     motion = (0.3, np.radians(75.0))  # what the odometry turned since the last scan: a wide prior
-    single = dataclasses.replace(RegistrationConfig(), heading_hypotheses_above_rad=np.inf)
+    single = dataclasses.replace(RegistrationConfig(), heading_search_sigmas=0.0)
     for error_deg in (-30.0, 30.0):
         predicted = se3.compose(truth, se3.exp(np.array([0.1, -0.1, 0.0, 0.0, 0.0, np.radians(error_deg)])))
         assert _error(register(scan, room, predicted, single, UP, motion=motion).T_map_base, truth)[1] > 10.0

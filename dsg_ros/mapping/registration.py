@@ -57,12 +57,18 @@ class RegistrationConfig:
     prior_sigma_m: float = 0.1
     prior_sigma_rad: float = 0.15
     prior_sigma_per_motion: float = 0.2
-    # Where the prior's heading sigma exceeds this (a logging gap or a fast
-    # turn between two scans), the alignment also starts from headings ½ and
-    # 1 sigma either side of the prediction and keeps the one that fits
-    # best: from a heading tens of degrees off, ICP settles on the wrong
-    # walls (ACES: a 3 s gap in a 78° turn left an 8° heading error).
-    heading_hypotheses_above_rad: float = 0.3
+    # Before ICP, headings within ``heading_search_sigmas`` prior sigmas of the
+    # prediction are screened (every ``heading_search_step_rad``) by how close
+    # ``heading_search_points`` of the points land to the map; where the best
+    # lies farther than ``icp_basin_rad`` from the prediction, ICP also starts
+    # there and the better fit is kept. From a heading tens of degrees off
+    # (a logging gap in a turn, wheels slipping), ICP alone settles on the
+    # wrong walls; the screen costs one nearest-neighbour query of a few
+    # thousand points and adds an ICP only where it finds a better heading.
+    heading_search_sigmas: float = 2.0
+    heading_search_step_rad: float = 0.02
+    heading_search_points: int = 100
+    icp_basin_rad: float = 0.05
     min_matches: int = 20  # fewer: keep the prediction
     # A translation direction the points pin down less than this fraction as
     # well as the best-pinned one (a corridor's axis) is left where the
@@ -233,13 +239,37 @@ def register(
     if p_base.shape[0] < config.min_matches or min(config.neighbours, map_points.shape[0]) < 3:
         return Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     tree = tree if tree is not None else map_tree(map_points)
-    seeds = [T_predicted]
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
-    if sigma_rad > config.heading_hypotheses_above_rad:
-        up = np.array([0.0, 0.0, 1.0]) if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
-        seeds += [se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), k * sigma_rad * up]))) for k in (-1.0, -0.5, 0.5, 1.0)]
+    up = np.array([0.0, 0.0, 1.0]) if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
+    seeds = [T_predicted]
+    heading = _screen_headings(p_base, tree, T_predicted, up, config.heading_search_sigmas * sigma_rad, config)
+    if abs(heading) > config.icp_basin_rad:
+        seeds.append(se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), heading * up]))))
     results = [_align(p_base, map_points, T_predicted, seed, config, planar_axis_base, tree, motion) for seed in seeds]
     return min(results, key=lambda r: (not r.accepted, r.cost))
+
+
+def _screen_headings(p_base: np.ndarray, tree: cKDTree, T_predicted: np.ndarray, up: np.ndarray, half_range: float, config: RegistrationConfig) -> float:
+    """The rotation (rad) about ``up`` (3,, base frame) within ``half_range`` of
+    ``T_predicted`` (7,) that brings points ``p_base`` (N, 3) closest to the map:
+    a spread subset of them, scored by their mean squared distance to the
+    nearest map voxel, capped at ``max_correspondence_m``. 0 when the range
+    holds no candidate besides the prediction."""
+    steps = int(half_range / config.heading_search_step_rad)
+    if steps < 1 or config.heading_search_points < 1:
+        return 0.0
+    p = p_base[np.linspace(0, len(p_base) - 1, min(len(p_base), config.heading_search_points)).astype(np.int64)]
+    angles = config.heading_search_step_rad * np.arange(-steps, steps + 1)
+    # Rodrigues' rotation of the subset about ``up`` by each angle (A, n, 3).
+    along = np.outer(p @ up, up)
+    across = p - along
+    turned = np.cross(up, across)
+    rotated = along + np.cos(angles)[:, None, None] * across + np.sin(angles)[:, None, None] * turned
+    q = rotated.reshape(-1, 3) @ se3.rotation_matrix(T_predicted).T + T_predicted[4:]
+    cap = config.max_correspondence_m
+    d, _ = tree.query(q, k=1, distance_upper_bound=cap)
+    score = np.mean(np.minimum(d, cap).reshape(len(angles), len(p)) ** 2, axis=1)
+    return float(angles[int(np.argmin(score))])
 
 
 def _align(
