@@ -131,8 +131,8 @@ def _cmd_run_sim(args: argparse.Namespace) -> int:
 
     from dsg_ros.config import from_mapping, load_yaml
     from dsg_ros.mapping import MapperConfig
-    from dsg_ros.sim.run import run
-    from dsg_ros.sim.scenario import SimConfig
+    from dsg_ros.tools.sim.run import run
+    from dsg_ros.tools.sim.scenario import SimConfig
 
     say = _progress(not args.quiet)
     try:
@@ -202,7 +202,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dsg_ros.bag import BagError
-    from dsg_ros.sim.scenario import SimConfig, simulate
+    from dsg_ros.tools.sim.scenario import SimConfig, simulate
     from dsg_ros.tools.sim_bag import SimBagConfig, write_sim_bag
 
     say = _progress(not args.quiet)

@@ -69,8 +69,8 @@ def test_a_replayed_simulation_must_match_its_config():
     """The large-window run replays the default run's data; data simulated from
     another config is refused rather than scored against the wrong truth."""
     from dsg_ros.mapping import MapperConfig
-    from dsg_ros.sim.run import run as run_sim
-    from dsg_ros.sim.scenario import SimConfig, simulate
+    from dsg_ros.tools.sim.run import run as run_sim
+    from dsg_ros.tools.sim.scenario import SimConfig, simulate
 
     data = simulate(SimConfig(duration_s=0.5))
     with pytest.raises(ValueError, match="another SimConfig"):

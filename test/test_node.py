@@ -52,8 +52,8 @@ from dsg_ros.ros import messages as msgs  # noqa: E402
 from dsg_ros.ros.live import NODE, Monitor, stop_process  # noqa: E402
 from dsg_ros.ros.pointcloud import xyz_to_cloud  # noqa: E402
 from dsg_ros.ros.sim_publisher import SimPublisher  # noqa: E402
-from dsg_ros.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
-from dsg_ros.sim.trajectory import planar_pose  # noqa: E402
+from dsg_ros.tools.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
+from dsg_ros.tools.sim.trajectory import planar_pose  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "hybrid.yaml"

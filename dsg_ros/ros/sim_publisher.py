@@ -23,7 +23,7 @@ from sensor_msgs.msg import PointCloud2
 
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.pointcloud import xyz_to_cloud
-from dsg_ros.sim.scenario import SIM_EPOCH_S, SimData
+from dsg_ros.tools.sim.scenario import SIM_EPOCH_S, SimData
 
 
 class SimPublisher(Node):
@@ -73,7 +73,7 @@ class SimPublisher(Node):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dsg_ros.sim.scenario import SimConfig, simulate
+    from dsg_ros.tools.sim.scenario import SimConfig, simulate
 
     parser = argparse.ArgumentParser(
         prog="dsg-ros sim-publisher",
