@@ -230,6 +230,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 def _cmd_replay(args: argparse.Namespace) -> int:
     _setup_runtime(args)
     import os
+    from pathlib import Path
 
     from dsg_ros.bag import BagError
     from dsg_ros.bag.replay import ReplayConfig, replay
@@ -237,6 +238,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from dsg_ros.learn import calibration as cal
     from dsg_ros.mapping import MapperConfig
     from dsg_ros.tools.carmen import read_relations
+    from dsg_ros.tools.evaluate import plot_replay
 
     say = _progress(not args.json)
     try:
@@ -268,6 +270,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         result = replay(
             args.bag, config, mapper_config, theta, output=args.output, record=args.record, relations=relations, progress=not args.json, say=say
         )
+        if args.output:
+            plot_replay(Path(args.output) / "map.png", result)
     except BagError as exc:
         print(f"dsg-ros replay: {exc}", file=sys.stderr)
         return 2

@@ -33,8 +33,8 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dsg_ros import runtime
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import metrics
-from dsg_ros.mapping.evaluate import plot_top_view
 from dsg_ros.ros import messages as msgs
+from dsg_ros.tools.evaluate import plot_top_view
 from dsg_ros.tools.sim.scenario import SimConfig
 from dsg_ros.tools.sim.trajectory import interpolate
 

@@ -12,8 +12,8 @@ from typing import Any, Callable
 
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, MapperConfig
-from dsg_ros.mapping.evaluate import summarize
 from dsg_ros.mapping.replay import RunRecord, drive
+from dsg_ros.tools.evaluate import summarize
 from dsg_ros.tools.sim.scenario import SimConfig, SimData, simulate
 from dsg_ros.tools.sim.trajectory import interpolate
 
