@@ -333,7 +333,7 @@ def _node(argv: list[str]) -> int:
 
 
 def _sim_publisher(argv: list[str]) -> int:
-    from dsg_ros.ros.sim_publisher import main as publisher_main
+    from dsg_ros.tools.sim_publisher import main as publisher_main
 
     return publisher_main(argv)
 
@@ -346,8 +346,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     _setup_runtime(args)
     from pathlib import Path
 
-    from dsg_ros.ros.live import run_live
     from dsg_ros.ros.params import default_params_file
+    from dsg_ros.tools.live import run_live
 
     say = _progress(True)
     output = Path(args.output)
