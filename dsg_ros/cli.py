@@ -385,15 +385,15 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     _setup_runtime(args)
     say = _progress(True)
     if args.suite == "core":
-        from dsg_ros.bench import core
+        from dsg_ros.tools.bench import core
 
         results = core.run(quick=args.quick, output_dir=args.output_dir, say=say)
     elif args.suite == "mapping":
-        from dsg_ros.bench import mapping
+        from dsg_ros.tools.bench import mapping
 
         results = mapping.run(args.duration, args.memory_duration, output_dir=args.output_dir, say=say, large_window_keyframes=args.large_window)
     elif args.suite == "realdata":
-        from dsg_ros.bench import realdata
+        from dsg_ros.tools.bench import realdata
 
         try:
             results = realdata.run(args.logs.split(","), args.data, args.quick, output_dir=args.output_dir, say=say)
@@ -401,7 +401,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"dsg-ros bench realdata: {exc}", file=sys.stderr)
             return 2
     else:
-        from dsg_ros.bench import node
+        from dsg_ros.tools.bench import node
 
         results = node.run(args.duration, output_dir=args.output_dir, say=say)
     human = [f"wrote {results['json_path']} and {results['markdown_path']}"]

@@ -11,9 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from dsg_ros.bench import report
 from dsg_ros.ros.node import LATENCY_WINDOW
 from dsg_ros.ros.params import default_params_file
+from dsg_ros.tools.bench import report
 from dsg_ros.tools.live import run_live
 
 

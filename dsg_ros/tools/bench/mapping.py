@@ -21,9 +21,9 @@ from typing import Any, Callable
 import numpy as np
 
 from dsg_ros import runtime
-from dsg_ros.bench import report
 from dsg_ros.mapping import Mapper, MapperConfig, WindowConfig
 from dsg_ros.mapping.replay import drive
+from dsg_ros.tools.bench import report
 from dsg_ros.tools.sim.run import run as run_sim
 from dsg_ros.tools.sim.scenario import SimConfig, simulate
 
