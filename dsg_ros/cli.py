@@ -64,7 +64,7 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 
 def _cmd_hero(args: argparse.Namespace) -> int:
     _setup_runtime(args)
-    from dsg_ros.learn import hero
+    from dsg_ros.tools import hero
 
     say = _progress(not args.quiet)
     defaults = hero.HeroConfig()
