@@ -94,8 +94,8 @@ def _cmd_hero(args: argparse.Namespace) -> int:
 def _cmd_solve_g2o(args: argparse.Namespace) -> int:
     _setup_runtime(args)
     from dsg_ros.solve import SolverConfig
-    from dsg_ros.solve.posegraph import solve_file
-    from dsg_ros.world.g2o import G2OError, write_g2o
+    from dsg_ros.tools.g2o import G2OError, write_g2o
+    from dsg_ros.tools.posegraph import solve_file
 
     say = _progress(not args.json)
     config = SolverConfig(method=args.solver, linear_solver=args.linear_solver, max_iterations=args.max_iterations)

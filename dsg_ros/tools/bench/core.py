@@ -14,9 +14,9 @@ from typing import Any, Callable
 import jax
 
 from dsg_ros.solve import SolverConfig, solve
-from dsg_ros.solve.posegraph import solve_file
 from dsg_ros.tools.bench import report
 from dsg_ros.tools.bench.hybrid import hybrid_window
+from dsg_ros.tools.posegraph import solve_file
 
 # The benchmark graphs ship with the tests; $DSG_ROS_POSEGRAPHS points elsewhere.
 DATA_DIR = Path(os.environ.get("DSG_ROS_POSEGRAPHS", Path(__file__).resolve().parents[3] / "test" / "data" / "posegraphs"))
