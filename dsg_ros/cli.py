@@ -9,6 +9,7 @@ stdout is a JSON object for scripts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from typing import Any, Callable, Sequence
@@ -35,6 +36,20 @@ def _writer_flags(parser: argparse.ArgumentParser, destination: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help=f"replace {destination} if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
+# Optional dependencies of the tools → the setup.py extra that installs each.
+_EXTRAS = {"matplotlib": "plots", "gtsam": "bench", "kiss_icp": "bench", "rclpy": "ros"}
+
+
+def _require(command: str, *modules: str) -> bool:
+    """Whether ``modules`` are installed; else say, on stderr, which extra brings them."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    for m in missing:
+        extra = _EXTRAS[m]
+        distro = "source a ROS 2 distro, or " if extra == "ros" else ""
+        print(f"dsg-ros {command}: needs {m}, which is not installed: {distro}install the '{extra}' extra (pip install '.[{extra}]' in the dsg_ros source tree)", file=sys.stderr)
+    return not missing
 
 
 def _setup_runtime(args: argparse.Namespace) -> None:
@@ -125,6 +140,8 @@ def _cmd_solve_g2o(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_sim(args: argparse.Namespace) -> int:
+    if not _require("run-sim", "matplotlib"):
+        return 2
     _setup_runtime(args)
     from dataclasses import replace
     from pathlib import Path
@@ -228,6 +245,8 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    if args.output and not _require("replay --output", "matplotlib"):  # for map.png
+        return 2
     _setup_runtime(args)
     import os
     from pathlib import Path
@@ -325,6 +344,8 @@ def _node(argv: list[str]) -> int:
     split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # strict: a misspelt option is an error, not a silent ROS argument
     ros_args = argv[split:]
+    if not _require("node", "rclpy"):
+        return 2
     from dsg_ros.ros.node import main as node_main
     from dsg_ros.ros.params import default_params_file
 
@@ -333,6 +354,8 @@ def _node(argv: list[str]) -> int:
 
 
 def _sim_publisher(argv: list[str]) -> int:
+    if not _require("sim-publisher", "rclpy"):
+        return 2
     from dsg_ros.tools.sim_publisher import main as publisher_main
 
     return publisher_main(argv)
@@ -343,6 +366,8 @@ _PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"node": _node, "sim-publi
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not _require("demo", "rclpy", "matplotlib"):
+        return 2
     _setup_runtime(args)
     from pathlib import Path
 
@@ -381,7 +406,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- bench
 
 
+# What each bench suite needs beyond the core: its references and its plots.
+_BENCH_NEEDS = {"core": ("gtsam",), "mapping": ("matplotlib",), "realdata": ("kiss_icp",), "node": ("rclpy", "matplotlib")}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if not _require(f"bench {args.suite}", *_BENCH_NEEDS[args.suite]):
+        return 2
     _setup_runtime(args)
     say = _progress(True)
     if args.suite == "core":
