@@ -10,7 +10,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-EXTRAS ?= ros,bench,test
+EXTRAS ?= ros,plots,bench,test
 
 # Quieter, non-interactive pip in CI logs.
 PIP_FLAGS := $(if $(CI),--progress-bar off,)

@@ -56,7 +56,6 @@ setup(
         "optax",
         "pyyaml",
         "rosbags",
-        "matplotlib",
     ],
     extras_require={
         "ros": ROS_WHEELS,
@@ -64,9 +63,12 @@ setup(
         # extra means the same). `cuda13` needs driver >= 580.
         "cuda": ["jax[cuda12]"],
         "cuda13": ["jax[cuda13]"],
-        # Reference solver and odometry (KISS-ICP, bench realdata) for benches
-        # only; never runtime dependencies.
-        "bench": ["gtsam", "kiss-icp"],
+        # Top-view PNGs (run-sim, replay --output, demo): tools only, never
+        # needed by the node.
+        "plots": ["matplotlib"],
+        # Reference solver and odometry (KISS-ICP, bench realdata), and the
+        # benches' plots; never runtime dependencies.
+        "bench": ["gtsam", "kiss-icp", "matplotlib"],
         "test": ["pytest", "colcon-common-extensions", "setuptools"],
     },
     zip_safe=True,

@@ -9,6 +9,7 @@ stdout is a JSON object for scripts.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from typing import Any, Callable, Sequence
@@ -35,6 +36,20 @@ def _writer_flags(parser: argparse.ArgumentParser, destination: str) -> None:
     parser.add_argument("--overwrite", action="store_true", help=f"replace {destination} if it exists")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     parser.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+
+
+# Optional dependencies of the tools → the setup.py extra that installs each.
+_EXTRAS = {"matplotlib": "plots", "gtsam": "bench", "kiss_icp": "bench", "rclpy": "ros"}
+
+
+def _require(command: str, *modules: str) -> bool:
+    """Whether ``modules`` are installed; else say, on stderr, which extra brings them."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
+    for m in missing:
+        extra = _EXTRAS[m]
+        distro = "source a ROS 2 distro, or " if extra == "ros" else ""
+        print(f"dsg-ros {command}: needs {m}, which is not installed: {distro}install the '{extra}' extra (pip install '.[{extra}]' in the dsg_ros source tree)", file=sys.stderr)
+    return not missing
 
 
 def _setup_runtime(args: argparse.Namespace) -> None:
@@ -64,7 +79,7 @@ def _progress(enabled: bool) -> Callable[[str], None]:
 
 def _cmd_hero(args: argparse.Namespace) -> int:
     _setup_runtime(args)
-    from dsg_ros.learn import hero
+    from dsg_ros.tools import hero
 
     say = _progress(not args.quiet)
     defaults = hero.HeroConfig()
@@ -94,8 +109,8 @@ def _cmd_hero(args: argparse.Namespace) -> int:
 def _cmd_solve_g2o(args: argparse.Namespace) -> int:
     _setup_runtime(args)
     from dsg_ros.solve import SolverConfig
-    from dsg_ros.solve.posegraph import solve_file
-    from dsg_ros.world.g2o import G2OError, write_g2o
+    from dsg_ros.tools.g2o import G2OError, write_g2o
+    from dsg_ros.tools.posegraph import solve_file
 
     say = _progress(not args.json)
     config = SolverConfig(method=args.solver, linear_solver=args.linear_solver, max_iterations=args.max_iterations)
@@ -125,14 +140,16 @@ def _cmd_solve_g2o(args: argparse.Namespace) -> int:
 
 
 def _cmd_run_sim(args: argparse.Namespace) -> int:
+    if not _require("run-sim", "matplotlib"):
+        return 2
     _setup_runtime(args)
     from dataclasses import replace
     from pathlib import Path
 
     from dsg_ros.config import from_mapping, load_yaml
     from dsg_ros.mapping import MapperConfig
-    from dsg_ros.sim.run import run
-    from dsg_ros.sim.scenario import SimConfig
+    from dsg_ros.tools.sim.run import run
+    from dsg_ros.tools.sim.scenario import SimConfig
 
     say = _progress(not args.quiet)
     try:
@@ -202,7 +219,7 @@ def _cmd_sim(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from dsg_ros.bag import BagError
-    from dsg_ros.sim.scenario import SimConfig, simulate
+    from dsg_ros.tools.sim.scenario import SimConfig, simulate
     from dsg_ros.tools.sim_bag import SimBagConfig, write_sim_bag
 
     say = _progress(not args.quiet)
@@ -228,8 +245,11 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    if args.output and not _require("replay --output", "matplotlib"):  # for map.png
+        return 2
     _setup_runtime(args)
     import os
+    from pathlib import Path
 
     from dsg_ros.bag import BagError
     from dsg_ros.bag.replay import ReplayConfig, replay
@@ -237,6 +257,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from dsg_ros.learn import calibration as cal
     from dsg_ros.mapping import MapperConfig
     from dsg_ros.tools.carmen import read_relations
+    from dsg_ros.tools.evaluate import plot_replay
 
     say = _progress(not args.json)
     try:
@@ -268,6 +289,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         result = replay(
             args.bag, config, mapper_config, theta, output=args.output, record=args.record, relations=relations, progress=not args.json, say=say
         )
+        if args.output:
+            plot_replay(Path(args.output) / "map.png", result)
     except BagError as exc:
         print(f"dsg-ros replay: {exc}", file=sys.stderr)
         return 2
@@ -321,6 +344,8 @@ def _node(argv: list[str]) -> int:
     split = argv.index("--ros-args") if "--ros-args" in argv else len(argv)
     args = parser.parse_args(argv[:split])  # strict: a misspelt option is an error, not a silent ROS argument
     ros_args = argv[split:]
+    if not _require("node", "rclpy"):
+        return 2
     from dsg_ros.ros.node import main as node_main
     from dsg_ros.ros.params import default_params_file
 
@@ -329,7 +354,9 @@ def _node(argv: list[str]) -> int:
 
 
 def _sim_publisher(argv: list[str]) -> int:
-    from dsg_ros.ros.sim_publisher import main as publisher_main
+    if not _require("sim-publisher", "rclpy"):
+        return 2
+    from dsg_ros.tools.sim_publisher import main as publisher_main
 
     return publisher_main(argv)
 
@@ -339,11 +366,13 @@ _PASSTHROUGH: dict[str, Callable[[list[str]], int]] = {"node": _node, "sim-publi
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    if not _require("demo", "rclpy", "matplotlib"):
+        return 2
     _setup_runtime(args)
     from pathlib import Path
 
-    from dsg_ros.ros.live import run_live
     from dsg_ros.ros.params import default_params_file
+    from dsg_ros.tools.live import run_live
 
     say = _progress(True)
     output = Path(args.output)
@@ -377,19 +406,25 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------- bench
 
 
+# What each bench suite needs beyond the core: its references and its plots.
+_BENCH_NEEDS = {"core": ("gtsam",), "mapping": ("matplotlib",), "realdata": ("kiss_icp",), "node": ("rclpy", "matplotlib")}
+
+
 def _cmd_bench(args: argparse.Namespace) -> int:
+    if not _require(f"bench {args.suite}", *_BENCH_NEEDS[args.suite]):
+        return 2
     _setup_runtime(args)
     say = _progress(True)
     if args.suite == "core":
-        from dsg_ros.bench import core
+        from dsg_ros.tools.bench import core
 
         results = core.run(quick=args.quick, output_dir=args.output_dir, say=say)
     elif args.suite == "mapping":
-        from dsg_ros.bench import mapping
+        from dsg_ros.tools.bench import mapping
 
         results = mapping.run(args.duration, args.memory_duration, output_dir=args.output_dir, say=say, large_window_keyframes=args.large_window)
     elif args.suite == "realdata":
-        from dsg_ros.bench import realdata
+        from dsg_ros.tools.bench import realdata
 
         try:
             results = realdata.run(args.logs.split(","), args.data, args.quick, output_dir=args.output_dir, say=say)
@@ -397,7 +432,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             print(f"dsg-ros bench realdata: {exc}", file=sys.stderr)
             return 2
     else:
-        from dsg_ros.bench import node
+        from dsg_ros.tools.bench import node
 
         results = node.run(args.duration, output_dir=args.output_dir, say=say)
     human = [f"wrote {results['json_path']} and {results['markdown_path']}"]

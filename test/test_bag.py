@@ -303,7 +303,7 @@ def test_carmen_aces_head_through_the_cli(tmp_path, capsys):
 
 
 def test_sim_bag_through_the_cli(tmp_path, capsys):
-    from dsg_ros.sim.scenario import SIM_EPOCH_S, SimConfig, simulate
+    from dsg_ros.tools.sim.scenario import SIM_EPOCH_S, SimConfig, simulate
 
     assert main(["sim", "--bag", str(tmp_path / "sim"), "--duration", "1", "--seed", "3", "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])

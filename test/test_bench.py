@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dsg_ros.bench import mapping, node, report
+from dsg_ros.tools.bench import mapping, node, report
 
 
 def _mapping_results(backend: str, tick_p50: float, large_p50: float | None = None) -> dict:
@@ -69,8 +69,8 @@ def test_a_replayed_simulation_must_match_its_config():
     """The large-window run replays the default run's data; data simulated from
     another config is refused rather than scored against the wrong truth."""
     from dsg_ros.mapping import MapperConfig
-    from dsg_ros.sim.run import run as run_sim
-    from dsg_ros.sim.scenario import SimConfig, simulate
+    from dsg_ros.tools.sim.run import run as run_sim
+    from dsg_ros.tools.sim.scenario import SimConfig, simulate
 
     data = simulate(SimConfig(duration_s=0.5))
     with pytest.raises(ValueError, match="another SimConfig"):
@@ -78,7 +78,7 @@ def test_a_replayed_simulation_must_match_its_config():
 
 
 def test_realdata_table_and_verdicts_from_synthetic_runs():
-    from dsg_ros.bench import realdata
+    from dsg_ros.tools.bench import realdata
 
     score = {"ate_m": 0.5, "rel_1s_m": 0.04, "rel_1s_deg": 1.0, "rel_10s_m": 0.2, "rel_10s_deg": 2.0}
     mapper = {**score, "realtime_factor": 8.0, "keyframe_tick_ms_p50": 30.0, "keyframe_tick_ms_p99": 90.0, "rss_mb": 800.0}

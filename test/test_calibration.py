@@ -25,10 +25,10 @@ from dsg_ros.learn import calibration as cal
 from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, learned_coordinates, snapshot_loss
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping import metrics
-from dsg_ros.mapping.evaluate import summarize
 from dsg_ros.mapping.replay import RunRecord, drive
-from dsg_ros.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
 from dsg_ros.solve import SolverConfig
+from dsg_ros.tools.evaluate import summarize
+from dsg_ros.tools.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
 
 DURATION_S = 30.0
 # Odometry over-reads forward motion by 3 % and drifts 1 deg/s in yaw.

@@ -62,3 +62,25 @@ def test_solve_g2o_reports_a_bad_line_and_exits_2(tmp_path):
     out = subprocess.run(CLI + ["solve-g2o", str(path), "--compile-cache", "off"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert "bad.g2o:2: EDGE_SE3:QUAT expects 30 fields, got 3" in out.stderr
+
+
+@pytest.mark.parametrize(
+    "args, module, extra",
+    [
+        (["run-sim"], "matplotlib", "plots"),
+        (["replay", "some.bag", "--output", "out"], "matplotlib", "plots"),
+        (["demo"], "rclpy", "ros"),
+        (["node"], "rclpy", "ros"),
+        (["sim-publisher"], "rclpy", "ros"),
+        (["bench", "core"], "gtsam", "bench"),
+        (["bench", "realdata"], "kiss_icp", "bench"),
+    ],
+    ids=lambda a: " ".join(a) if isinstance(a, list) else a,
+)
+def test_a_tool_without_its_optional_dependency_names_the_extra(args, module, extra, monkeypatch, capsys):
+    from dsg_ros.cli import main
+
+    monkeypatch.setitem(sys.modules, module, None)  # what find_spec reports for a module that is not installed
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"needs {module}" in err and f"pip install '.[{extra}]'" in err

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import DATA
 
-from dsg_ros.world.g2o import G2OError, read_g2o, to_world_model, write_g2o
+from dsg_ros.tools.g2o import G2OError, read_g2o, to_world_model, write_g2o
 
 INFO = "100 0 0 0 0 0 100 0 0 0 0 100 0 0 0 400 0 0 400 0 400"
 

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from conftest import se3, small_hybrid
 
-from dsg_ros.learn import hero
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.solve.reduced import solve_poses
+from dsg_ros.tools import hero
 from dsg_ros.world import Capacity, Noise, WorldModel
 
 CONVERGED = SolverConfig(relative_tolerance=0.0, step_tolerance=1e-13, gradient_tolerance=1e-13, max_iterations=60)

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from dsg_ros.learn import hero
+from dsg_ros.tools import hero
 
 
 @pytest.mark.parametrize("diff", ["implicit", "unroll"])

@@ -20,11 +20,11 @@ from dsg_ros import runtime, se3
 from dsg_ros.learn.calibration import CalibrationSummary
 from dsg_ros.learn.online import CalibrationConfig
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
-from dsg_ros.mapping.evaluate import summarize
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.replay import RunRecord, drive
 from dsg_ros.mapping.voxels import CellObservations, pack_cells, unpack_cells, voxelize
-from dsg_ros.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
+from dsg_ros.tools.evaluate import summarize
+from dsg_ros.tools.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
 
 DURATION_S = 30.0  # 300 clouds at 10 Hz
 # Odometry over-reads forward motion by 3 % and drifts 1 deg/s in yaw: what calibration learns.

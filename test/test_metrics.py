@@ -9,8 +9,8 @@ import pytest
 
 from dsg_ros import se3
 from dsg_ros.mapping import metrics
-from dsg_ros.sim.trajectory import planar_pose
 from dsg_ros.tools.carmen import se2_to_se3
+from dsg_ros.tools.sim.trajectory import planar_pose
 
 RADIUS = 5.0
 

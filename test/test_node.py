@@ -3,7 +3,7 @@
 The node runs as ``python -m dsg_ros node`` (what ``dsg-ros node`` and the
 demo start) with a small, fast configuration; this process publishes a
 simulated run through :class:`SimPublisher`'s publishers and watches every
-output with a :class:`dsg_ros.ros.live.Monitor`. The node's warm-up compiles
+output with a :class:`dsg_ros.tools.live.Monitor`. The node's warm-up compiles
 its JAX kernels (about a minute cold; the persistent XLA cache in
 ~/.cache/dsg_ros/xla makes later starts quick), so the tests share one node
 and one simulated time line, in file order: outputs, services, malformed
@@ -49,11 +49,11 @@ from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
 from dsg_ros import se3  # noqa: E402
 from dsg_ros.learn import calibration as cal  # noqa: E402
 from dsg_ros.ros import messages as msgs  # noqa: E402
-from dsg_ros.ros.live import NODE, Monitor, stop_process  # noqa: E402
 from dsg_ros.ros.pointcloud import xyz_to_cloud  # noqa: E402
-from dsg_ros.ros.sim_publisher import SimPublisher  # noqa: E402
-from dsg_ros.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
-from dsg_ros.sim.trajectory import planar_pose  # noqa: E402
+from dsg_ros.tools.live import NODE, Monitor, stop_process  # noqa: E402
+from dsg_ros.tools.sim.scenario import SimConfig, SimData, simulate  # noqa: E402
+from dsg_ros.tools.sim.trajectory import planar_pose  # noqa: E402
+from dsg_ros.tools.sim_publisher import SimPublisher  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PARAMS_FILE = REPO / "config" / "hybrid.yaml"

@@ -21,8 +21,8 @@ from dsg_ros.cli import main
 from dsg_ros.config import section
 from dsg_ros.learn import calibration as cal
 from dsg_ros.progress import ProgressBar
-from dsg_ros.sim.scenario import SimConfig, simulate
 from dsg_ros.tools.carmen_bag import CarmenBagConfig, convert
+from dsg_ros.tools.sim.scenario import SimConfig, simulate
 from dsg_ros.tools.sim_bag import SimBagConfig, write_sim_bag
 
 REALDATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "realdata"

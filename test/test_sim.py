@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from scipy.linalg import expm
 
-from dsg_ros.sim import (
+from dsg_ros import se3
+from dsg_ros.tools.sim import (
     LidarConfig,
     OdometryConfig,
     SimConfig,
@@ -28,7 +29,6 @@ from dsg_ros.sim import (
     scan_organized,
     simulate,
 )
-from dsg_ros import se3
 
 _QUIET_ODOMETRY = OdometryConfig(
     scale=(1.0, 1.0, 1.0), yaw_rate_bias_deg_s=0.0, translation_noise_std_m=0.0, rotation_noise_std_rad=0.0
@@ -225,5 +225,5 @@ def test_clouds_are_10hz_off_the_odometry_grid_and_events_are_time_ordered():
 
 
 def test_sim_imports_without_jax():
-    code = "import sys, dsg_ros.sim; sys.exit('jax' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "dsg_ros.sim must stay numpy-only"
+    code = "import sys, dsg_ros.tools.sim; sys.exit('jax' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0, "dsg_ros.tools.sim must stay numpy-only"

@@ -11,7 +11,7 @@ from conftest import DATA, small_hybrid
 from dsg_ros import runtime
 from dsg_ros.solve import SolverConfig, gd, solve
 from dsg_ros.solve.normal import linearize
-from dsg_ros.solve.posegraph import solve_file
+from dsg_ros.tools.posegraph import solve_file
 from dsg_ros.world import cost
 
 jit_solve = jax.jit(solve, static_argnames="config")

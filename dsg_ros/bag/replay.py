@@ -6,8 +6,10 @@ Odometry (a nav_msgs/Odometry topic, else ``odom → base`` on /tf), clouds
 :mod:`dsg_ros.msgs` as the node converts them, and fed to one
 :class:`~dsg_ros.mapping.Mapper` through :func:`dsg_ros.mapping.replay.drive`
 (tick → calibrate when due → marginalize → refine). What came out is scored
-against the reference and written as TUM trajectories, a PLY map, a PNG and
-a summary; ``--record`` writes what the node would have published. No rclpy.
+against the reference and written as TUM trajectories, a PLY map and a
+summary (``dsg-ros replay`` adds a top-view PNG with :mod:`dsg_ros.tools.evaluate`,
+keeping matplotlib out of the core); ``--record`` writes what the node would
+have published. No rclpy.
 
 Bad input never stops a replay: a message that does not convert is skipped
 and counted by reason; what the mapper refuses (stamps going backwards,
@@ -38,7 +40,6 @@ from dsg_ros.bag.writer import BagWriter
 from dsg_ros.files import atomic_path
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, metrics
-from dsg_ros.mapping.evaluate import plot_top_view
 from dsg_ros.mapping.ply import write_ply
 from dsg_ros.mapping.replay import Cloud, Event, RunRecord, drive
 from dsg_ros.msgs import (
@@ -349,9 +350,10 @@ def replay(
     starting from calibration ``theta``) and score it.
 
     ``output``: a folder for the result files (each written atomically, and
-    only once the replay succeeded); ``record``: an mcap bag of what the node
-    would publish; ``relations``: Kuemmerle relations (R, 8) to score the
-    estimate and the odometry on; ``progress``: a progress bar on stderr.
+    only once the replay succeeded; the PNG is drawn apart, by
+    :func:`dsg_ros.tools.evaluate.plot_replay`); ``record``: an mcap bag of
+    what the node would publish; ``relations``: Kuemmerle relations (R, 8)
+    to score the estimate and the odometry on; ``progress``: a progress bar on stderr.
     BagError for a bag that cannot be read as asked (the text names it).
     """
     # The mapper's warnings are counted by reason in the summary; a line each
@@ -525,26 +527,6 @@ def _write_outputs(output: Path, result: ReplayResult, bag_path: str | Path) -> 
     _, positions, counts = result.mapper.voxels()
     with atomic_path(output / "map.ply") as tmp:
         write_ply(tmp, positions, counts)
-    with atomic_path(output / "map.png") as tmp:
-        plot_top_view(tmp, *_aligned_for_plot(positions, estimate, odometry, reference), align=False)
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps(result.summary, indent=2) + "\n")
 
-
-def _aligned_for_plot(
-    voxels: np.ndarray, estimate: Trajectory, odometry: Trajectory, reference: Trajectory | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
-    """(voxels, estimate, reference, odometry) for :func:`plot_top_view`, whole:
-    the map with the estimate and the odometry aligned to the reference as the
-    ATE aligns them (on the poses at its stamps) when there are enough to align
-    on, else as they are."""
-    T_ref_map = T_ref_odom = se3.IDENTITY
-    if reference is not None:
-        at = metrics.poses_at(estimate.stamps, estimate.T, reference.stamps, MATCH_TOLERANCE_S)
-        odom = metrics.poses_at(odometry.stamps, odometry.T, reference.stamps, MATCH_TOLERANCE_S)
-        ok = np.isfinite(at).all(axis=1) & np.isfinite(odom).all(axis=1)
-        if ok.sum() >= 3:
-            T_ref_map = metrics.umeyama(at[ok, 4:], reference.T[ok, 4:])
-            T_ref_odom = metrics.umeyama(odom[ok, 4:], reference.T[ok, 4:])
-    truth = reference.T if reference is not None else None
-    return se3.apply(T_ref_map, voxels), se3.compose(T_ref_map, estimate.T), truth, se3.compose(T_ref_odom, odometry.T)

@@ -1,1 +1,1 @@
-"""Learning: parameter sets (theta), losses, the outer loop, experiments."""
+"""Learning: parameter sets (theta), losses, the outer loop, online calibration."""

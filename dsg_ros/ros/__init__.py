@@ -1,1 +1,1 @@
-"""ROS 2 adapter: the only layer importing rclpy and *_msgs."""
+"""ROS 2 adapter: the node, its parameters and messages; the only core layer importing rclpy and *_msgs."""

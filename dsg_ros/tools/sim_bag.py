@@ -16,7 +16,7 @@ import numpy as np
 
 from dsg_ros.bag import BagWriter, build
 from dsg_ros.msgs import NS_PER_S, ODOMETRY, POINT_CLOUD, TF, sec_to_ns
-from dsg_ros.sim.scenario import SIM_EPOCH_S, SimData
+from dsg_ros.tools.sim.scenario import SIM_EPOCH_S, SimData
 
 
 @dataclass(frozen=True)

@@ -30,9 +30,9 @@ from dsg_ros import runtime, se3
 from dsg_ros.bag import Bag
 from dsg_ros.bag.replay import ReplayConfig, ReplayResult, replay
 from dsg_ros.bag.tf import Trajectory, extrinsic, odometry as bag_odometry
-from dsg_ros.bench import report
 from dsg_ros.mapping import MapperConfig, metrics
 from dsg_ros.msgs import points_from_scan, stamp_to_sec
+from dsg_ros.tools.bench import report
 from dsg_ros.tools.carmen import read_relations
 from dsg_ros.tools.carmen_bag import CarmenBagConfig, convert
 
@@ -58,7 +58,7 @@ LOGS = {
 
 def default_data_dir() -> Path:
     """``../shared/data/realdata`` from the repository root."""
-    return Path(__file__).resolve().parents[3] / "shared" / "data" / "realdata"
+    return Path(__file__).resolve().parents[4] / "shared" / "data" / "realdata"
 
 
 def run(

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from dsg_ros.bench import report
-from dsg_ros.ros.live import run_live
 from dsg_ros.ros.node import LATENCY_WINDOW
 from dsg_ros.ros.params import default_params_file
+from dsg_ros.tools.bench import report
+from dsg_ros.tools.live import run_live
 
 
 def run(duration_s: float = 60.0, output_dir: str | Path = "bench", say: Callable[[str], None] = print) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 
 from dsg_ros import se3
-from dsg_ros.sim.world import World
+from dsg_ros.tools.sim.world import World
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-"""Score a mapper run against ground truth; write trajectories (TUM) and a top-view PNG."""
+"""Score a mapper run against ground truth; write trajectories (TUM) and top-view PNGs.
+
+matplotlib is imported only when a PNG is drawn: it is the ``plots`` extra.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from dsg_ros import se3
+from dsg_ros.bag.replay import MATCH_TOLERANCE_S, ReplayResult
+from dsg_ros.bag.tf import Trajectory
+from dsg_ros.files import atomic_path
 from dsg_ros.mapping import metrics
 from dsg_ros.mapping.mapper import Mapper
 from dsg_ros.mapping.replay import RunRecord
@@ -79,8 +86,6 @@ def plot_top_view(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from dsg_ros import se3
-
     def aligned(poses: np.ndarray) -> np.ndarray:
         return metrics.umeyama(poses[:, 4:], truth[:, 4:]) if align and truth is not None else se3.IDENTITY
 
@@ -106,3 +111,30 @@ def plot_top_view(
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def plot_replay(path: Path, result: ReplayResult) -> Path:
+    """The top view of a bag replay (``map.png`` of ``dsg-ros replay --output``), written atomically."""
+    _, voxels, _ = result.mapper.voxels()
+    with atomic_path(path) as tmp:
+        plot_top_view(tmp, *_aligned_for_plot(voxels, result.estimate, result.odometry, result.reference), align=False)
+    return path
+
+
+def _aligned_for_plot(
+    voxels: np.ndarray, estimate: Trajectory, odometry: Trajectory, reference: Trajectory | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+    """(voxels, estimate, reference, odometry) for :func:`plot_top_view`, whole:
+    the map with the estimate and the odometry aligned to the reference as the
+    ATE aligns them (on the poses at its stamps) when there are enough to align
+    on, else as they are."""
+    T_ref_map = T_ref_odom = se3.IDENTITY
+    if reference is not None:
+        at = metrics.poses_at(estimate.stamps, estimate.T, reference.stamps, MATCH_TOLERANCE_S)
+        odom = metrics.poses_at(odometry.stamps, odometry.T, reference.stamps, MATCH_TOLERANCE_S)
+        ok = np.isfinite(at).all(axis=1) & np.isfinite(odom).all(axis=1)
+        if ok.sum() >= 3:
+            T_ref_map = metrics.umeyama(at[ok, 4:], reference.T[ok, 4:])
+            T_ref_odom = metrics.umeyama(odom[ok, 4:], reference.T[ok, 4:])
+    truth = reference.T if reference is not None else None
+    return se3.apply(T_ref_map, voxels), se3.compose(T_ref_map, estimate.T), truth, se3.compose(T_ref_odom, odometry.T)

@@ -13,13 +13,13 @@ from typing import Any, Callable
 
 import jax
 
-from dsg_ros.bench import report
-from dsg_ros.bench.hybrid import hybrid_window
 from dsg_ros.solve import SolverConfig, solve
-from dsg_ros.solve.posegraph import solve_file
+from dsg_ros.tools.bench import report
+from dsg_ros.tools.bench.hybrid import hybrid_window
+from dsg_ros.tools.posegraph import solve_file
 
 # The benchmark graphs ship with the tests; $DSG_ROS_POSEGRAPHS points elsewhere.
-DATA_DIR = Path(os.environ.get("DSG_ROS_POSEGRAPHS", Path(__file__).resolve().parents[2] / "test" / "data" / "posegraphs"))
+DATA_DIR = Path(os.environ.get("DSG_ROS_POSEGRAPHS", Path(__file__).resolve().parents[3] / "test" / "data" / "posegraphs"))
 POSE_GRAPHS = ("sphere2500", "parking-garage")
 GOALS = {"hero_seconds": 3.0, "sphere2500_ratio": 2.0, "hybrid_ms_per_iteration": 15.0}
 # (inner solver, gradient mode): the defaults for each solver, then the seed's unrolled descent.

@@ -33,10 +33,10 @@ from visualization_msgs.msg import Marker, MarkerArray
 from dsg_ros import runtime
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import metrics
-from dsg_ros.mapping.evaluate import plot_top_view
 from dsg_ros.ros import messages as msgs
-from dsg_ros.sim.scenario import SimConfig
-from dsg_ros.sim.trajectory import interpolate
+from dsg_ros.tools.evaluate import plot_top_view
+from dsg_ros.tools.sim.scenario import SimConfig
+from dsg_ros.tools.sim.trajectory import interpolate
 
 NODE = "dsg_mapper"
 RSS_SETTLE_S = 60.0  # data seconds before node RSS growth is measured

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsg_ros import se3
-from dsg_ros.sim.world import World
+from dsg_ros.tools.sim.world import World
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.diff import solve
 from dsg_ros.solve.lm import uses_dense
-import numpy as np
-
-from dsg_ros.world.g2o import G2OGraph, read_g2o, to_world_model
+from dsg_ros.tools.g2o import G2OGraph, read_g2o, to_world_model
 from dsg_ros.world.model import WorldModel
 
 

@@ -1,6 +1,6 @@
 """Run the simulator through the mapper and score it (``dsg-ros run-sim``, the demo, benches).
 
-Kept out of ``dsg_ros.sim``'s imports: the simulator itself stays numpy-only.
+Kept out of ``dsg_ros.tools.sim``'s imports: the simulator itself stays numpy-only.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from typing import Any, Callable
 
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, MapperConfig
-from dsg_ros.mapping.evaluate import summarize
 from dsg_ros.mapping.replay import RunRecord, drive
-from dsg_ros.sim.scenario import SimConfig, SimData, simulate
-from dsg_ros.sim.trajectory import interpolate
+from dsg_ros.tools.evaluate import summarize
+from dsg_ros.tools.sim.scenario import SimConfig, SimData, simulate
+from dsg_ros.tools.sim.trajectory import interpolate
 
 
 def run(

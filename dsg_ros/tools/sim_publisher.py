@@ -23,7 +23,7 @@ from sensor_msgs.msg import PointCloud2
 
 from dsg_ros.ros import messages as msgs
 from dsg_ros.ros.pointcloud import xyz_to_cloud
-from dsg_ros.sim.scenario import SIM_EPOCH_S, SimData
+from dsg_ros.tools.sim.scenario import SIM_EPOCH_S, SimConfig, SimData, simulate
 
 
 class SimPublisher(Node):
@@ -73,8 +73,6 @@ class SimPublisher(Node):
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from dsg_ros.sim.scenario import SimConfig, simulate
-
     parser = argparse.ArgumentParser(
         prog="dsg-ros sim-publisher",
         description="Publish the simulator's odometry (odom), LiDAR clouds (points) and ground truth "

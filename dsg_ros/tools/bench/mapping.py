@@ -21,11 +21,11 @@ from typing import Any, Callable
 import numpy as np
 
 from dsg_ros import runtime
-from dsg_ros.bench import report
 from dsg_ros.mapping import Mapper, MapperConfig, WindowConfig
 from dsg_ros.mapping.replay import drive
-from dsg_ros.sim.run import run as run_sim
-from dsg_ros.sim.scenario import SimConfig, simulate
+from dsg_ros.tools.bench import report
+from dsg_ros.tools.sim.run import run as run_sim
+from dsg_ros.tools.sim.scenario import SimConfig, simulate
 
 
 # The GPU goals (issue 3): tick p50 at the default window and at a large one.

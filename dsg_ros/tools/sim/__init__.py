@@ -5,11 +5,11 @@ numpy only (no JAX, no ROS). Poses are SE(3) ``wxyz_xyz`` arrays (..., 7),
 jaxlie's storage; ``dsg_ros.se3`` has the group operations.
 """
 
-from dsg_ros.sim.lidar import LidarConfig, scan, scan_organized
-from dsg_ros.sim.odometry import OdometryCalibration, OdometryConfig, increments, integrate_odometry
-from dsg_ros.sim.scenario import SimConfig, SimData, simulate
-from dsg_ros.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
-from dsg_ros.sim.world import World, WorldConfig, build_world
+from dsg_ros.tools.sim.lidar import LidarConfig, scan, scan_organized
+from dsg_ros.tools.sim.odometry import OdometryCalibration, OdometryConfig, increments, integrate_odometry
+from dsg_ros.tools.sim.scenario import SimConfig, SimData, simulate
+from dsg_ros.tools.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
+from dsg_ros.tools.sim.world import World, WorldConfig, build_world
 
 __all__ = [
     "LidarConfig",

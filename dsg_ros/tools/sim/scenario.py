@@ -13,10 +13,10 @@ from typing import Callable, Iterator
 import numpy as np
 
 from dsg_ros import se3
-from dsg_ros.sim.lidar import LidarConfig, scan
-from dsg_ros.sim.odometry import OdometryConfig, integrate_odometry
-from dsg_ros.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
-from dsg_ros.sim.world import World, WorldConfig, build_world
+from dsg_ros.tools.sim.lidar import LidarConfig, scan
+from dsg_ros.tools.sim.odometry import OdometryConfig, integrate_odometry
+from dsg_ros.tools.sim.trajectory import TrajectoryConfig, ground_truth, interpolate, planar_pose
+from dsg_ros.tools.sim.world import World, WorldConfig, build_world
 
 # Stamps of a run published or written to a bag start here (sim stamps start
 # at 0, which ROS treats as "unset").
