@@ -28,8 +28,9 @@ from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.registration import RegistrationConfig, map_tree, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, OdometryRow, Window, WindowConfig
-from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.solve import SolverConfig, SolveSummary, solve
 from dsg_ros.world import Noise, huber
+from dsg_ros.world.layout import ANCHOR_VOXEL, ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS
 
 log = logging.getLogger("dsg_ros.mapping")
 
@@ -380,33 +381,21 @@ class Mapper:
         return theta
 
     def set_theta(self, theta: cal.Theta) -> None:
-        """Use a new calibration: rebuild the window's odometry and observation measurements."""
+        """Use a new calibration: rebuild the window's measurements from it."""
         with self._state:
             self.theta = cal.as_host(theta)
-            wm, window = self.window.model, self.window
-            odom = wm.slab_rows("odom_se3")
-            rows = np.flatnonzero(odom.active)
-            if rows.size:
-                wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows], window.odom_velocity[rows]))
-            T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
-            for name in ("voxel_point_obs", "voxel_anchor_obs"):
-                rows = np.flatnonzero(wm.slab_rows(name).active)
-                if rows.size:
-                    p_base = se3.apply(T_base_sensor, window.obs_p_sensor[name][rows])
-                    if name == "voxel_anchor_obs":
-                        p_base = np.concatenate([wm.measurements(name)[rows, :3], p_base], axis=1)
-                    wm.set_measurements(name, rows, p_base)
+            self.window.remeasure(self.theta, self._T_base_sensor_nominal)
             self._dirty = True
 
     def _snapshot(self) -> Snapshot:
         """The window as a learning example, the newest keyframe's observations held out."""
         wm, window = self.window.model, self.window
         graph = wm.graph(on_device=False)
-        W, R = self.config.window.keyframes, wm.capacity.factors["voxel_point_obs"]
+        W = self.config.window.keyframes
         newest = window.keyframes[-1] if window.keyframes else None
         prev = window.keyframes[-2] if len(window.keyframes) >= 2 else newest
         new_var = newest.var if newest else -2
-        obs, anchor = wm.slab_rows("voxel_point_obs"), wm.slab_rows("voxel_anchor_obs")
+        obs, anchor = wm.slab_rows(VOXEL_POINT_OBS), wm.slab_rows(VOXEL_ANCHOR_OBS)
         held_obs = obs.active & (obs.var_ids[:, 0] == new_var)
         held_anchor = anchor.active & (anchor.var_ids[:, 0] == new_var)
         # Only voxels some other keyframe observes say anything about the newest pose.
@@ -421,7 +410,7 @@ class Mapper:
         voxel_slots = np.zeros(K, np.int32)
         voxel_slots[: len(obs_rows)] = [wm.slot(int(v)) for v in obs.var_ids[obs_rows, 1]]
         slabs = tuple(
-            jdc.replace(sl, active=sl.active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False))
+            jdc.replace(sl, active=sl.active & ~{VOXEL_POINT_OBS: held_obs, VOXEL_ANCHOR_OBS: held_anchor}.get(sl.ftype.name, False))
             for sl in graph.slabs
         )
         c = self.config
@@ -440,14 +429,10 @@ class Mapper:
         return Snapshot(
             graph=jdc.replace(graph, slabs=slabs),
             x0=wm.pack_state(on_device=False),
-            odom_raw=np.array(window.odom_raw),
-            odom_dt=np.array(window.odom_dt),
-            odom_velocity=np.array(window.odom_velocity),
-            obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
-            anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
+            inputs=jax.tree.map(np.array, window.inputs),
             odom_L=np.broadcast_to(np.diag(1.0 / np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
-            obs_L=graph.slab("voxel_point_obs").sqrt_info * obs_scale,
-            anchor_L=graph.slab("voxel_anchor_obs").sqrt_info * obs_scale,
+            obs_L=graph.slab(VOXEL_POINT_OBS).sqrt_info * obs_scale,
+            anchor_L=graph.slab(VOXEL_ANCHOR_OBS).sqrt_info * obs_scale,
             prev_slot=np.asarray(wm.slot(prev.var) if prev else 0, np.int32),
             new_slot=np.asarray(wm.slot(newest.var) if newest else 0, np.int32),
             held_obs_rows=held_obs_rows,
@@ -533,7 +518,16 @@ class Mapper:
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
         noise = self._odom_noise(None if odom is None else odom.measurement)
         keyframe, report = window.add_keyframe(
-            stamp, T_odom_base, odom_velocity, T_map_base, odom, noise, cells, p_base, self._obs_sqrt_info(cells, T_base_sensor, axis_base), huber(self.config.obs_huber)
+            stamp=stamp,
+            T_odom_base=T_odom_base,
+            odom_velocity=odom_velocity,
+            T_map_base=T_map_base,
+            odom=odom,
+            odom_noise=noise,
+            cells=cells,
+            p_base=p_base,
+            obs_noise=self._obs_sqrt_info(cells, T_base_sensor, axis_base),
+            robust=huber(self.config.obs_huber),
         )
         self._track = _Track(stamp, T_map_base, T_odom_base, odom_velocity, keyframe)
         self._map_tree = None  # the map changed: the next registration rebuilds its target
@@ -702,11 +696,11 @@ class Mapper:
         with self._state:
             wm = self.window.model
             poses, points = wm.values("pose"), wm.values("point")
-            odom, obs, anchor = (wm.slab_rows(n) for n in ("odom_se3", "voxel_point_obs", "voxel_anchor_obs"))
+            odom, obs, anchor = (wm.slab_rows(n) for n in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS))
             odom_edges = poses[odom.slots[odom.active]][:, :, 4:]
             ends = [
                 np.stack([poses[obs.slots[obs.active, 0], 4:], points[obs.slots[obs.active, 1]]], axis=1),
-                np.stack([poses[anchor.slots[anchor.active, 0], 4:], wm.measurements("voxel_anchor_obs")[anchor.active, :3]], axis=1),
+                np.stack([poses[anchor.slots[anchor.active, 0], 4:], wm.measurements(VOXEL_ANCHOR_OBS)[anchor.active, ANCHOR_VOXEL]], axis=1),
             ]
             obs_edges = np.concatenate(ends)
             if max_observations is not None and obs_edges.shape[0] > max_observations:
