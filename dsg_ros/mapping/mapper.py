@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax_dataclasses as jdc
@@ -108,6 +108,28 @@ class MapperConfig:
 
 
 @dataclass(frozen=True)
+class TickDiagnostics:
+    """The mapper's state after a tick, for ``/diagnostics`` and run summaries."""
+
+    tick_ms: float
+    window_keyframes: int
+    window_capacity: int
+    window_voxels: int
+    window_observations: int
+    map_voxels: int
+    dropped_observations: int  # no free voxel slot: raise window.max_voxels if this grows
+    compilations: int
+    compilations_after_warmup: int
+    last_solve: SolveSummary | None  # the last solve that was kept (not rolled back)
+    calibration_steps: int
+    calibration_accepted: int
+    calibration_rejected: int
+    calibration_clipped: int
+    calibration_loss: float | None
+    stats: dict[str, int]  # a copy of ``Mapper.stats``: inputs and outcomes counted since the start
+
+
+@dataclass(frozen=True)
 class TickResult:
     """What one tick produced. Poses are ``T_map_base`` (k, 7) ``wxyz_xyz``."""
 
@@ -122,11 +144,14 @@ class TickResult:
     odometry_stamp: float | None
     T_map_base: np.ndarray | None  # corrected odometry at ``odometry_stamp``
     T_map_odom: np.ndarray | None  # map → odom correction, for tf
-    solve: dict[str, Any] | None
+    solve: SolveSummary | None  # this tick's solve, if a keyframe was added
     rolled_back: bool
     marginalized: list[MarginalizationReport]
     warnings: list[str]
-    diagnostics: dict[str, Any]
+    # A calibration step is due after this tick (the driver decides whether
+    # and where it runs: ``Mapper.calibrate`` or its three parts).
+    calibration_due: bool
+    diagnostics: TickDiagnostics
 
 
 # Odometry motion below which a cloud is placed where the last one was.
@@ -177,7 +202,7 @@ class Mapper:
         self._last_cloud_stamp: float | None = None  # newest accepted, queued or not
         self._warnings: list[str] = []
         self._dirty = False
-        self._last_report: dict[str, Any] | None = None
+        self._last_report: SolveSummary | None = None
         self._solver = jax.jit(solve, static_argnames="config")
         self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal, resumed=theta is not None)
         self._compilations_at_warmup: int | None = None
@@ -200,7 +225,7 @@ class Mapper:
         """
         started = time.perf_counter()
         wm = self.window.model
-        self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].as_dict()
+        self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].summary()
         self.window.warm_up()
         if self.config.calibration.every_keyframes:
             self.calibrator.warm_up(self.theta, self._snapshot())
@@ -301,10 +326,17 @@ class Mapper:
         self.stats["ticks"] += 1
         tick_ms = 1000.0 * (time.perf_counter() - started)
         with self._state:
-            cloud_poses = self._published_poses(localized)
-            result = self._result(added, [c.stamp for c in localized], cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms)
-        result.diagnostics["calibration_due"] = due
-        return result
+            return self._result(
+                added=added,
+                cloud_stamps=[c.stamp for c in localized],
+                cloud_poses=self._published_poses(localized),
+                marginalized=marginalized,
+                warnings=warnings,
+                solve_report=solve_report,
+                rolled_back=rolled_back,
+                calibration_due=due,
+                tick_ms=tick_ms,
+            )
 
     def marginalize(self) -> MarginalizationReport | None:
         """Make room for the next keyframe now: marginalize the oldest one if the window is full.
@@ -348,7 +380,7 @@ class Mapper:
     def calibrate(self) -> float:
         """Snapshot the window, take one outer step, apply the new theta; returns milliseconds.
 
-        ``tick()`` says when this is due (``diagnostics["calibration_due"]``)
+        ``tick()`` says when this is due (``TickResult.calibration_due``)
         but never runs it, so a driver can keep ticks short: ``run-sim``
         calls this right after the tick; the node splits it in three
         (``calibration_snapshot`` in the ticking thread, ``learn`` in a
@@ -614,31 +646,44 @@ class Mapper:
             L[has_normal] += (b - a) * np.outer(axis_base, axis_base)
         return L
 
-    def _solve(self) -> tuple[dict[str, Any], bool]:
+    def _solve(self) -> tuple[SolveSummary, bool]:
+        """Solve the window; (its report, whether it was rolled back)."""
         wm = self.window.model
         x, report = self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)
-        rep = report.as_dict()
+        rep = report.summary()
         finite = bool(np.all(np.isfinite(np.asarray(x.poses)))) and bool(np.all(np.isfinite(np.asarray(x.points))))
-        diverged = rep["status"] == "non_finite" or not finite or not np.isfinite(rep["final_cost"]) or rep["final_cost"] > rep["initial_cost"] * (1 + 1e-9) + 1e-12
+        diverged = rep.status == "non_finite" or not finite or not np.isfinite(rep.final_cost) or rep.final_cost > rep.initial_cost * (1 + 1e-9) + 1e-12
         if diverged:
             # Not retried: the same solve would diverge again. The next
             # keyframe or calibration update solves the window afresh.
             self._dirty = False
             self.stats["rollbacks"] += 1
-            self._warn(f"solve {rep['status']} (cost {rep['initial_cost']:.4g} -> {rep['final_cost']:.4g}); rolled back to the last good state")
+            self._warn(f"solve {rep.status} (cost {rep.initial_cost:.4g} -> {rep.final_cost:.4g}); rolled back to the last good state")
             return rep, True
         wm.set_state(x)  # free voxels reach the persistent map on export (voxels()), not every solve
         # Continue next tick only while the solve still makes progress: at its
         # floating-point floor (float32 above all) the relative test may never
         # pass, and re-solving every tick would buy nothing.
-        progress = rep["initial_cost"] - rep["final_cost"]
-        self._dirty = not rep["converged"] and progress > 1e-4 * max(rep["initial_cost"], 1e-12)
+        progress = rep.initial_cost - rep.final_cost
+        self._dirty = not rep.converged and progress > 1e-4 * max(rep.initial_cost, 1e-12)
         self._last_report = rep
         return rep, False
 
     # ----------------------------------------------------------------- outputs
 
-    def _result(self, added, cloud_stamps, cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
+    def _result(
+        self,
+        *,
+        added: int,
+        cloud_stamps: list[float],
+        cloud_poses: np.ndarray,
+        marginalized: list[MarginalizationReport],
+        warnings: list[str],
+        solve_report: SolveSummary | None,
+        rolled_back: bool,
+        calibration_due: bool,
+        tick_ms: float,
+    ) -> TickResult:
         window = self.window
         stamps = np.array([kf.stamp for kf in window.keyframes])
         poses = window.poses()
@@ -653,24 +698,24 @@ class Mapper:
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()
-        diagnostics = {
-            "tick_ms": tick_ms,
-            "window_keyframes": len(window.keyframes),
-            "window_capacity": self.config.window.keyframes,
-            "window_voxels": counts["points"],
-            "window_observations": counts["voxel_point_obs"],
-            "map_voxels": len(window.voxel_map),
-            "dropped_observations": window.dropped_observations,  # no free voxel slot: raise window.max_voxels if this grows
-            "compilations": compilations,
-            "compilations_after_warmup": compilations - self._compilations_at_warmup,
-            "last_solve": self._last_report,
-            "calibration_steps": self.calibrator.steps,
-            "calibration_accepted": self.calibrator.accepted,
-            "calibration_rejected": self.calibrator.rejected,
-            "calibration_clipped": self.calibrator.clipped,
-            "calibration_loss": self.calibrator.last_loss,
-            **self.stats,
-        }
+        diagnostics = TickDiagnostics(
+            tick_ms=tick_ms,
+            window_keyframes=len(window.keyframes),
+            window_capacity=self.config.window.keyframes,
+            window_voxels=counts["points"],
+            window_observations=counts[VOXEL_POINT_OBS],
+            map_voxels=len(window.voxel_map),
+            dropped_observations=window.dropped_observations,
+            compilations=compilations,
+            compilations_after_warmup=compilations - self._compilations_at_warmup,
+            last_solve=self._last_report,
+            calibration_steps=self.calibrator.steps,
+            calibration_accepted=self.calibrator.accepted,
+            calibration_rejected=self.calibrator.rejected,
+            calibration_clipped=self.calibrator.clipped,
+            calibration_loss=self.calibrator.last_loss,
+            stats=dict(self.stats),
+        )
         return TickResult(
             stamp=float(stamps[-1]) if stamps.size else None,
             keyframes_added=added,
@@ -685,6 +730,7 @@ class Mapper:
             rolled_back=rolled_back,
             marginalized=marginalized,
             warnings=warnings,
+            calibration_due=calibration_due,
             diagnostics=diagnostics,
         )
 
