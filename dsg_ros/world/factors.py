@@ -416,6 +416,7 @@ class FactorRegistry:
         residual_dim: int,
         measurement_shape: Sequence[int],
         residual: ResidualFn,
+        *,
         jacobian: JacobianFn | None = None,
         se3_measurement: bool = False,
     ) -> FactorType:
