@@ -52,21 +52,6 @@ def yaml_comments(path: Path) -> dict[str, tuple[str, str]]:
 
 # Fields that no descriptor, config comment or source comment explains.
 FALLBACK = {
-    "solver.method": "lm (Levenberg-Marquardt), gn (Gauss-Newton) or gd (gradient descent)",
-    "solver.max_iterations": "iterations per solve at most",
-    "solver.relative_tolerance": "converged when the relative cost decrease is below this",
-    "solver.linear_solver": "dense (Schur complement, Cholesky), sparse (host supernodal Cholesky) or auto",
-    "solver.absolute_tolerance": "converged when the cost decreases by less than this",
-    "solver.gradient_tolerance": "converged when the largest gradient entry is below this",
-    "solver.step_tolerance": "converged when the step's largest entry is below this",
-    "solver.lambda_initial": "LM: initial damping",
-    "solver.lambda_max": "LM: the solve stops when the damping would exceed this",
-    "solver.dense_max_poses": "linear_solver auto: dense up to this many pose slots, sparse above",
-    "solver.gd_iterations": "gradient descent: iterations",
-    "solver.unroll_iterations": "diff unroll: solver steps differentiated through",
-    "solver.truncated_iterations": "diff truncated: Gauss-Newton steps differentiated through, from the solution",
-    "solver.implicit_iterations": "diff implicit, exact Hessian: conjugate-gradient iterations at most",
-    "solver.implicit_tolerance": "diff implicit, exact Hessian: conjugate-gradient tolerance",
     "registration.enabled": "align every cloud to the map before it is placed (off: odometry places it)",
     "registration.max_iterations": "ICP iterations at most",
     "registration.min_correspondence_m": "the correspondence bound's final value",

@@ -22,13 +22,14 @@ import yaml
 from dsg_ros import se3
 from dsg_ros.config import from_mapping, load_yaml, to_mapping
 from dsg_ros.learn import calibration as cal
-from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, learned_coordinates, snapshot_loss
+from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, inject, learned_coordinates, snapshot_loss
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping import metrics
 from dsg_ros.mapping.replay import RunRecord, drive
 from dsg_ros.solve import SolverConfig
 from dsg_ros.tools.evaluate import summarize
 from dsg_ros.tools.sim import LidarConfig, OdometryConfig, SimConfig, SimData, interpolate, simulate
+from dsg_ros.world.layout import ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS
 
 DURATION_S = 30.0
 # Odometry over-reads forward motion by 3 % and drifts 1 deg/s in yaw.
@@ -80,7 +81,7 @@ def test_self_supervised_calibration_moves_the_forward_scale_toward_the_truth(se
     assert calibrator.accepted >= 1
     assert np.all(np.isfinite(self_supervised.losses))
     assert calibrator.snapshots and not any(bool(s.has_reference) for s in calibrator.snapshots), "no reference: self-supervised loss"
-    assert self_supervised.record.warnings == 0 and self_supervised.record.last.diagnostics["rollbacks"] == 0
+    assert self_supervised.record.warnings == 0 and self_supervised.record.last.diagnostics.stats["rollbacks"] == 0
     learned = self_supervised.final()
     # With no reference the held-out scans alone pull the scale from 1.0 past 1.03 (measured
     # 1.055, time offset learned too, 1.040 without it: the scans' own ~2 % bias at these 0.4 m
@@ -167,9 +168,9 @@ def test_a_step_is_applied_only_after_it_lowers_the_loss_on_later_snapshots(self
     # 0.3 m further ahead (as if the robot had moved 0.3 m less). The candidate steps toward it,
     # and the next plain snapshot, which it was not fitted to since, scores it worse than
     # ``applied``: rolled back.
-    p_sensor = np.array(snapshot.obs_p_sensor)
+    p_sensor = np.array(snapshot.inputs.obs_p_sensor)
     p_sensor[np.asarray(snapshot.held_obs_rows)[np.asarray(snapshot.held_obs)]] += [0.3, 0.0, 0.0]
-    wrong = jdc.replace(snapshot, obs_p_sensor=p_sensor)
+    wrong = jdc.replace(snapshot, inputs=jdc.replace(snapshot.inputs, obs_p_sensor=p_sensor))
     information = calibrator.information  # three steps on ``snapshot``
     assert calibrator.learn(wrong, applied) == (None, None)
     assert calibrator.rejected == 0
@@ -178,6 +179,31 @@ def test_a_step_is_applied_only_after_it_lowers_the_loss_on_later_snapshots(self
     # The wrong snapshot's information is gone with the rollback: back to the state that produced
     # ``applied`` (two steps on ``snapshot``), then one more step on it: three steps' worth again.
     assert np.linalg.norm(calibrator.information - information) < 0.05 * np.linalg.norm(information)
+
+
+def test_the_window_and_the_calibration_step_measure_alike(self_supervised: Learning):
+    """One theta, one set of measurements: ``Window.remeasure`` (NumPy, what
+    the mapper solves) and ``inject`` (JAX, what a calibration step
+    differentiates) rebuild the odometry, observation and anchor rows alike."""
+    mapper = self_supervised.mapper
+    in_use = cal.as_host(mapper.theta)
+    theta = cal.as_host(in_use)
+    theta["odom_log_scale"][0] = np.log(1.02)
+    theta["odom_bias"][5] = np.radians(0.5)
+    theta["time_offset"] = np.asarray(0.05)
+    theta["extrinsic"] = np.array([0.05, -0.02, 0.01, 0.01, -0.02, 0.03])
+    config = dataclasses.replace(mapper.config.calibration, optimizer="adam", learn_extrinsic=True)
+    T_base_sensor = se3.normalized(np.asarray(mapper.config.T_base_sensor))
+    try:
+        mapper.set_theta(theta)
+        graph = jax.jit(inject, static_argnames="config")(theta, mapper.calibration_snapshot(), T_base_sensor, config=config)
+        wm = mapper.window.model
+        for name in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS):
+            rows = np.flatnonzero(wm.slab_rows(name).active)
+            assert rows.size or name == VOXEL_ANCHOR_OBS
+            np.testing.assert_allclose(np.asarray(graph.slab(name).measurement)[rows], wm.measurements(name)[rows], atol=1e-12, err_msg=name)
+    finally:
+        mapper.set_theta(in_use)
 
 
 def test_learned_parameters_are_clipped_into_their_bounds():

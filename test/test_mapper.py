@@ -114,16 +114,16 @@ def test_a_long_run_never_recompiles_and_publishes_valid_poses(run: Run):
     record, stats = run.record, run.stats
     assert len(record.tick_ms) >= 300
     diagnostics = record.last.diagnostics
-    assert diagnostics["compilations_after_warmup"] == 0
+    assert diagnostics.compilations_after_warmup == 0
     assert run.compilations_at_end == run.compilations_after_warm_up, "a tick compiled something after warm-up"
     # The window filled, then every keyframe beyond it left through marginalization.
     assert stats["keyframes"] > 2 * WINDOW.keyframes
     # drive() makes room after each tick (Mapper.marginalize), so between
     # keyframes a full window holds one keyframe less.
-    assert run.max_window == WINDOW.keyframes and diagnostics["window_keyframes"] in (WINDOW.keyframes - 1, WINDOW.keyframes)
+    assert run.max_window == WINDOW.keyframes and diagnostics.window_keyframes in (WINDOW.keyframes - 1, WINDOW.keyframes)
     assert len(record.marginalization_ms) > 0, "drive() marginalizes after the tick"
     assert run.marginalized + len(record.marginalization_ms) == stats["keyframes"] - run.final_window
-    assert diagnostics["map_voxels"] > diagnostics["window_voxels"] > 0
+    assert diagnostics.map_voxels > diagnostics.window_voxels > 0
     # Calibration ran, several steps, with finite parameters and loss.
     assert run.calibration_steps >= 5
     assert all(np.all(np.isfinite(v)) for v in run.theta.values())
@@ -132,7 +132,7 @@ def test_a_long_run_never_recompiles_and_publishes_valid_poses(run: Run):
     assert run.problems == []
     assert record.warnings == 0 and stats["rollbacks"] == 0 and stats["dropped_clouds"] == 0 and stats["rejected_odometry"] == 0
     keys, positions, _ = run.voxels
-    assert positions.shape == (diagnostics["map_voxels"], 3) and np.all(np.isfinite(positions))
+    assert positions.shape == (diagnostics.map_voxels, 3) and np.all(np.isfinite(positions))
     assert np.unique(keys).size == keys.size
 
 
@@ -182,7 +182,7 @@ def test_ticks_solve_only_new_keyframes_and_refine_finishes_the_window(feeder: F
     assert any(r.keyframes_added for r in results)
     for r in results:
         if r.keyframes_added:
-            assert r.solve is not None and r.solve["iterations"] <= per_solve
+            assert r.solve is not None and r.solve.iterations <= per_solve
         else:
             assert r.solve is None, "a tick without a new keyframe solved on the latency path"
     before = mapper.window.poses().copy()
@@ -192,18 +192,18 @@ def test_ticks_solve_only_new_keyframes_and_refine_finishes_the_window(feeder: F
     reports, total = [], 0
     while (iterations := mapper.refine()) > 0:
         total += iterations
-        reports.append(mapper.tick().diagnostics["last_solve"])
+        reports.append(mapper.tick().diagnostics.last_solve)
         assert total <= 40, "refine() never converged"
     assert reports, "the window after one-iteration ticks needed refining"
-    costs = [r["final_cost"] for r in reports]
+    costs = [r.final_cost for r in reports]
     assert all(b <= a for a, b in zip(costs, costs[1:])), costs
-    assert reports[0]["final_cost"] < reports[0]["initial_cost"]
+    assert reports[0].final_cost < reports[0].initial_cost
     assert not np.array_equal(mapper.window.poses(), before)
     # Converged: one more solve from here barely changes the cost.
     mapper.set_theta(mapper.theta)  # marks the window for solving without changing it
     mapper.refine()
-    last = mapper.tick().diagnostics["last_solve"]
-    assert last["initial_cost"] - last["final_cost"] <= 1e-3 * last["initial_cost"]
+    last = mapper.tick().diagnostics.last_solve
+    assert last is not None and last.initial_cost - last.final_cost <= 1e-3 * last.initial_cost
 
 
 # ------------------------------------------------------------ bad input
@@ -387,7 +387,7 @@ def test_non_finite_points_are_dropped_and_the_rest_used(feeder: Feeder):
     _, clean_voxels, _ = mapper.voxels()
 
     assert dirty_result.keyframes_added == clean_result.keyframes_added == 1
-    assert dirty_result.diagnostics["window_observations"] == clean_result.diagnostics["window_observations"] > 50
+    assert dirty_result.diagnostics.window_observations == clean_result.diagnostics.window_observations > 50
     np.testing.assert_allclose(dirty_voxels, clean_voxels, atol=1e-9)
 
 

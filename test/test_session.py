@@ -109,7 +109,7 @@ def test_inline_calibration_runs_exactly_when_due_in_the_protocols_order(mapper:
     for step in _steps(session, sim):
         protocol, calls[:] = list(calls), []
         assert seen[-1] == in_effect, "each tick runs with the theta the last calibration learned"
-        if step.result.diagnostics["calibration_due"]:
+        if step.result.calibration_due:
             due += 1
             assert step.calibration_ms is not None and step.calibration_ms >= 0
             assert protocol == ["tick", "publish", "calibration_snapshot", "set_theta", "marginalize", "refine"]
@@ -127,7 +127,7 @@ def test_calibration_off_never_learns(mapper: Mapper, sim: SimData, monkeypatch:
     for config in (SessionConfig(calibrate=False), SessionConfig(calibrate=False, learn_in_background=True)):
         session = MappingSession(mapper, config)
         steps = list(_steps(session, sim))
-        assert any(s.result.diagnostics["calibration_due"] for s in steps)
+        assert any(s.result.calibration_due for s in steps)
         assert all(s.calibration_ms is None and not s.theta_applied for s in steps)
         assert not session.calibrating
         mapper.reset()
@@ -172,7 +172,7 @@ def test_background_learns_one_step_at_a_time_and_applies_its_theta_at_the_next_
     try:
         steps = _steps(session, sim)
         # The first due tick hands a snapshot to the worker; the step does not wait for it.
-        while not (step := next(steps)).result.diagnostics["calibration_due"]:
+        while not (step := next(steps)).result.calibration_due:
             pass
         assert step.calibration_ms is None
         _wait(lambda: learn.started == 1)
@@ -181,7 +181,7 @@ def test_background_learns_one_step_at_a_time_and_applies_its_theta_at_the_next_
         skipped = 0
         while skipped < 2:
             step = next(steps)
-            skipped += step.result.diagnostics["calibration_due"]
+            skipped += step.result.calibration_due
             assert not step.theta_applied
         assert learn.started == 1 and session.calibrating
         learn.release.release()
@@ -207,7 +207,7 @@ def test_the_period_skips_steps_that_come_due_sooner(mapper: Mapper, sim: SimDat
     try:
         due = 0
         for step in _steps(session, sim):
-            due += step.result.diagnostics["calibration_due"]
+            due += step.result.calibration_due
             _wait(lambda: not session.calibrating)
         assert due >= 3 and learn.started == 1
     finally:

@@ -132,7 +132,7 @@ def test_sphere2500_reaches_gtsam_cost(method):
     # GTSAM 4.3 LevenbergMarquardtOptimizer, same anchor: 675.7009649 in 5 iterations.
     result = solve_file(DATA / "posegraphs" / "sphere2500.g2o", SolverConfig(method=method), write_back=False)
     rep = result.report
-    assert rep["converged"], rep
-    assert rep["final_cost"] == pytest.approx(675.7009649, rel=1e-3)
-    assert rep["iterations"] <= 8
+    assert rep.converged, rep
+    assert rep.final_cost == pytest.approx(675.7009649, rel=1e-3)
+    assert rep.iterations <= 8
     assert result.linear_solver == "sparse"

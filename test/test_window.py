@@ -20,6 +20,21 @@ OBS = Noise.isotropic(0.05, 3)
 NO_VELOCITY, NO_VELOCITIES = np.zeros(6), np.zeros((2, 6))
 
 
+def _add(win: Window, stamp: float, T_map_base: np.ndarray, step: np.ndarray | None, cells: CellObservations, p_base: np.ndarray, T_odom_base: np.ndarray | None = None):
+    """A keyframe whose odometry factor measures ``step`` (None: the first keyframe), at rest."""
+    return win.add_keyframe(
+        stamp=stamp,
+        T_odom_base=T_map_base if T_odom_base is None else T_odom_base,
+        odom_velocity=NO_VELOCITY,
+        T_map_base=T_map_base,
+        odom=None if step is None else OdometryRow(step, 1.0, NO_VELOCITIES, step),
+        odom_noise=ODOM,
+        cells=cells,
+        p_base=p_base,
+        obs_noise=OBS,
+    )
+
+
 def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: int = 3) -> float:
     """Largest pose difference between the window and the batch solution of the
     same data, over every step. Keyframe i observes voxels i … i+seen−1, so no
@@ -37,7 +52,7 @@ def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: in
         p = np.array([o[1] for o in obs])
         T_init = truth[0] if i == 0 else se3.compose(win.pose(win.keyframes[-1]), z)
         cells = CellObservations(keys=np.arange(i, i + seen), p_sensor=p, counts=np.ones(seen, np.int64))
-        win.add_keyframe(float(i), truth[i], NO_VELOCITY, T_init, None if i == 0 else OdometryRow(z, 1.0, NO_VELOCITIES, z), ODOM, cells, p, OBS)
+        _add(win, float(i), T_init, z, cells, p, T_odom_base=truth[i])
         x, _ = solver(win.model.graph(), win.model.pack_state(), config=CONVERGED)
         win.model.set_state(x)
 
@@ -75,8 +90,7 @@ def test_marginalization_freezes_voxels_into_the_map():
     for i in range(5):
         T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
         p = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]]) - [0.1 * i, 0, 0]
-        odom = None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step)
-        reports.append(win.add_keyframe(float(i), T, NO_VELOCITY, T, odom, ODOM, cells, p, OBS)[1])
+        reports.append(_add(win, float(i), T, None if i == 0 else step, cells, p)[1])
     assert reports[:4] == [None] * 4 and reports[4].frozen_voxels == 2
     keys, positions, _ = win.voxel_map.export()
     assert sorted(keys.tolist()) == [10, 11]
@@ -98,7 +112,7 @@ def test_every_marginalization_graph_size_gives_the_same_prior():
         T = se3.exp(np.array([0.1 * i, 0.02 * i, 0, 0, 0, 0.05 * i]))
         cells = CellObservations(keys=np.array([10 + i, 11 + i, 12 + i]), p_sensor=np.zeros((3, 3)), counts=np.ones(3, np.int64))
         p = np.array([[1.0 + i, 0.5, 0.1], [2.0 + i, -0.5, 0.2], [3.0 + i, 0.3, -0.1]]) - [0.1 * i, 0.02 * i, 0]
-        win.add_keyframe(float(i), T, NO_VELOCITY, T, None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p, OBS)
+        _add(win, float(i), T, None if i == 0 else step, cells, p)
     wm = win.model
     oldest = win.keyframes[0].var
     obs = wm.slab_rows("voxel_point_obs")
@@ -123,8 +137,8 @@ def test_anchor_rows_are_thinned_to_the_best_supported_cells():
     for i in range(3):  # the third keyframe marginalizes the first: cells 10 and 11 freeze
         cells = CellObservations(keys=np.array([10, 11]), p_sensor=p, counts=np.array([1, 5]))
         T = se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0]))
-        win.add_keyframe(float(i), T, NO_VELOCITY, T, None if i == 0 else OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p - [0.1 * i, 0, 0], OBS)
-    win.add_keyframe(3.0, T, NO_VELOCITY, T, OdometryRow(step, 1.0, NO_VELOCITIES, step), ODOM, cells, p, OBS)  # sees both frozen cells again
+        _add(win, float(i), T, None if i == 0 else step, cells, p - [0.1 * i, 0, 0])
+    _add(win, 3.0, T, step, cells, p)  # sees both frozen cells again
     anchors = win.model.slab_rows("voxel_anchor_obs")
     newest = anchors.active & (anchors.var_ids[:, 0] == win.keyframes[-1].var)
     assert int(newest.sum()) == 1, "one anchor row per keyframe at most"

@@ -461,7 +461,6 @@ def _summary(
     duration_s = (stream.last_ns - stream.first_ns) / 1e9 if stream.first_ns is not None else 0.0
     skipped = dict(stream.skipped)
     skipped.update({f"{kind} refused by the mapper": n for kind, n in run.rejected.items()})
-    diagnostics = run.last.diagnostics if run.last is not None else {}
     summary: dict[str, Any] = {
         "bag": str(bag_path),
         "sensors": list(plan.sensors),
@@ -490,7 +489,7 @@ def _summary(
         "calibration_accepted": mapper.calibrator.accepted,
         "calibration_rejected": mapper.calibrator.rejected,
         "calibration": cal.CalibrationSummary.of(mapper.theta).__dict__,
-        "compilations_after_warmup": diagnostics.get("compilations_after_warmup"),
+        "compilations_after_warmup": run.last.diagnostics.compilations_after_warmup if run.last is not None else None,
         "rss_mb": runtime.peak_rss_mb(),
         "skipped": skipped,
         "warnings": dict(stream.warnings + ticks.warnings),

@@ -13,8 +13,9 @@ theta is a pytree of arrays shared by every tick:
   stamped t is the one at t + time_offset (drivers and sensors stamp
   differently; on the real logs odometry leads the scans by ~0.1 s).
 
-The same functions build measurements in the mapper (through jit) and inside
-the differentiable outer loop, so what is learned is exactly what is used.
+One function, ``remeasure``, builds every calibrated measurement from theta,
+in NumPy for the mapper's window and in JAX inside the differentiable outer
+loop, so what is learned is exactly what is used.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import jax_dataclasses as jdc
 import numpy as np
 import yaml
 
 from dsg_ros import se3
+from dsg_ros.world.layout import ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS, anchor_measurement
 
 FILE_VERSION = 1
 Theta = dict[str, jax.Array]
@@ -141,6 +144,64 @@ def base_sensor(theta: Theta, T_base_sensor_nominal: jax.Array) -> jax.Array:
 def observations_in_base(theta: Theta, T_base_sensor_nominal: jax.Array, p_sensor: jax.Array) -> jax.Array:
     """Sensor-frame centroids (n, 3) → base-frame measurements (n, 3)."""
     return se3.apply(base_sensor(theta, T_base_sensor_nominal), p_sensor)
+
+
+@jdc.pytree_dataclass
+class MeasurementInputs:
+    """What a window's calibrated measurements are computed from, per slab row.
+
+    odom_raw (W, 7), odom_dt (W,), odom_velocity (W, 2, 6): per odometry
+    row, the raw increment from the previous keyframe, its duration (s) and
+    the raw odometry's body velocity at both ends. obs_p_sensor (R, 3) and
+    anchor_p_sensor (A, 3): per observation and per anchor row, the voxel
+    centroid in the sensor frame. Host arrays the window fills in place, or
+    JAX arrays inside a calibration step.
+    """
+
+    odom_raw: jax.Array
+    odom_dt: jax.Array
+    odom_velocity: jax.Array
+    obs_p_sensor: jax.Array
+    anchor_p_sensor: jax.Array
+
+    @staticmethod
+    def empty(odometry_rows: int, observation_rows: int, anchor_rows: int) -> MeasurementInputs:
+        """Host buffers for a window's slab capacities (unused rows: no motion, the sensor origin)."""
+        return MeasurementInputs(
+            odom_raw=np.tile(se3.IDENTITY, (odometry_rows, 1)),
+            odom_dt=np.zeros(odometry_rows),
+            odom_velocity=np.zeros((odometry_rows, 2, 6)),
+            obs_p_sensor=np.zeros((observation_rows, 3)),
+            anchor_p_sensor=np.zeros((anchor_rows, 3)),
+        )
+
+    def rows(self, odometry: np.ndarray, observations: np.ndarray, anchors: np.ndarray) -> MeasurementInputs:
+        """The inputs of these rows (index arrays per slab) only."""
+        return MeasurementInputs(
+            odom_raw=self.odom_raw[odometry],
+            odom_dt=self.odom_dt[odometry],
+            odom_velocity=self.odom_velocity[odometry],
+            obs_p_sensor=self.obs_p_sensor[observations],
+            anchor_p_sensor=self.anchor_p_sensor[anchors],
+        )
+
+
+def remeasure(
+    theta: Theta, T_base_sensor_nominal: jax.Array, inputs: MeasurementInputs, anchor_voxels: jax.Array, *, observations: bool = True
+) -> dict[str, jax.Array]:
+    """Every measurement theta calibrates, per slab name: odometry (W, 7),
+    observations (R, 3) and anchors (A, 6), from ``inputs`` and the anchors'
+    frozen voxels ``anchor_voxels`` (A, 3). NumPy or JAX, as ``correct_odometry``.
+
+    ``observations=False``: the odometry only; the observations depend on
+    theta through the extrinsic alone, and rebuilding them where it is not
+    learned only costs time.
+    """
+    out = {ODOM_SE3: correct_odometry(theta, inputs.odom_raw, inputs.odom_dt, inputs.odom_velocity)}
+    if observations:
+        out[VOXEL_POINT_OBS] = observations_in_base(theta, T_base_sensor_nominal, inputs.obs_p_sensor)
+        out[VOXEL_ANCHOR_OBS] = anchor_measurement(anchor_voxels, observations_in_base(theta, T_base_sensor_nominal, inputs.anchor_p_sensor))
+    return out
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,12 @@ import jaxlie
 import numpy as np
 import optax
 
-from dsg_ros.learn.calibration import CalibrationBounds, Theta, correct_odometry, observations_in_base
+from dsg_ros.learn.calibration import CalibrationBounds, MeasurementInputs, Theta, observations_in_base, remeasure
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.solve.reduced import solve_poses
 from dsg_ros.world import Graph, State
 from dsg_ros.world.graph import batched_matmul
+from dsg_ros.world.layout import ANCHOR_VOXEL, ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS
 
 log = logging.getLogger("dsg_ros.calibration")
 
@@ -148,28 +149,21 @@ class Snapshot:
     """One window, frozen for learning (all arrays; stackable for vmap).
 
     graph: the window graph with the newest keyframe's observation rows off.
-    odom_raw (W, 7), odom_dt (W,), odom_velocity (W, 2, 6): raw increments
-    per odometry row, and the raw odometry's body velocity at both ends.
-    obs_p_sensor (R, 3) / anchor_p_sensor (A, 3): centroids per observation
-    and per anchor row.
+    inputs: what the window's measurements were computed from (its rows).
     odom_L / obs_L / anchor_L: the rows' sqrt-information at theta = 0 scale.
     prev_slot, new_slot (): pose slots of the last two keyframes.
     held_obs_rows (K,) / held_anchor_rows (KA,): observation / anchor rows of
     the newest keyframe usable for the self-supervised score (K, KA: one
     keyframe's capacities), valid where ``held_obs`` / ``held_anchor``; their
-    centroids are ``obs_p_sensor`` / ``anchor_p_sensor`` at those rows, the
-    frozen voxels' positions the anchor slab's measurements.
+    centroids are ``inputs.obs_p_sensor`` / ``inputs.anchor_p_sensor`` at
+    those rows, the frozen voxels' positions in the anchor slab's measurements.
     held_obs_voxel (K,): voxel slot of each held-out observation row.
     reference (7,), has_reference (): reference T_prev_new, if any.
     """
 
     graph: Graph
     x0: State
-    odom_raw: jax.Array
-    odom_dt: jax.Array
-    odom_velocity: jax.Array
-    obs_p_sensor: jax.Array
-    anchor_p_sensor: jax.Array
+    inputs: MeasurementInputs
     odom_L: jax.Array
     obs_L: jax.Array
     anchor_L: jax.Array
@@ -185,28 +179,25 @@ class Snapshot:
 
 
 def inject(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> Graph:
-    """The snapshot's graph with measurements and noise rebuilt from theta.
+    """The snapshot's graph with measurements (``remeasure``, as the window
+    builds them) and noise rebuilt from theta.
 
     Only what ``config`` learns is rebuilt: the window built every other
     row from the same theta, and rebuilding the ~20k observation rows (and
     differentiating through them) was a fifth of a calibration step.
     """
     g = snap.graph
-    odom = g.slab("odom_se3")
-    rows = jnp.arange(odom.capacity)
-    corrected = correct_odometry(theta, snap.odom_raw, snap.odom_dt, snap.odom_velocity)
-    corrected = jnp.where(odom.active[:, None], corrected, odom.measurement)
-    g = g.with_measurements("odom_se3", rows, corrected)
-    obs, anchor = g.slab("voxel_point_obs"), g.slab("voxel_anchor_obs")
-    obs_rows, anchor_rows = jnp.arange(obs.capacity), jnp.arange(anchor.capacity)
+    odom, anchor = g.slab(ODOM_SE3), g.slab(VOXEL_ANCHOR_OBS)
+    measured = remeasure(theta, T_base_sensor, snap.inputs, anchor.measurement[:, ANCHOR_VOXEL], observations=config.learn_extrinsic)
+    rows = {name: jnp.arange(g.slab(name).capacity) for name in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS)}
+    g = g.with_measurements(ODOM_SE3, rows[ODOM_SE3], jnp.where(odom.active[:, None], measured[ODOM_SE3], odom.measurement))
     if config.learn_noise:
-        g = g.with_sqrt_info("odom_se3", rows, snap.odom_L * jnp.exp(-theta["log_sigma_odom"]))
-        g = g.with_sqrt_info("voxel_point_obs", obs_rows, snap.obs_L * jnp.exp(-theta["log_sigma_obs"]))
-        g = g.with_sqrt_info("voxel_anchor_obs", anchor_rows, snap.anchor_L * jnp.exp(-theta["log_sigma_obs"]))
+        g = g.with_sqrt_info(ODOM_SE3, rows[ODOM_SE3], snap.odom_L * jnp.exp(-theta["log_sigma_odom"]))
+        g = g.with_sqrt_info(VOXEL_POINT_OBS, rows[VOXEL_POINT_OBS], snap.obs_L * jnp.exp(-theta["log_sigma_obs"]))
+        g = g.with_sqrt_info(VOXEL_ANCHOR_OBS, rows[VOXEL_ANCHOR_OBS], snap.anchor_L * jnp.exp(-theta["log_sigma_obs"]))
     if config.learn_extrinsic:
-        g = g.with_measurements("voxel_point_obs", obs_rows, observations_in_base(theta, T_base_sensor, snap.obs_p_sensor))
-        p_base = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor)
-        g = g.with_measurements("voxel_anchor_obs", anchor_rows, jnp.concatenate([anchor.measurement[:, :3], p_base], axis=1))
+        for name in (VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS):
+            g = g.with_measurements(name, rows[name], measured[name])
     return g
 
 
@@ -256,7 +247,7 @@ def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, c
     theta = _learned_only(theta, config)
     graph = inject(theta, snap, T_base_sensor, config)
     if odometry_only(config):
-        x = solve_poses(graph, snap.x0, ("odom_se3",), config.solver.max_iterations)
+        x = solve_poses(graph, snap.x0, (ODOM_SE3,), config.solver.max_iterations)
     else:
         x, _ = solve(graph, snap.x0, config.solver)
     T_prev = jaxlie.SE3(x.poses[snap.prev_slot])
@@ -267,10 +258,10 @@ def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, c
     # Self-supervised: held-out observations of the newest scan against the map.
     T_new_inv = T_new.inverse()
     obs_rows, anchor_rows = snap.held_obs_rows, snap.held_anchor_rows
-    p_obs = observations_in_base(theta, T_base_sensor, snap.obs_p_sensor[obs_rows])
+    p_obs = observations_in_base(theta, T_base_sensor, snap.inputs.obs_p_sensor[obs_rows])
     r_obs = (T_new_inv @ x.points[snap.held_obs_voxel]) - p_obs
-    p_anchor = observations_in_base(theta, T_base_sensor, snap.anchor_p_sensor[anchor_rows])
-    r_anchor = (T_new_inv @ snap.graph.slab("voxel_anchor_obs").measurement[anchor_rows, :3]) - p_anchor
+    p_anchor = observations_in_base(theta, T_base_sensor, snap.inputs.anchor_p_sensor[anchor_rows])
+    r_anchor = (T_new_inv @ snap.graph.slab(VOXEL_ANCHOR_OBS).measurement[anchor_rows, ANCHOR_VOXEL]) - p_anchor
     white_obs = batched_matmul(snap.obs_L[obs_rows], r_obs[:, :, None])[:, :, 0]
     white_anchor = batched_matmul(snap.anchor_L[anchor_rows], r_anchor[:, :, None])[:, :, 0]
     rows = jnp.concatenate([jnp.where(snap.held_obs[:, None], white_obs, 0.0), jnp.where(snap.held_anchor[:, None], white_anchor, 0.0)])
@@ -418,7 +409,7 @@ def learned_coordinates(config: CalibrationConfig) -> tuple[tuple[str, int], ...
 
 def _per_snapshot(fn, stacked: Snapshot):
     """``fn`` of each snapshot of a stacked batch, its outputs stacked."""
-    if stacked.odom_dt.shape[0] == 1:
+    if stacked.new_slot.shape[0] == 1:
         # vmap over a batch of one turns every gather and scatter of the
         # solve into a batched one: a step took 35 ms instead of 20 on CPU.
         return jax.tree.map(lambda a: a[None], fn(jax.tree.map(lambda a: a[0], stacked)))

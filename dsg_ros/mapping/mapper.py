@@ -14,7 +14,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax_dataclasses as jdc
@@ -28,8 +28,9 @@ from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.registration import RegistrationConfig, map_tree, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize
 from dsg_ros.mapping.window import Keyframe, MarginalizationReport, OdometryRow, Window, WindowConfig
-from dsg_ros.solve import SolverConfig, solve
+from dsg_ros.solve import SolverConfig, SolveSummary, solve
 from dsg_ros.world import Noise, huber
+from dsg_ros.world.layout import ANCHOR_VOXEL, ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS
 
 log = logging.getLogger("dsg_ros.mapping")
 
@@ -107,6 +108,28 @@ class MapperConfig:
 
 
 @dataclass(frozen=True)
+class TickDiagnostics:
+    """The mapper's state after a tick, for ``/diagnostics`` and run summaries."""
+
+    tick_ms: float
+    window_keyframes: int
+    window_capacity: int
+    window_voxels: int
+    window_observations: int
+    map_voxels: int
+    dropped_observations: int  # no free voxel slot: raise window.max_voxels if this grows
+    compilations: int
+    compilations_after_warmup: int
+    last_solve: SolveSummary | None  # the last solve that was kept (not rolled back)
+    calibration_steps: int
+    calibration_accepted: int
+    calibration_rejected: int
+    calibration_clipped: int
+    calibration_loss: float | None
+    stats: dict[str, int]  # a copy of ``Mapper.stats``: inputs and outcomes counted since the start
+
+
+@dataclass(frozen=True)
 class TickResult:
     """What one tick produced. Poses are ``T_map_base`` (k, 7) ``wxyz_xyz``."""
 
@@ -121,11 +144,14 @@ class TickResult:
     odometry_stamp: float | None
     T_map_base: np.ndarray | None  # corrected odometry at ``odometry_stamp``
     T_map_odom: np.ndarray | None  # map → odom correction, for tf
-    solve: dict[str, Any] | None
+    solve: SolveSummary | None  # this tick's solve, if a keyframe was added
     rolled_back: bool
     marginalized: list[MarginalizationReport]
     warnings: list[str]
-    diagnostics: dict[str, Any]
+    # A calibration step is due after this tick (the driver decides whether
+    # and where it runs: ``Mapper.calibrate`` or its three parts).
+    calibration_due: bool
+    diagnostics: TickDiagnostics
 
 
 # Odometry motion below which a cloud is placed where the last one was.
@@ -176,7 +202,7 @@ class Mapper:
         self._last_cloud_stamp: float | None = None  # newest accepted, queued or not
         self._warnings: list[str] = []
         self._dirty = False
-        self._last_report: dict[str, Any] | None = None
+        self._last_report: SolveSummary | None = None
         self._solver = jax.jit(solve, static_argnames="config")
         self.calibrator = OnlineCalibrator(config.calibration, self.theta, self._T_base_sensor_nominal, resumed=theta is not None)
         self._compilations_at_warmup: int | None = None
@@ -199,7 +225,7 @@ class Mapper:
         """
         started = time.perf_counter()
         wm = self.window.model
-        self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].as_dict()
+        self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)[1].summary()
         self.window.warm_up()
         if self.config.calibration.every_keyframes:
             self.calibrator.warm_up(self.theta, self._snapshot())
@@ -300,10 +326,17 @@ class Mapper:
         self.stats["ticks"] += 1
         tick_ms = 1000.0 * (time.perf_counter() - started)
         with self._state:
-            cloud_poses = self._published_poses(localized)
-            result = self._result(added, [c.stamp for c in localized], cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms)
-        result.diagnostics["calibration_due"] = due
-        return result
+            return self._result(
+                added=added,
+                cloud_stamps=[c.stamp for c in localized],
+                cloud_poses=self._published_poses(localized),
+                marginalized=marginalized,
+                warnings=warnings,
+                solve_report=solve_report,
+                rolled_back=rolled_back,
+                calibration_due=due,
+                tick_ms=tick_ms,
+            )
 
     def marginalize(self) -> MarginalizationReport | None:
         """Make room for the next keyframe now: marginalize the oldest one if the window is full.
@@ -347,7 +380,7 @@ class Mapper:
     def calibrate(self) -> float:
         """Snapshot the window, take one outer step, apply the new theta; returns milliseconds.
 
-        ``tick()`` says when this is due (``diagnostics["calibration_due"]``)
+        ``tick()`` says when this is due (``TickResult.calibration_due``)
         but never runs it, so a driver can keep ticks short: ``run-sim``
         calls this right after the tick; the node splits it in three
         (``calibration_snapshot`` in the ticking thread, ``learn`` in a
@@ -380,33 +413,21 @@ class Mapper:
         return theta
 
     def set_theta(self, theta: cal.Theta) -> None:
-        """Use a new calibration: rebuild the window's odometry and observation measurements."""
+        """Use a new calibration: rebuild the window's measurements from it."""
         with self._state:
             self.theta = cal.as_host(theta)
-            wm, window = self.window.model, self.window
-            odom = wm.slab_rows("odom_se3")
-            rows = np.flatnonzero(odom.active)
-            if rows.size:
-                wm.set_measurements("odom_se3", rows, self._correct(window.odom_raw[rows], window.odom_dt[rows], window.odom_velocity[rows]))
-            T_base_sensor = cal.base_sensor(self.theta, self._T_base_sensor_nominal)
-            for name in ("voxel_point_obs", "voxel_anchor_obs"):
-                rows = np.flatnonzero(wm.slab_rows(name).active)
-                if rows.size:
-                    p_base = se3.apply(T_base_sensor, window.obs_p_sensor[name][rows])
-                    if name == "voxel_anchor_obs":
-                        p_base = np.concatenate([wm.measurements(name)[rows, :3], p_base], axis=1)
-                    wm.set_measurements(name, rows, p_base)
+            self.window.remeasure(self.theta, self._T_base_sensor_nominal)
             self._dirty = True
 
     def _snapshot(self) -> Snapshot:
         """The window as a learning example, the newest keyframe's observations held out."""
         wm, window = self.window.model, self.window
         graph = wm.graph(on_device=False)
-        W, R = self.config.window.keyframes, wm.capacity.factors["voxel_point_obs"]
+        W = self.config.window.keyframes
         newest = window.keyframes[-1] if window.keyframes else None
         prev = window.keyframes[-2] if len(window.keyframes) >= 2 else newest
         new_var = newest.var if newest else -2
-        obs, anchor = wm.slab_rows("voxel_point_obs"), wm.slab_rows("voxel_anchor_obs")
+        obs, anchor = wm.slab_rows(VOXEL_POINT_OBS), wm.slab_rows(VOXEL_ANCHOR_OBS)
         held_obs = obs.active & (obs.var_ids[:, 0] == new_var)
         held_anchor = anchor.active & (anchor.var_ids[:, 0] == new_var)
         # Only voxels some other keyframe observes say anything about the newest pose.
@@ -421,7 +442,7 @@ class Mapper:
         voxel_slots = np.zeros(K, np.int32)
         voxel_slots[: len(obs_rows)] = [wm.slot(int(v)) for v in obs.var_ids[obs_rows, 1]]
         slabs = tuple(
-            jdc.replace(sl, active=sl.active & ~{"voxel_point_obs": held_obs, "voxel_anchor_obs": held_anchor}.get(sl.ftype.name, False))
+            jdc.replace(sl, active=sl.active & ~{VOXEL_POINT_OBS: held_obs, VOXEL_ANCHOR_OBS: held_anchor}.get(sl.ftype.name, False))
             for sl in graph.slabs
         )
         c = self.config
@@ -440,14 +461,10 @@ class Mapper:
         return Snapshot(
             graph=jdc.replace(graph, slabs=slabs),
             x0=wm.pack_state(on_device=False),
-            odom_raw=np.array(window.odom_raw),
-            odom_dt=np.array(window.odom_dt),
-            odom_velocity=np.array(window.odom_velocity),
-            obs_p_sensor=np.array(window.obs_p_sensor["voxel_point_obs"]),
-            anchor_p_sensor=np.array(window.obs_p_sensor["voxel_anchor_obs"]),
+            inputs=jax.tree.map(np.array, window.inputs),
             odom_L=np.broadcast_to(np.diag(1.0 / np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
-            obs_L=graph.slab("voxel_point_obs").sqrt_info * obs_scale,
-            anchor_L=graph.slab("voxel_anchor_obs").sqrt_info * obs_scale,
+            obs_L=graph.slab(VOXEL_POINT_OBS).sqrt_info * obs_scale,
+            anchor_L=graph.slab(VOXEL_ANCHOR_OBS).sqrt_info * obs_scale,
             prev_slot=np.asarray(wm.slot(prev.var) if prev else 0, np.int32),
             new_slot=np.asarray(wm.slot(newest.var) if newest else 0, np.int32),
             held_obs_rows=held_obs_rows,
@@ -533,7 +550,16 @@ class Mapper:
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
         noise = self._odom_noise(None if odom is None else odom.measurement)
         keyframe, report = window.add_keyframe(
-            stamp, T_odom_base, odom_velocity, T_map_base, odom, noise, cells, p_base, self._obs_sqrt_info(cells, T_base_sensor, axis_base), huber(self.config.obs_huber)
+            stamp=stamp,
+            T_odom_base=T_odom_base,
+            odom_velocity=odom_velocity,
+            T_map_base=T_map_base,
+            odom=odom,
+            odom_noise=noise,
+            cells=cells,
+            p_base=p_base,
+            obs_noise=self._obs_sqrt_info(cells, T_base_sensor, axis_base),
+            robust=huber(self.config.obs_huber),
         )
         self._track = _Track(stamp, T_map_base, T_odom_base, odom_velocity, keyframe)
         self._map_tree = None  # the map changed: the next registration rebuilds its target
@@ -620,31 +646,44 @@ class Mapper:
             L[has_normal] += (b - a) * np.outer(axis_base, axis_base)
         return L
 
-    def _solve(self) -> tuple[dict[str, Any], bool]:
+    def _solve(self) -> tuple[SolveSummary, bool]:
+        """Solve the window; (its report, whether it was rolled back)."""
         wm = self.window.model
         x, report = self._solver(wm.graph(), wm.pack_state(), config=self.config.solver)
-        rep = report.as_dict()
+        rep = report.summary()
         finite = bool(np.all(np.isfinite(np.asarray(x.poses)))) and bool(np.all(np.isfinite(np.asarray(x.points))))
-        diverged = rep["status"] == "non_finite" or not finite or not np.isfinite(rep["final_cost"]) or rep["final_cost"] > rep["initial_cost"] * (1 + 1e-9) + 1e-12
+        diverged = rep.status == "non_finite" or not finite or not np.isfinite(rep.final_cost) or rep.final_cost > rep.initial_cost * (1 + 1e-9) + 1e-12
         if diverged:
             # Not retried: the same solve would diverge again. The next
             # keyframe or calibration update solves the window afresh.
             self._dirty = False
             self.stats["rollbacks"] += 1
-            self._warn(f"solve {rep['status']} (cost {rep['initial_cost']:.4g} -> {rep['final_cost']:.4g}); rolled back to the last good state")
+            self._warn(f"solve {rep.status} (cost {rep.initial_cost:.4g} -> {rep.final_cost:.4g}); rolled back to the last good state")
             return rep, True
         wm.set_state(x)  # free voxels reach the persistent map on export (voxels()), not every solve
         # Continue next tick only while the solve still makes progress: at its
         # floating-point floor (float32 above all) the relative test may never
         # pass, and re-solving every tick would buy nothing.
-        progress = rep["initial_cost"] - rep["final_cost"]
-        self._dirty = not rep["converged"] and progress > 1e-4 * max(rep["initial_cost"], 1e-12)
+        progress = rep.initial_cost - rep.final_cost
+        self._dirty = not rep.converged and progress > 1e-4 * max(rep.initial_cost, 1e-12)
         self._last_report = rep
         return rep, False
 
     # ----------------------------------------------------------------- outputs
 
-    def _result(self, added, cloud_stamps, cloud_poses, marginalized, warnings, solve_report, rolled_back, tick_ms) -> TickResult:
+    def _result(
+        self,
+        *,
+        added: int,
+        cloud_stamps: list[float],
+        cloud_poses: np.ndarray,
+        marginalized: list[MarginalizationReport],
+        warnings: list[str],
+        solve_report: SolveSummary | None,
+        rolled_back: bool,
+        calibration_due: bool,
+        tick_ms: float,
+    ) -> TickResult:
         window = self.window
         stamps = np.array([kf.stamp for kf in window.keyframes])
         poses = window.poses()
@@ -659,24 +698,24 @@ class Mapper:
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()
-        diagnostics = {
-            "tick_ms": tick_ms,
-            "window_keyframes": len(window.keyframes),
-            "window_capacity": self.config.window.keyframes,
-            "window_voxels": counts["points"],
-            "window_observations": counts["voxel_point_obs"],
-            "map_voxels": len(window.voxel_map),
-            "dropped_observations": window.dropped_observations,  # no free voxel slot: raise window.max_voxels if this grows
-            "compilations": compilations,
-            "compilations_after_warmup": compilations - self._compilations_at_warmup,
-            "last_solve": self._last_report,
-            "calibration_steps": self.calibrator.steps,
-            "calibration_accepted": self.calibrator.accepted,
-            "calibration_rejected": self.calibrator.rejected,
-            "calibration_clipped": self.calibrator.clipped,
-            "calibration_loss": self.calibrator.last_loss,
-            **self.stats,
-        }
+        diagnostics = TickDiagnostics(
+            tick_ms=tick_ms,
+            window_keyframes=len(window.keyframes),
+            window_capacity=self.config.window.keyframes,
+            window_voxels=counts["points"],
+            window_observations=counts[VOXEL_POINT_OBS],
+            map_voxels=len(window.voxel_map),
+            dropped_observations=window.dropped_observations,
+            compilations=compilations,
+            compilations_after_warmup=compilations - self._compilations_at_warmup,
+            last_solve=self._last_report,
+            calibration_steps=self.calibrator.steps,
+            calibration_accepted=self.calibrator.accepted,
+            calibration_rejected=self.calibrator.rejected,
+            calibration_clipped=self.calibrator.clipped,
+            calibration_loss=self.calibrator.last_loss,
+            stats=dict(self.stats),
+        )
         return TickResult(
             stamp=float(stamps[-1]) if stamps.size else None,
             keyframes_added=added,
@@ -691,6 +730,7 @@ class Mapper:
             rolled_back=rolled_back,
             marginalized=marginalized,
             warnings=warnings,
+            calibration_due=calibration_due,
             diagnostics=diagnostics,
         )
 
@@ -702,11 +742,11 @@ class Mapper:
         with self._state:
             wm = self.window.model
             poses, points = wm.values("pose"), wm.values("point")
-            odom, obs, anchor = (wm.slab_rows(n) for n in ("odom_se3", "voxel_point_obs", "voxel_anchor_obs"))
+            odom, obs, anchor = (wm.slab_rows(n) for n in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS))
             odom_edges = poses[odom.slots[odom.active]][:, :, 4:]
             ends = [
                 np.stack([poses[obs.slots[obs.active, 0], 4:], points[obs.slots[obs.active, 1]]], axis=1),
-                np.stack([poses[anchor.slots[anchor.active, 0], 4:], wm.measurements("voxel_anchor_obs")[anchor.active, :3]], axis=1),
+                np.stack([poses[anchor.slots[anchor.active, 0], 4:], wm.measurements(VOXEL_ANCHOR_OBS)[anchor.active, ANCHOR_VOXEL]], axis=1),
             ]
             obs_edges = np.concatenate(ends)
             if max_observations is not None and obs_edges.shape[0] > max_observations:

@@ -76,9 +76,9 @@ def drive(
                 record.rejected[kind] += 1
             step = session.step()
             result = step.result
-            record.tick_ms.append(result.diagnostics["tick_ms"])
+            record.tick_ms.append(result.diagnostics.tick_ms)
             if result.keyframes_added:
-                record.keyframe_tick_ms.append(result.diagnostics["tick_ms"])
+                record.keyframe_tick_ms.append(result.diagnostics.tick_ms)
             record.warnings += len(result.warnings)
             record.keyframe_poses.update(zip(result.window_stamps.tolist(), result.window_poses))
             if step.calibration_ms is not None:

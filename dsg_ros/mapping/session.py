@@ -130,7 +130,7 @@ class MappingSession:
         flight, and the period since the last one elapsed. In stretches of
         back-to-back keyframes, learning beside every tick and marginalization
         doubled their time on 2 cores: a step due sooner is skipped."""
-        if not (self.config.calibrate and result.diagnostics["calibration_due"]) or self.calibrating:
+        if not (self.config.calibrate and result.calibration_due) or self.calibrating:
             return False
         now = time.monotonic()
         if now < self._next_calibration:

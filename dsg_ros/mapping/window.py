@@ -29,12 +29,22 @@ import jax_dataclasses as jdc
 import numpy as np
 
 from dsg_ros import se3
+from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping.voxel_map import VoxelMap, lookup
 from dsg_ros.mapping.voxels import CellObservations
 from dsg_ros.solve import schur
 from dsg_ros.solve.normal import linearize
-from dsg_ros.world import Capacity, FactorRegistry, Graph, Noise, State, WorldModel
+from dsg_ros.world import Capacity, FactorRegistry, Graph, Noise, Robust, State, WorldModel
 from dsg_ros.world.factors import linear_prior_type
+from dsg_ros.world.layout import (
+    ANCHOR_VOXEL,
+    ODOM_SE3,
+    PRIOR_SE3,
+    VOXEL_ANCHOR_OBS,
+    VOXEL_POINT_OBS,
+    anchor_measurement,
+    linear_prior_measurement,
+)
 
 ANCHOR_SIGMA = 1e-3  # the first keyframe fixes the map frame
 
@@ -75,8 +85,9 @@ class Keyframe:
 
 class OdometryRow(NamedTuple):
     """An odometry factor's inputs: the raw increment (7,) from the previous
-    keyframe, its duration (s), the raw body velocity at both ends (2, 6),
-    and the calibrated measurement (7,) built from them."""
+    keyframe, its duration (s), the raw body velocity at both ends (2, 6)
+    (a row of ``cal.MeasurementInputs``), and the calibrated measurement (7,)
+    built from them."""
 
     raw: np.ndarray
     dt: float
@@ -139,10 +150,10 @@ class Window:
                 poses=W,
                 points=config.max_voxels,
                 factors={
-                    "prior_se3": 1,
-                    "odom_se3": W,
-                    "voxel_point_obs": W * config.max_observations_per_keyframe,
-                    "voxel_anchor_obs": W * config.max_anchors_per_keyframe,
+                    PRIOR_SE3: 1,
+                    ODOM_SE3: W,
+                    VOXEL_POINT_OBS: W * config.max_observations_per_keyframe,
+                    VOXEL_ANCHOR_OBS: W * config.max_anchors_per_keyframe,
                     self.prior_type.name: 1,
                 },
             ),
@@ -155,15 +166,9 @@ class Window:
         self._key_of_voxel: dict[int, int] = {}
         self._sequence = 0
         self.dropped_observations = 0  # new cells refused because every voxel slot was taken
-        # Raw inputs per slab row, so measurements can be rebuilt when the
-        # calibration changes: odometry increment, its duration and the
-        # velocities at its ends; the observation centroid in the sensor frame.
-        n_obs = W * config.max_observations_per_keyframe
-        self.odom_raw = np.tile(se3.IDENTITY, (W, 1))
-        self.odom_dt = np.zeros(W)
-        self.odom_velocity = np.zeros((W, 2, 6))
-        n_anchor = W * config.max_anchors_per_keyframe
-        self.obs_p_sensor = {"voxel_point_obs": np.zeros((n_obs, 3)), "voxel_anchor_obs": np.zeros((n_anchor, 3))}
+        # What each slab row was measured from, so that ``remeasure`` can
+        # rebuild the measurements when the calibration changes.
+        self.inputs = cal.MeasurementInputs.empty(W, W * config.max_observations_per_keyframe, W * config.max_anchors_per_keyframe)
 
     # ------------------------------------------------------------------ queries
 
@@ -190,6 +195,7 @@ class Window:
 
     def add_keyframe(
         self,
+        *,
         stamp: float,
         T_odom_base: np.ndarray,
         odom_velocity: np.ndarray,
@@ -199,7 +205,7 @@ class Window:
         cells: CellObservations,
         p_base: np.ndarray,
         obs_noise: Noise | np.ndarray,
-        robust=None,
+        robust: Robust | None = None,
     ) -> tuple[Keyframe, MarginalizationReport | None]:
         """Add a keyframe at ``T_map_base`` (its initial estimate).
 
@@ -215,11 +221,12 @@ class Window:
         wm = self.model
         var = wm.add_pose(T_map_base)
         if not self.keyframes:
-            wm.add_factor("prior_se3", [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
+            wm.add_factor(PRIOR_SE3, [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
         elif odom is not None:
-            fid = wm.add_factor("odom_se3", [self.keyframes[-1].var, var], odom.measurement, odom_noise)
+            fid = wm.add_factor(ODOM_SE3, [self.keyframes[-1].var, var], odom.measurement, odom_noise)
             row = wm.factor_row(fid)[1]
-            self.odom_raw[row], self.odom_dt[row], self.odom_velocity[row] = odom.raw, odom.dt, odom.velocity
+            inputs = self.inputs
+            inputs.odom_raw[row], inputs.odom_dt[row], inputs.odom_velocity[row] = odom.raw, odom.dt, odom.velocity
         L = np.broadcast_to(obs_noise.sqrt_info, (p_base.shape[0], 3, 3)) if isinstance(obs_noise, Noise) else obs_noise
         n_obs = self._add_observations(var, T_map_base, cells, p_base, L, robust)
         keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), np.asarray(odom_velocity, np.float64), n_obs)
@@ -228,7 +235,7 @@ class Window:
         return keyframe, report
 
     def _add_observations(
-        self, pose_var: int, T_map_base: np.ndarray, cells: CellObservations, p_base: np.ndarray, L: np.ndarray, robust
+        self, pose_var: int, T_map_base: np.ndarray, cells: CellObservations, p_base: np.ndarray, L: np.ndarray, robust: Robust | None
     ) -> int:
         cfg = self.config
         keys, p_sensor, counts = cells.keys, cells.p_sensor, cells.counts
@@ -262,15 +269,23 @@ class Window:
             anchored[candidates[np.argsort(-counts[candidates], kind="stable")[: cfg.max_anchors_per_keyframe]]] = True
         if np.any(observed):
             pairs = np.stack([np.full(int(observed.sum()), pose_var), voxel_vars[observed]], axis=1)
-            self._add_rows("voxel_point_obs", wm.add_factors("voxel_point_obs", pairs, p_base[observed], L[observed], robust), p_sensor[observed])
+            ids = wm.add_factors(VOXEL_POINT_OBS, pairs, p_base[observed], L[observed], robust)
+            self.inputs.obs_p_sensor[wm.factor_rows(VOXEL_POINT_OBS, ids)] = p_sensor[observed]
         if np.any(anchored):
-            meas = np.concatenate([self.voxel_map.positions(map_rows[anchored]), p_base[anchored]], axis=1)
-            ids = wm.add_factors("voxel_anchor_obs", np.full((int(anchored.sum()), 1), pose_var), meas, L[anchored], robust)
-            self._add_rows("voxel_anchor_obs", ids, p_sensor[anchored])
+            meas = anchor_measurement(self.voxel_map.positions(map_rows[anchored]), p_base[anchored])
+            ids = wm.add_factors(VOXEL_ANCHOR_OBS, np.full((int(anchored.sum()), 1), pose_var), meas, L[anchored], robust)
+            self.inputs.anchor_p_sensor[wm.factor_rows(VOXEL_ANCHOR_OBS, ids)] = p_sensor[anchored]
         return int(keys.shape[0])
 
-    def _add_rows(self, name: str, factor_ids: np.ndarray, p_sensor: np.ndarray) -> None:
-        self.obs_p_sensor[name][self.model.factor_rows(name, factor_ids)] = p_sensor
+    def remeasure(self, theta: cal.Theta, T_base_sensor_nominal: np.ndarray) -> None:
+        """Rebuild every calibrated measurement of the window from ``theta`` (host arrays)."""
+        wm = self.model
+        rows = {name: np.flatnonzero(wm.slab_rows(name).active) for name in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS)}
+        inputs = self.inputs.rows(rows[ODOM_SE3], rows[VOXEL_POINT_OBS], rows[VOXEL_ANCHOR_OBS])
+        anchor_voxels = wm.measurements(VOXEL_ANCHOR_OBS)[rows[VOXEL_ANCHOR_OBS], ANCHOR_VOXEL]
+        for name, measurements in cal.remeasure(theta, T_base_sensor_nominal, inputs, anchor_voxels).items():
+            if rows[name].size:
+                wm.set_measurements(name, rows[name], measurements)
 
     # ---------------------------------------------------------- marginalization
 
@@ -278,13 +293,13 @@ class Window:
         """Fold the oldest keyframe and the free voxels it saw into the pose prior."""
         wm = self.model
         oldest = self.keyframes[0]
-        obs = wm.slab_rows("voxel_point_obs")
+        obs = wm.slab_rows(VOXEL_POINT_OBS)
         mine = obs.active & (obs.var_ids[:, 0] == oldest.var)
         seen = np.unique(obs.var_ids[mine, 1])
         marg_voxels = seen[wm.active_mask(seen)] if seen.size else seen
         fold_obs = obs.active & (mine | np.isin(obs.var_ids[:, 1], marg_voxels))
-        fold = {"voxel_point_obs": fold_obs}
-        for name in ("odom_se3", "prior_se3", "voxel_anchor_obs", self.prior_type.name):
+        fold = {VOXEL_POINT_OBS: fold_obs}
+        for name in (ODOM_SE3, PRIOR_SE3, VOXEL_ANCHOR_OBS, self.prior_type.name):
             rows = wm.slab_rows(name)
             fold[name] = rows.active & np.any(rows.var_ids == oldest.var, axis=1)
         prior_rows = wm.slab_rows(self.prior_type.name)
@@ -340,7 +355,7 @@ class Window:
         filler = slots[0]
         positions = slots + [filler] * (W - len(slots))  # unused positions have zero columns in L
         var_ids = [owner[s] for s in positions]
-        measurement = np.concatenate([poses[s] for s in positions] + [c])
+        measurement = linear_prior_measurement([poses[s] for s in positions], c)
         # Built directly, not through a validating constructor: the rows and
         # columns of unused positions must be exactly zero.
         self.model.add_factor(self.prior_type.name, var_ids, measurement, Noise(sqrt_info))
@@ -390,10 +405,10 @@ class Window:
         c = self.config
         M = c.max_observations_per_keyframe
         large = dict(self.model.capacity.factors)
-        large["voxel_point_obs"] = min(large["voxel_point_obs"], 4 * M)
-        large["voxel_anchor_obs"] = min(large["voxel_anchor_obs"], c.max_anchors_per_keyframe)
+        large[VOXEL_POINT_OBS] = min(large[VOXEL_POINT_OBS], 4 * M)
+        large[VOXEL_ANCHOR_OBS] = min(large[VOXEL_ANCHOR_OBS], c.max_anchors_per_keyframe)
         large["points"] = min(c.max_voxels, M)
-        small = dict(large, voxel_point_obs=min(large["voxel_point_obs"], M), points=min(large["points"], max(1, M // 3)))
+        small = {**large, VOXEL_POINT_OBS: min(large[VOXEL_POINT_OBS], M), "points": min(large["points"], max(1, M // 3))}
         return [small, large]
 
     def warm_up(self) -> None:
@@ -404,7 +419,7 @@ class Window:
 
     def _release_unreferenced_voxels(self) -> None:
         """Give back the slots of voxels no window observation uses any more."""
-        obs = self.model.slab_rows("voxel_point_obs")
+        obs = self.model.slab_rows(VOXEL_POINT_OBS)
         referenced = set(np.unique(obs.var_ids[obs.active, 1]).tolist())
         unused = np.array([v for v in self._key_of_voxel if v not in referenced], np.int64)
         if not unused.size:

@@ -309,7 +309,7 @@ class MapperNode(Node):
         for k in stale:
             self._arrivals.pop(k, None)
         self._last = result
-        self._tick_ms.append(result.diagnostics["tick_ms"])
+        self._tick_ms.append(result.diagnostics.tick_ms)
 
     def _header_stamp(self):
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
@@ -369,27 +369,28 @@ class MapperNode(Node):
 
     def _publish_diagnostics(self) -> None:
         message, level = self._status
-        d = self._last.diagnostics if self._last is not None else {}
+        d = self._last.diagnostics if self._last is not None else None  # None ("n/a") until the first tick
+        solve = d.last_solve if d is not None else None
         p50, p99 = self._percentiles(self._latency_ms)  # cloud arrival → publication of the tick that used it
         tick50, tick99 = self._percentiles(self._tick_ms)
         age = time.monotonic() - self._calibrated_at if self._calibrated_at is not None else None
         learned = cal.CalibrationSummary.of(self.mapper.theta)
         values = {
             "ready": self._ready.is_set(),
-            "tick_ms": d.get("tick_ms"),
+            "tick_ms": None if d is None else d.tick_ms,
             "tick_ms_p50": tick50,
             "tick_ms_p99": tick99,
             "latency_ms_p50": p50,
             "latency_ms_p99": p99,
-            "window_keyframes": d.get("window_keyframes"),
-            "window_capacity": d.get("window_capacity"),
-            "window_voxels": d.get("window_voxels"),
-            "map_voxels": d.get("map_voxels"),
-            "keyframes": d.get("keyframes"),
-            "compilations_after_warmup": d.get("compilations_after_warmup"),
-            "last_solve_status": (d.get("last_solve") or {}).get("status"),
-            "last_solve_iterations": (d.get("last_solve") or {}).get("iterations"),
-            "rollbacks": d.get("rollbacks"),
+            "window_keyframes": None if d is None else d.window_keyframes,
+            "window_capacity": None if d is None else d.window_capacity,
+            "window_voxels": None if d is None else d.window_voxels,
+            "map_voxels": None if d is None else d.map_voxels,
+            "keyframes": None if d is None else d.stats["keyframes"],
+            "compilations_after_warmup": None if d is None else d.compilations_after_warmup,
+            "last_solve_status": None if solve is None else solve.status,
+            "last_solve_iterations": None if solve is None else solve.iterations,
+            "rollbacks": None if d is None else d.stats["rollbacks"],
             "calibration_steps": self.mapper.calibrator.steps,
             "calibration_accepted": self.mapper.calibrator.accepted,
             "calibration_rejected": self.mapper.calibrator.rejected,
@@ -399,7 +400,7 @@ class MapperNode(Node):
             "calibration_time_offset_s": learned.time_offset_s,
             "dropped_points": self.mapper.stats["dropped_points"],
             "dropped_clouds": self.mapper.stats["dropped_clouds"],
-            "dropped_observations": d.get("dropped_observations"),
+            "dropped_observations": None if d is None else d.dropped_observations,
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
             "registration_failures": self.mapper.stats["registration_failures"],
             **{f"received_{k}": v for k, v in self.counts.items()},

@@ -2,6 +2,6 @@
 
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.diff import solve
-from dsg_ros.solve.report import STATUS_NAMES, SolveReport
+from dsg_ros.solve.report import STATUS_NAMES, SolveReport, SolveSummary
 
-__all__ = ["STATUS_NAMES", "SolveReport", "SolverConfig", "solve"]
+__all__ = ["STATUS_NAMES", "SolveReport", "SolveSummary", "SolverConfig", "solve"]

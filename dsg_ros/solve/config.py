@@ -15,31 +15,40 @@ ImplicitHessian = Literal["gauss_newton", "exact"]
 class SolverConfig:
     """How the inner problem is solved and differentiated.
 
-    Tolerances follow GTSAM's meaning: a step whose relative cost decrease is
-    below ``relative_tolerance`` (or absolute decrease below
-    ``absolute_tolerance``) ends the solve as converged.
+    One flat dataclass, its fields grouped by concern: their names are the
+    ``solver`` parameters of the YAML and ROS configuration, and the whole
+    config is the static key of a compiled solve. Tolerances follow GTSAM's
+    meaning: a step whose relative cost decrease is below
+    ``relative_tolerance`` (or absolute decrease below ``absolute_tolerance``)
+    ends the solve as converged.
     """
 
-    method: Method = "lm"
-    max_iterations: int = 100
-    relative_tolerance: float = 1e-5
-    absolute_tolerance: float = 0.0
-    gradient_tolerance: float = 1e-10
-    step_tolerance: float = 1e-10
-    lambda_initial: float = 1e-7
-    lambda_max: float = 1e12
-    # Linear solver: dense reduced pose system after Schur-eliminating points,
-    # or a host sparse factorization for large pose graphs. "auto" picks dense
-    # up to ``dense_max_poses`` pose slots.
-    linear_solver: LinearSolver = "auto"
-    dense_max_poses: int = 400
+    method: Method = "lm"  # lm (Levenberg-Marquardt), gn (Gauss-Newton) or gd (gradient descent)
+
+    # When an LM or Gauss-Newton solve ends.
+    max_iterations: int = 100  # iterations per solve at most
+    relative_tolerance: float = 1e-5  # converged when the relative cost decrease is below this
+    absolute_tolerance: float = 0.0  # converged when the cost decreases by less than this
+    gradient_tolerance: float = 1e-10  # converged when the largest gradient entry is below this
+    step_tolerance: float = 1e-10  # converged when the step's largest entry is below this
+
+    # LM damping: Marquardt's λ·diag(H), updated by Nielsen's rule.
+    lambda_initial: float = 1e-7  # LM: initial damping
+    lambda_max: float = 1e12  # LM: the solve stops when the damping would exceed this
+
+    # The linear solve: the dense reduced pose system after Schur-eliminating
+    # points, or a host sparse factorization for large pose graphs.
+    linear_solver: LinearSolver = "auto"  # dense (Schur complement, Cholesky), sparse (host supernodal Cholesky) or auto
+    dense_max_poses: int = 400  # linear_solver auto: dense up to this many pose slots, sparse above
+
     # Gradient descent (seed parity): x ← x ⊕ (−lr ∇f), fixed iteration count.
     gd_learning_rate: float = 0.05
-    gd_iterations: int = 80
+    gd_iterations: int = 80  # gradient descent: iterations
+
     # Differentiation of the solution w.r.t. the graph's float leaves.
     diff: DiffMode = "implicit"
-    unroll_iterations: int = 10
-    truncated_iterations: int = 3
+    unroll_iterations: int = 10  # diff unroll: solver steps differentiated through
+    truncated_iterations: int = 3  # diff truncated: Gauss-Newton steps differentiated through, from the solution
     # Implicit mode's Hessian: "exact" runs conjugate gradients on autodiff
     # Hessian-vector products, preconditioned by the solver's JᵀJ
     # factorization; "gauss_newton" uses that factorization alone and a
@@ -47,8 +56,8 @@ class SolverConfig:
     # residuals: cheaper to compile and run; exact only when residuals vanish
     # at the optimum, a few percent off on noisy problems).
     implicit_hessian: ImplicitHessian = "exact"
-    implicit_iterations: int = 20
-    implicit_tolerance: float = 1e-12
+    implicit_iterations: int = 20  # diff implicit, exact Hessian: conjugate-gradient iterations at most
+    implicit_tolerance: float = 1e-12  # diff implicit, exact Hessian: conjugate-gradient tolerance
 
     def __post_init__(self) -> None:
         _choice("method", self.method, ("lm", "gn", "gd"))

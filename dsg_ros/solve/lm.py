@@ -4,8 +4,9 @@ One step function serves three drivers: ``lax.while_loop`` with tolerances
 (the forward solve), ``lax.scan`` over a fixed count (unrolled, reverse-mode
 differentiable), and a few always-accepted Gauss–Newton steps from a solved
 state (truncated differentiation). The forward solve of implicit
-differentiation (``run_keeping_system``) orders the same pieces differently
-so that it ends holding the linearization at its solution.
+differentiation (``run_keeping_system``) evaluates a candidate by
+linearizing it instead, so that it ends holding the linearization at its
+solution; it judges the candidate with the same rule (``_judge``).
 
 Damping is Marquardt's ``λ·diag(H)`` (clamped), updated by Nielsen's rule;
 the predicted decrease has the closed form ``½(λ δᵀDδ − gᵀδ)``.
@@ -127,40 +128,45 @@ def _lam(c: Carry, gauss_newton: bool) -> jax.Array:
     return jnp.zeros_like(c.lam) if gauss_newton else jax.lax.stop_gradient(c.lam)
 
 
-def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool) -> Carry:
-    """Linearize at the current state, try one damped (or plain Gauss–Newton) step.
+def _incumbent_status(config: SolverConfig, cost_now: jax.Array, grad_max: jax.Array) -> jax.Array:
+    """Whether the solve ends at the incumbent, before any step from it: its
+    cost is not finite, or its gradient is small enough."""
+    return jnp.select(
+        [~jnp.isfinite(cost_now), grad_max <= config.gradient_tolerance], [rp.NON_FINITE, rp.CONVERGED_GRADIENT], rp.RUNNING
+    ).astype(jnp.int32)
 
-    The candidate is judged by its cost alone. The linearization is
-    recomputed after a rejected step rather than carried: rejections are
-    rare, and one linearization in the loop body halves what XLA has to
-    compile.
+
+def _judge(
+    config: SolverConfig, gauss_newton: bool, c: Carry, current: jax.Array, grad_max: jax.Array, prop: Proposal, new_cost: jax.Array
+) -> tuple[Carry, jax.Array]:
+    """Accept or reject a step from the incumbent ``c.state``, whose cost is
+    ``current`` and largest gradient entry ``grad_max``, to ``prop.candidate``
+    with cost ``new_cost``: the next carry and whether the step was accepted.
+
+    The one acceptance, damping and termination rule of every LM driver. No
+    step is taken where the incumbent already ends the solve
+    (``_incumbent_status``); otherwise the candidate is judged by its cost alone.
     """
-    system, current = linearize(graph, c.state, dense)  # the cost at c.state
-    start_finite = jnp.isfinite(current)
-    grad_max = system.grad.max_abs()
-    prop = propose(graph, dense, c.state, system, _lam(c, gauss_newton))
-    new_cost = cost(graph, prop.candidate)
+    start = _incumbent_status(config, current, grad_max)
+    grad_done = grad_max <= config.gradient_tolerance
     finite = jnp.isfinite(new_cost) & jnp.isfinite(prop.delta.max_abs())
     actual = current - new_cost
-    grad_done = grad_max <= config.gradient_tolerance
-    accept = start_finite & ~grad_done & (finite if gauss_newton else finite & (actual > 0.0))
+    accept = (start == rp.RUNNING) & (finite if gauss_newton else finite & (actual > 0.0))
     lam_next, nu_next = _damping(c, accept, actual, prop.predicted)
     conv_cost, conv_step = _converged(config, accept, actual, current, prop.delta)
     iteration = c.iteration + jnp.where(grad_done, 0, 1).astype(jnp.int32)
-    status = jnp.select(
+    judged = jnp.select(
         [
-            ~start_finite,
-            grad_done,
             conv_cost,
             conv_step,
             gauss_newton & ~finite,
             ~accept & (lam_next > config.lambda_max),
             iteration >= config.max_iterations,
         ],
-        [rp.NON_FINITE, rp.CONVERGED_GRADIENT, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
+        [rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
         rp.RUNNING,
     ).astype(jnp.int32)
-    return Carry(
+    carry = Carry(
         state=select(accept, prop.candidate, c.state),
         cost=jnp.where(accept, new_cost, current),
         initial_cost=jnp.where(c.iteration == 0, current, c.initial_cost),
@@ -168,8 +174,34 @@ def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton
         lam=lam_next,
         nu=nu_next,
         iteration=iteration,
-        rejected=c.rejected + (start_finite & ~accept & ~grad_done).astype(jnp.int32),
-        status=status,
+        rejected=c.rejected + (jnp.isfinite(current) & ~accept & ~grad_done).astype(jnp.int32),
+        status=jnp.where(start == rp.RUNNING, judged, start).astype(jnp.int32),
+    )
+    return carry, accept
+
+
+def step(graph: Graph, config: SolverConfig, dense: bool, c: Carry, gauss_newton: bool) -> Carry:
+    """Linearize at the current state, try one damped (or plain Gauss–Newton) step.
+
+    The linearization is recomputed after a rejected step rather than
+    carried: rejections are rare, and one linearization in the loop body
+    halves what XLA has to compile.
+    """
+    system, current = linearize(graph, c.state, dense)  # the cost at c.state
+    prop = propose(graph, dense, c.state, system, _lam(c, gauss_newton))
+    return _judge(config, gauss_newton, c, current, system.grad.max_abs(), prop, cost(graph, prop.candidate))[0]
+
+
+def _settle(config: SolverConfig, c: Carry, state: State, cost_now: jax.Array, grad_max: jax.Array) -> Carry:
+    """``c`` with ``state`` (its cost and largest gradient entry) as the
+    incumbent; a running solve ends there if ``_incumbent_status`` says so."""
+    return jdc.replace(
+        c,
+        state=state,
+        cost=cost_now,
+        initial_cost=jnp.where(jnp.isnan(c.initial_cost), cost_now, c.initial_cost),
+        gradient_max=grad_max,
+        status=jnp.where(c.status == rp.RUNNING, _incumbent_status(config, cost_now, grad_max), c.status).astype(jnp.int32),
     )
 
 
@@ -201,10 +233,11 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
     rejection. So the program holds one linearization, no separate cost
     evaluation and no carried copy of the incumbent's system, where ``run``
     followed by a linearization at the end would compile both twice. The
-    same steps as ``run``'s (the report's ``gradient_max`` is the gradient at
-    the solution, ``run``'s the one before the last step); for a solve of one
-    or two iterations (the mapper's) ``run`` is cheaper, since it only
-    evaluates the cost of its candidate.
+    same steps and status as ``run``'s, judged by ``_judge``; the report's
+    ``gradient_max`` is the gradient at the solution, ``run``'s the one
+    before the last step. For a solve of one or two iterations (the
+    mapper's) ``run`` is cheaper, since it only evaluates the cost of its
+    candidate.
     """
     dense = uses_dense(graph, config)
     gn = config.method == "gn"
@@ -215,45 +248,14 @@ def run_keeping_system(graph: Graph, x0: State, config: SolverConfig) -> tuple[S
     def body(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> tuple[Carry, NormalSystem, Proposal, jax.Array]:
         c, _, prop, judge = loop  # judge: False when prop.candidate is x0 or the incumbent again
         system, point_cost = linearize_jit(graph, prop.candidate, dense)
-        running = c.status == rp.RUNNING
-        finite = jnp.isfinite(point_cost) & jnp.isfinite(prop.delta.max_abs())
-        actual = c.cost - point_cost
-        accept = judge & (finite if gn else finite & (actual > 0.0))
+        # A judged step starts from the settled incumbent: its cost and gradient are in c.
+        judged, accept = _judge(config, gn, c, c.cost, c.gradient_max, prop, point_cost)
+        c = select(judge, judged, c)
         trusted = ~judge | accept  # the point is the incumbent now: system is its linearization
-        lam, nu = _damping(c, accept, actual, prop.predicted)
-        lam, nu = jnp.where(judge, lam, c.lam), jnp.where(judge, nu, c.nu)
-        state = select(trusted, prop.candidate, c.state)
-        conv_cost, conv_step = _converged(config, accept, actual, c.cost, prop.delta)
-        iteration = c.iteration + judge.astype(jnp.int32)
-        grad_max = jnp.where(trusted, system.grad.max_abs(), c.gradient_max)
-        status = jnp.select(
-            [
-                ~running,
-                ~judge & ~jnp.isfinite(point_cost),
-                conv_cost,
-                conv_step,
-                gn & judge & ~finite,
-                trusted & (grad_max <= config.gradient_tolerance),
-                ~accept & judge & (lam > config.lambda_max),
-                iteration >= config.max_iterations,
-            ],
-            [c.status, rp.NON_FINITE, rp.CONVERGED_COST, rp.CONVERGED_STEP, rp.NON_FINITE, rp.CONVERGED_GRADIENT, rp.DAMPING_LIMIT, rp.MAX_ITERATIONS],
-            rp.RUNNING,
-        ).astype(jnp.int32)
-        c = Carry(
-            state=state,
-            cost=jnp.where(trusted, point_cost, c.cost),
-            initial_cost=jnp.where(jnp.isnan(c.cost) & ~judge, point_cost, c.initial_cost),
-            gradient_max=grad_max,
-            lam=lam,
-            nu=nu,
-            iteration=iteration,
-            rejected=c.rejected + (judge & ~accept).astype(jnp.int32),
-            status=status,
-        )
+        c = select(trusted, _settle(config, c, prop.candidate, point_cost, system.grad.max_abs()), c)
         # Next: a step from the incumbent, or after a rejection the incumbent
         # itself (to linearize it again). Unused once the solve has ended.
-        step_prop = propose(graph, dense, state, system, _lam(c, gn))
+        step_prop = propose(graph, dense, c.state, system, _lam(c, gn))
         return c, system.without_slabs(), select(trusted, step_prop, Proposal.none(c.state)), trusted
 
     def again(loop: tuple[Carry, NormalSystem, Proposal, jax.Array]) -> jax.Array:

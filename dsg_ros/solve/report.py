@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import jax
@@ -27,6 +29,19 @@ STATUS_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class SolveSummary:
+    """A finished solve's report as plain Python values (on the host)."""
+
+    iterations: int
+    initial_cost: float
+    final_cost: float
+    converged: bool
+    rejected_steps: int
+    status: str  # a value of STATUS_NAMES
+    gradient_max: float
+
+
 @jdc.pytree_dataclass
 class SolveReport:
     """Per-solve summary. ``iterations`` counts every linear solve tried,
@@ -43,15 +58,19 @@ class SolveReport:
     def converged(self) -> jax.Array:
         return (self.status >= CONVERGED_COST) & (self.status <= CONVERGED_STEP)
 
-    def as_dict(self) -> dict[str, Any]:
+    def summary(self) -> SolveSummary:
         """Plain Python values (blocks until the solve has finished)."""
         status = int(np.asarray(self.status))
-        return {
-            "iterations": int(np.asarray(self.iterations)),
-            "initial_cost": float(np.asarray(self.initial_cost)),
-            "final_cost": float(np.asarray(self.final_cost)),
-            "converged": bool(np.asarray(self.converged)),
-            "rejected_steps": int(np.asarray(self.rejected_steps)),
-            "status": STATUS_NAMES.get(status, str(status)),
-            "gradient_max": float(np.asarray(self.gradient_max)),
-        }
+        return SolveSummary(
+            iterations=int(np.asarray(self.iterations)),
+            initial_cost=float(np.asarray(self.initial_cost)),
+            final_cost=float(np.asarray(self.final_cost)),
+            converged=bool(np.asarray(self.converged)),
+            rejected_steps=int(np.asarray(self.rejected_steps)),
+            status=STATUS_NAMES.get(status, str(status)),
+            gradient_max=float(np.asarray(self.gradient_max)),
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        """``summary()`` as a dict, for JSON."""
+        return dataclasses.asdict(self.summary())

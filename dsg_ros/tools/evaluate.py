@@ -36,7 +36,7 @@ def summarize(
     truth, odom = ground_truth(stamps), odometry(stamps)
     final_third = stamps >= stamps[0] + 2.0 * (stamps[-1] - stamps[0]) / 3.0
     ticks = np.asarray(record.tick_ms)
-    diag = record.last.diagnostics if record.last else {}
+    diag = record.last.diagnostics if record.last else None
     summary: dict[str, Any] = {
         "ticks": len(record.tick_ms),
         "keyframes": int(stamps.size),
@@ -55,8 +55,8 @@ def summarize(
         "refine_ms_p50": float(np.median(record.refine_ms)) if record.refine_ms else None,
         "refine_ms_p99": float(np.percentile(record.refine_ms, 99)) if record.refine_ms else None,
         "calibration_steps": mapper.calibrator.steps,
-        "compilations_after_warmup": diag.get("compilations_after_warmup"),
-        "rollbacks": diag.get("rollbacks"),
+        "compilations_after_warmup": diag.compilations_after_warmup if diag else None,
+        "rollbacks": diag.stats["rollbacks"] if diag else None,
         "warnings": record.warnings,
         "realtime_factor": duration_s / record.wall_s if record.wall_s > 0 else None,
     }

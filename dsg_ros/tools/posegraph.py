@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,9 @@ import numpy as np
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.diff import solve
 from dsg_ros.solve.lm import uses_dense
+from dsg_ros.solve.report import SolveSummary
 from dsg_ros.tools.g2o import G2OGraph, read_g2o, to_world_model
+from dsg_ros.world.layout import ODOM_SE3
 from dsg_ros.world.model import WorldModel
 
 
@@ -22,7 +25,7 @@ class PoseGraphResult:
     g2o: G2OGraph
     model: WorldModel
     var_of: dict[int, int]  # g2o vertex id → WorldModel variable id
-    report: dict[str, Any]
+    report: SolveSummary
     seconds_load: float
     seconds_compile: float
     seconds_solve: float
@@ -36,9 +39,9 @@ class PoseGraphResult:
         counts = self.model.counts()
         return {
             "poses": counts["poses"],
-            "edges": counts.get("odom_se3", 0),
+            "edges": counts.get(ODOM_SE3, 0),
             "linear_solver": self.linear_solver,
-            **self.report,
+            **dataclasses.asdict(self.report),
             "seconds_load": self.seconds_load,
             "seconds_compile": self.seconds_compile,
             "seconds_solve": self.seconds_solve,
@@ -67,7 +70,7 @@ def solve_file(path: str | Path, config: SolverConfig = SolverConfig(), write_ba
         g2o=g2o,
         model=model,
         var_of=var_of,
-        report=report.as_dict(),
+        report=report.summary(),
         seconds_load=loaded - start,
         seconds_compile=compiled_at - loaded,
         seconds_solve=solved - compiled_at,

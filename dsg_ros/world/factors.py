@@ -25,6 +25,16 @@ import jaxlie
 import numpy as np
 
 from dsg_ros import se3
+from dsg_ros.world.layout import (
+    ANCHOR_POINT,
+    ANCHOR_VOXEL,
+    ODOM_SE3,
+    PRIOR_POINT,
+    PRIOR_SE3,
+    VOXEL_ANCHOR_OBS,
+    VOXEL_POINT_OBS,
+    linear_prior_name,
+)
 
 VarKind = Literal["pose", "point"]
 TANGENT_DIM: dict[str, int] = {"pose": 6, "point": 3}
@@ -235,22 +245,22 @@ def _voxel_point_obs_batched_jac(
 
 def _voxel_anchor_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
     R, t = _obs_frames(poses, slots)
-    d = z[:, :3] - t
-    return jnp.sum(R * d[:, :, None], axis=1) - z[:, 3:]
+    d = z[:, ANCHOR_VOXEL] - t
+    return jnp.sum(R * d[:, :, None], axis=1) - z[:, ANCHOR_POINT]
 
 
 def _voxel_anchor_batched_jac(
     poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array
 ) -> tuple[jax.Array, tuple[jax.Array, ...]]:
     R, t = _obs_frames(poses, slots)
-    q_body = jnp.sum(R * (z[:, :3] - t)[:, :, None], axis=1)
+    q_body = jnp.sum(R * (z[:, ANCHOR_VOXEL] - t)[:, :, None], axis=1)
     minus_eye = jnp.broadcast_to(-jnp.eye(3, dtype=q_body.dtype), R.shape)
-    return q_body - z[:, 3:], (jnp.concatenate([minus_eye, _skew(q_body)], axis=2),)
+    return q_body - z[:, ANCHOR_POINT], (jnp.concatenate([minus_eye, _skew(q_body)], axis=2),)
 
 
 def _voxel_anchor(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     (T_world_body,) = values
-    return T_world_body.inverse() @ z[:3] - z[3:]
+    return T_world_body.inverse() @ z[ANCHOR_VOXEL] - z[ANCHOR_POINT]
 
 
 def _prior_point_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
@@ -305,14 +315,14 @@ def _builtin(
 
 
 BUILTIN_TYPES: tuple[FactorType, ...] = (
-    _builtin("prior_se3", ("pose",), 6, (7,), _prior_se3, _prior_se3_batched, _prior_se3_batched_jac, se3_measurement=True),
-    _builtin("odom_se3", ("pose", "pose"), 6, (7,), _odom_se3, _odom_se3_batched, _odom_se3_batched_jac, se3_measurement=True),
-    _builtin("prior_point", ("point",), 3, (3,), _prior_point, _prior_point_batched, _prior_point_batched_jac),
-    _builtin("voxel_point_obs", ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_batched, _voxel_point_obs_batched_jac),
+    _builtin(PRIOR_SE3, ("pose",), 6, (7,), _prior_se3, _prior_se3_batched, _prior_se3_batched_jac, se3_measurement=True),
+    _builtin(ODOM_SE3, ("pose", "pose"), 6, (7,), _odom_se3, _odom_se3_batched, _odom_se3_batched_jac, se3_measurement=True),
+    _builtin(PRIOR_POINT, ("point",), 3, (3,), _prior_point, _prior_point_batched, _prior_point_batched_jac),
+    _builtin(VOXEL_POINT_OBS, ("pose", "point"), 3, (3,), _voxel_point_obs, _voxel_point_obs_batched, _voxel_point_obs_batched_jac),
     # A voxel_point_obs whose voxel is a constant (frozen in the map): its
-    # position travels in the measurement (v_world, p_body) (6,), so it needs
+    # position travels in the measurement (layout.ANCHOR_VOXEL), so it needs
     # no variable slot and adds nothing to the Schur complement.
-    _builtin("voxel_anchor_obs", ("pose",), 3, (6,), _voxel_anchor, _voxel_anchor_batched, _voxel_anchor_batched_jac),
+    _builtin(VOXEL_ANCHOR_OBS, ("pose",), 3, (6,), _voxel_anchor, _voxel_anchor_batched, _voxel_anchor_batched_jac),
 )
 
 
@@ -322,12 +332,12 @@ def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
     One FactorType object per ``var_kinds`` (cached): factor types are static
     parts of a jitted graph, so equal windows share their compiled solves.
 
-    Measurement (n_values + n_tangent,): each variable's linearization point
-    (``wxyz_xyz`` or xyz) then an offset ``c`` in their stacked tangents.
+    Measurement (n_values + n_tangent,), ``layout.linear_prior_measurement``:
+    each variable's linearization point then an offset ``c`` in their stacked tangents.
     Residual ``[x_i ⊖ x̄_i]_i + c`` with ``T ⊖ T̄ = Log(T̄⁻¹T)``, ``v ⊖ v̄ = v − v̄``;
     whitened by ``L`` it gives the cost ``½‖L(δ + c)‖²`` of a prior with
     information ``LᵀL`` and gradient ``LᵀL c`` at the linearization point.
-    Named by its variable kinds: ``linear_prior_pppp`` for four poses, ``v`` for a point.
+    Named by its variable kinds (``layout.linear_prior_name``).
     """
     return _linear_prior_type(tuple(var_kinds))
 
@@ -376,7 +386,7 @@ def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
         jacs = tuple(full[:, tangent_starts[i] : tangent_starts[i + 1]] for i in range(len(kinds)))
         return d + z[n_values:], jacs
 
-    name = "linear_prior_" + "".join("p" if k == "pose" else "v" for k in kinds)
+    name = linear_prior_name(kinds)
     neutral: list[float] = []
     for kind in kinds:
         neutral += [1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0] if kind == "pose" else [0.0, 0.0, 0.0]
@@ -406,6 +416,7 @@ class FactorRegistry:
         residual_dim: int,
         measurement_shape: Sequence[int],
         residual: ResidualFn,
+        *,
         jacobian: JacobianFn | None = None,
         se3_measurement: bool = False,
     ) -> FactorType:
