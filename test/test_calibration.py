@@ -22,7 +22,7 @@ import yaml
 from dsg_ros import se3
 from dsg_ros.config import from_mapping, load_yaml, to_mapping
 from dsg_ros.learn import calibration as cal
-from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, inject, learned_coordinates, snapshot_loss
+from dsg_ros.mapping.calibrator import CalibrationConfig, OnlineCalibrator, inject, learned_coordinates, snapshot_loss
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping import metrics
 from dsg_ros.mapping.replay import RunRecord, drive

@@ -18,7 +18,7 @@ import pytest
 
 from dsg_ros import runtime, se3
 from dsg_ros.learn.calibration import CalibrationSummary
-from dsg_ros.learn.online import CalibrationConfig
+from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.replay import RunRecord, drive

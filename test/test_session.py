@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from dsg_ros.learn import calibration as cal
-from dsg_ros.learn.online import CalibrationConfig
+from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.mapping import Mapper, MapperConfig, MappingSession, SessionConfig, Step, TickResult, WindowConfig
 from dsg_ros.tools.sim import LidarConfig, SimConfig, SimData, simulate
 

@@ -1,1 +1,1 @@
-"""Learning: parameter sets (theta), losses, the outer loop, online calibration."""
+"""Learning: parameter sets (theta) and calibration files, losses, the outer loop."""

@@ -23,7 +23,7 @@ from scipy.spatial import cKDTree
 
 from dsg_ros import runtime, se3
 from dsg_ros.learn import calibration as cal
-from dsg_ros.learn.online import CalibrationConfig, OnlineCalibrator, Snapshot
+from dsg_ros.mapping.calibrator import CalibrationConfig, OnlineCalibrator, Snapshot
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.registration import RegistrationConfig, map_tree, register, thin
 from dsg_ros.mapping.voxels import CellObservations, scan_normals, voxelize

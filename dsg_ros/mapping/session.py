@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from dsg_ros.learn import calibration as cal
-from dsg_ros.learn.online import Snapshot
+from dsg_ros.mapping.calibrator import Snapshot
 from dsg_ros.mapping.mapper import Mapper, TickResult
 
 log = logging.getLogger("dsg_ros.mapping")
