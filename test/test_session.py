@@ -237,6 +237,31 @@ def test_a_failing_background_step_is_reported_and_mapping_goes_on(mapper: Mappe
         session.close()
 
 
+def test_a_reset_waits_for_a_calibration_step_in_flight(mapper: Mapper, sim: SimData, monkeypatch: pytest.MonkeyPatch):
+    """The node resets from its ticking thread while the worker may be
+    learning: the reset must not clear the calibrator under a step that then
+    leaves a candidate (learned before the reset) behind in it."""
+    session = MappingSession(mapper, SessionConfig(calibrate=False))
+    for step in _steps(session, sim):
+        if step.result.keyframes_added and len(mapper.window.keyframes) >= 2:
+            break
+    snapshot = mapper.calibration_snapshot()
+    in_step = threading.Event()
+
+    def slow_step(theta: cal.Theta) -> cal.Theta:
+        in_step.set()
+        time.sleep(0.3)
+        return _theta(7)
+
+    monkeypatch.setattr(mapper.calibrator, "step", slow_step)
+    worker = threading.Thread(target=mapper.learn, args=(snapshot,))
+    worker.start()
+    assert in_step.wait(5.0)
+    mapper.reset()
+    worker.join(5.0)
+    assert not mapper.calibrator.snapshots and mapper.calibrator._candidate is None
+
+
 def test_close_stops_the_worker(mapper: Mapper):
     def workers() -> int:
         return sum(t.name == "dsg_calibration" for t in threading.enumerate())

@@ -198,6 +198,9 @@ class Mapper:
         # solve never blocks a callback.
         self._inputs = threading.RLock()
         self._state = threading.RLock()
+        # The calibrator's buffers and optimizer state change under this one:
+        # a worker thread learns while the ticking thread may reset.
+        self._learning = threading.Lock()
         self._clouds: deque[tuple[float, np.ndarray, bool]] = deque()
         self._last_cloud_stamp: float | None = None  # newest accepted, queued or not
         self._warnings: list[str] = []
@@ -407,7 +410,8 @@ class Mapper:
         Touches only the calibrator, so one worker thread may run it while
         another ticks.
         """
-        theta, note = self.calibrator.learn(snapshot, self.theta)
+        with self._learning:
+            theta, note = self.calibrator.learn(snapshot, self.theta)
         if note is not None:
             self._warn(note)
         return theta
@@ -760,8 +764,9 @@ class Mapper:
             return self.window.voxel_map.export()
 
     def reset(self) -> None:
-        """Forget everything but the configuration and calibration."""
-        with self._state, self._inputs:
+        """Forget everything but the configuration and calibration (waits for
+        a calibration step in flight: its snapshot predates the reset)."""
+        with self._learning, self._state, self._inputs:
             self.window.clear()
             self.odometry.clear()
             self.reference.clear()
