@@ -213,7 +213,7 @@ class Mapper:
         self._track: _Track | None = None
         # Registration target: (centre, map voxels (M, 3), their KD-tree).
         self._map_tree: tuple[np.ndarray, np.ndarray, cKDTree | None] | None = None
-        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0}
+        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0, "registration_screened": 0}
         if outside:
             self._warn(f"calibration {outside} outside the configured bounds; clipped into them")
 
@@ -620,6 +620,7 @@ class Mapper:
         result = register(p_base, target, T_predicted, config, axis_base, tree, motion)
         if not result.accepted:
             self.stats["registration_failures"] += 1
+        self.stats["registration_screened"] += result.screened
         return result.T_map_base
 
     def _odom_noise(self, increment: np.ndarray | None) -> Noise:

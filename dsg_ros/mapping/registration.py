@@ -16,7 +16,7 @@ put them.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from scipy.spatial import cKDTree
@@ -104,6 +104,8 @@ class Registration:
     cost:       the robust objective there (unmatched points at the
                 correspondence bound, plus the prior): what picks one of
                 several starting headings.
+    screened:   the alignment started from the heading screen's pick, not
+                the prediction, and fit better.
     """
 
     T_map_base: np.ndarray
@@ -113,6 +115,7 @@ class Registration:
     iterations: int
     accepted: bool
     cost: float = float("inf")
+    screened: bool = False
 
 
 def map_tree(map_points: np.ndarray) -> cKDTree:
@@ -246,7 +249,8 @@ def register(
     if abs(heading) > config.icp_basin_rad:
         seeds.append(se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), heading * up]))))
     results = [_align(p_base, map_points, T_predicted, seed, config, planar_axis_base, tree, motion) for seed in seeds]
-    return min(results, key=lambda r: (not r.accepted, r.cost))
+    best = min(range(len(results)), key=lambda i: (not results[i].accepted, results[i].cost))
+    return replace(results[best], screened=best > 0)
 
 
 def _screen_headings(p_base: np.ndarray, tree: cKDTree, T_predicted: np.ndarray, up: np.ndarray, half_range: float, config: RegistrationConfig) -> float:

@@ -403,6 +403,7 @@ class MapperNode(Node):
             "dropped_observations": None if d is None else d.dropped_observations,
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
             "registration_failures": self.mapper.stats["registration_failures"],
+            "registration_screened": self.mapper.stats["registration_screened"],
             **{f"received_{k}": v for k, v in self.counts.items()},
             **{f"skipped {k}": v for k, v in sorted(self._skipped.items())},
         }
