@@ -128,6 +128,7 @@ def _row(summary: dict[str, Any], track: str, result: ReplayResult) -> dict[str,
         row["peak_rss_mb"] = summary["rss_mb"]
         row["calibration"] = summary["calibration"] if summary["calibration_steps"] else None
         row["skipped"] = summary["skipped"]
+        row["registration"] = {k: summary["mapper_stats"][k] for k in ("registrations", "registration_failures", "registration_screened")}
     return row
 
 
@@ -271,6 +272,10 @@ def _markdown(r: dict[str, Any]) -> str:
                 ticks = ""
             rss = f"{row['rss_mb']:.0f}" if row.get("rss_mb") else ""
             lines.append(f"| {label} | {_num(row.get('ate_m'), 3)} | {rel['1']} | {rel['10']} | {relations} | {speed} | {ticks} | {rss} |")
+        off = log["runs"]["dsg_ros, calibration off"].get("registration")
+        if off:
+            lines += ["", f"Registration (calibration off): {off['registrations']} scans aligned, {off['registration_screened']} of them "
+                          f"from the heading screen's pick, {off['registration_failures']} failed (prediction kept)."]
         learned = log["runs"]["dsg_ros, calibration on (self-supervised)"]
         if learned.get("calibration"):
             c = learned["calibration"]
