@@ -500,6 +500,36 @@ def test_odometry_buffer_renormalizes_round_off_and_rejects_corrupt_quaternions(
     assert buffer.latest_stamp - buffer.earliest_stamp <= 1.0 + 1e-9
 
 
+def _at(x: float) -> np.ndarray:
+    return se3.exp(np.array([x, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_odometry_a_nanosecond_apart_is_refused_and_extrapolation_keeps_to_the_speed_limit():
+    buffer = OdometryBuffer()
+    assert buffer.add(10.0, _at(0.0)) is None
+    # 5 cm in 1 ns (within the jump check's slack): a duplicate, not 5e7 m/s.
+    assert "not at least" in buffer.add(10.0 + 1e-9, _at(0.05))
+    # The shortest accepted segment with a noisy step: placing a cloud just
+    # past it moves no faster than the limits, not 0.05 m × 300.
+    assert buffer.add(10.0 + 1e-4, _at(0.05)) is None
+    placed = buffer.interpolate(10.0 + 1e-4 + 0.03)
+    assert placed[4] == pytest.approx(0.05 + OdometryLimits().max_speed_m_s * 0.03)
+
+
+def test_one_future_stamped_odometry_sample_does_not_stop_the_stream():
+    buffer = OdometryBuffer()
+    assert buffer.add(0.0, _at(0.0)) is None and buffer.add(0.02, _at(0.01)) is None
+    assert buffer.add(1e6, _at(0.01)) is None  # a bad clock: accepted, nothing contradicts it yet
+    for k in range(2, 10):
+        assert buffer.add(0.02 * k, _at(0.01 * k)) is None
+    assert buffer.latest_stamp == pytest.approx(0.18) and buffer.covers(0.1)
+    # Also as the very first sample.
+    buffer = OdometryBuffer()
+    assert buffer.add(1e6, _at(0.0)) is None
+    assert buffer.add(0.0, _at(0.0)) is None and buffer.add(0.02, _at(0.01)) is None
+    assert buffer.latest_stamp == pytest.approx(0.02)
+
+
 # ------------------------------------------------------------ voxel hashing
 
 # Cloud in the sensor frame, 0.5 m cells: expected cell → (points).
