@@ -583,6 +583,18 @@ def test_cell_keys_round_trip_including_negative_and_extreme_cells():
     np.testing.assert_array_equal(unpack_cells(keys), cells)
 
 
+def test_voxelize_leaves_out_and_counts_points_beyond_the_key_range_instead_of_merging_cells():
+    size = 0.2
+    # UTM-sized x: 2²¹ cells from a point near the origin packs to its key.
+    near, utm = [0.1, 0.1, 0.1], [0.1 + (1 << 21) * size, 0.1, 0.1]
+    edge = [((1 << 20) - 0.5) * size, 0.1, 0.1]  # the last cell with a key
+    cells = voxelize(np.array([near, utm, edge, [4.5e5, 5.4e6, 30.0]]), np.eye(3), np.zeros(3), size)
+    assert cells.outside_key_range == 2 and cells.counts.tolist() == [1, 1]
+    assert sorted(map(tuple, unpack_cells(cells.keys).tolist())) == [(0, 0, 0), ((1 << 20) - 1, 0, 0)]
+    everything = voxelize(np.array([utm]), np.eye(3), np.zeros(3), size, n_sensor=np.zeros((1, 3)))
+    assert everything.outside_key_range == 1 and everything.keys.shape == (0,)
+
+
 def test_voxelize_of_an_empty_cloud_is_empty():
     cells = voxelize(np.zeros((0, 3)), np.eye(3), np.zeros(3), 0.5)
     assert cells.keys.shape == (0,) and cells.p_sensor.shape == (0, 3) and cells.counts.shape == (0,)
