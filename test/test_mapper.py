@@ -325,6 +325,18 @@ def _odometry_nan_pose(f: Feeder):
     return f.mapper.add_odometry(T_BAD, pose), {"rejected_odometry": 1}, "not finite", ()
 
 
+def _odometry_a_nanosecond_later(f: Feeder):
+    last = f.mapper.odometry.latest_stamp
+    stepped = f.odom_at(last)
+    stepped[4] += 0.05  # within the jump check's slack, but at 5e7 m/s
+    return f.mapper.add_odometry(last + 1e-9, stepped), {"rejected_odometry": 1}, "not at least", ()
+
+
+def _future_odometry_stamp(f: Feeder):
+    # A bad clock: nothing contradicts it yet; the next good sample drops it.
+    return f.mapper.add_odometry(T_BAD + 1e6, f.odom_at(f.mapper.odometry.latest_stamp)), {"rejected_odometry": 0}, None, ()
+
+
 BAD_INPUTS = {
     "nan_and_inf_points": (_nan_inf_points, True),
     "all_nan_cloud": (_all_nan_cloud, False),
@@ -338,6 +350,8 @@ BAD_INPUTS = {
     "odometry_zero_quaternion": (_odometry_zero_quaternion, False),
     "odometry_non_unit_quaternion": (_odometry_non_unit_quaternion, False),
     "odometry_nan_pose": (_odometry_nan_pose, False),
+    "odometry_a_nanosecond_later": (_odometry_a_nanosecond_later, False),
+    "future_odometry_stamp": (_future_odometry_stamp, True),
 }
 
 
@@ -369,6 +383,22 @@ def test_bad_input_is_refused_or_cleaned_and_the_map_stays_intact(feeder: Feeder
         _assert_healthy(r, mapper)
     assert mapper.stats["rollbacks"] == stats["rollbacks"]
     assert runtime.compilation_count() == compilations, "bad input made the mapper compile"
+
+
+def test_a_map_frame_beyond_the_voxel_keys_range_is_refused_with_a_counted_reason(feeder: Feeder):
+    mapper = feeder.mapper
+    utm = se3.exp(np.array([5e5, 5.4e6, 0.0, 0.0, 0.0, 0.0]))  # odometry in UTM coordinates: the map frame follows it
+    dropped, results = mapper.stats["dropped_points"], []
+    for kind, stamp, payload in feeder.events:
+        if stamp >= 1.0:
+            break
+        if kind == "odom":
+            assert mapper.add_odometry(stamp, se3.compose(utm, payload))
+        elif mapper.add_cloud(stamp, payload):
+            results.append(mapper.tick())
+    assert mapper.stats["dropped_points"] > dropped and mapper.voxels()[1].shape[0] == 0
+    assert any("beyond the voxel keys' range" in w for r in results for w in r.warnings)
+    assert all(np.all(np.isfinite(r.window_poses)) for r in results)
 
 
 def test_non_finite_points_are_dropped_and_the_rest_used(feeder: Feeder):
