@@ -329,7 +329,7 @@ def _odometry_a_nanosecond_later(f: Feeder):
     last = f.mapper.odometry.latest_stamp
     stepped = f.odom_at(last)
     stepped[4] += 0.05  # within the jump check's slack, but at 5e7 m/s
-    return f.mapper.add_odometry(last + 1e-9, stepped), {"rejected_odometry": 1}, "not at least", ()
+    return f.mapper.add_odometry(last + 1e-9, stepped), {"rejected_odometry": 1}, "by at least", ()
 
 
 def _future_odometry_stamp(f: Feeder):
@@ -538,7 +538,7 @@ def test_odometry_a_nanosecond_apart_is_refused_and_extrapolation_keeps_to_the_s
     buffer = OdometryBuffer()
     assert buffer.add(10.0, _at(0.0)) is None
     # 5 cm in 1 ns (within the jump check's slack): a duplicate, not 5e7 m/s.
-    assert "not at least" in buffer.add(10.0 + 1e-9, _at(0.05))
+    assert "by at least" in buffer.add(10.0 + 1e-9, _at(0.05))
     # The shortest accepted segment with a noisy step: placing a cloud just
     # past it moves no faster than the limits, not 0.05 m × 300.
     assert buffer.add(10.0 + 1e-4, _at(0.05)) is None

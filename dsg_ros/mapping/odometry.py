@@ -60,7 +60,7 @@ class OdometryBuffer:
                 self._poses.pop()
                 return self.add(stamp, T_odom_base)
             if stamp < last_stamp + self.limits.min_interval_s:
-                return f"odometry stamp {stamp:.6f} is not at least {self.limits.min_interval_s} s after the previous one ({last_stamp:.6f})"
+                return f"odometry stamp {stamp:.9f} is not after the previous one ({last_stamp:.9f}) by at least {self.limits.min_interval_s} s"
             dt = stamp - last_stamp
             # Distance between the positions and the angle between the
             # rotations: a plain check for a 50 Hz stream (the SE(3) log
