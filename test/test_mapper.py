@@ -544,6 +544,8 @@ def test_odometry_a_nanosecond_apart_is_refused_and_extrapolation_keeps_to_the_s
     assert buffer.add(10.0 + 1e-4, _at(0.05)) is None
     placed = buffer.interpolate(10.0 + 1e-4 + 0.03)
     assert placed[4] == pytest.approx(0.05 + OdometryLimits().max_speed_m_s * 0.03)
+    # Nor is its velocity (which the time offset moves increments along) 500 m/s.
+    np.testing.assert_allclose(buffer.velocity(10.0 + 1e-4), [OdometryLimits().max_speed_m_s, 0, 0, 0, 0, 0], atol=1e-9)
 
 
 def test_one_future_stamped_odometry_sample_does_not_stop_the_stream():

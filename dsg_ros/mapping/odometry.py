@@ -120,12 +120,18 @@ class OdometryBuffer:
         ``stamp`` (the one ending at the first sample at or after it; the last
         one past the newest sample): the same segment ``interpolate`` used,
         so the velocity never needs a sample that has not arrived. Zero with
-        fewer than two samples."""
+        fewer than two samples. Capped at the limits: a short segment with a
+        noisy step is not a fast motion."""
         if len(self._stamps) < 2:
             return np.zeros(6)
         i = min(max(bisect_left(self._stamps, stamp), 1), len(self._stamps) - 1)
         t0, t1 = self._stamps[i - 1], self._stamps[i]
-        return se3.log(se3.between(self._poses[i - 1], self._poses[i])) / (t1 - t0)
+        twist = se3.log(se3.between(self._poses[i - 1], self._poses[i])) / (t1 - t0)
+        for part, limit in ((twist[:3], self.limits.max_speed_m_s), (twist[3:], self.limits.max_rate_rad_s)):
+            norm = float(np.linalg.norm(part))
+            if norm > limit:
+                part *= limit / norm
+        return twist
 
     def clear(self) -> None:
         self._stamps.clear()
