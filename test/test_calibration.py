@@ -354,6 +354,40 @@ def test_loading_a_missing_calibration_file_is_a_value_error(tmp_path: Path):
         cal.load(tmp_path / "absent.yaml")
 
 
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (b"dsg_ros_calibration: 1\ntheta: {odom_bias: \xff}\n", "UnicodeDecodeError"),
+        (("[" * 1000).encode(), "RecursionError"),
+        (yaml.safe_dump({**_document(), "theta": {**_GOOD, 3: 1.0, None: 2.0}}).encode(), "unknown"),  # keys that do not sort together
+        (b"dsg_ros_calibration: 1\ntheta: {? [a, b] : 1.0}\n", "cannot read"),  # an unhashable key
+        (yaml.safe_dump(_document(log_sigma_obs=10**310)).encode(), "log_sigma_obs"),  # beyond float64
+        (yaml.safe_dump(_document(log_sigma_odom=False)).encode(), "log_sigma_odom"),  # not 0.0
+        (yaml.safe_dump(_document(odom_log_scale=[True, 0.0, 0.0])).encode(), "odom_log_scale"),
+        (yaml.safe_dump(_document(odom_log_scale=[[0.0], 0.0, 0.0])).encode(), "odom_log_scale"),  # ragged
+    ],
+    ids=["non_utf8", "deep_nesting", "odd_keys", "unhashable_key", "huge_integer", "false", "bool_in_vector", "ragged"],
+)
+def test_every_unusable_calibration_file_is_one_error_type_naming_the_file(tmp_path: Path, content: bytes, problem: str):
+    path = tmp_path / "calibration.yaml"
+    path.write_bytes(content)
+    with pytest.raises(cal.CalibrationFileError, match=problem) as error:
+        cal.load(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "name, value",
+    [("log_sigma_odom", -1e300), ("log_sigma_obs", -1e300), ("log_sigma_obs", 710.0), ("odom_log_scale", [-1e300] * 3), ("extrinsic", [-1e300] * 6)],
+)
+def test_a_finite_but_absurd_calibration_file_is_clipped_into_the_bounds(tmp_path: Path, name: str, value):
+    path = tmp_path / "calibration.yaml"
+    path.write_text(yaml.safe_dump(_document(**{name: value})))
+    mapper = Mapper(MapperConfig(window=WindowConfig(keyframes=2, max_voxels=8, max_observations_per_keyframe=4, max_anchors_per_keyframe=2)), cal.load(path))
+    low, high = mapper.config.calibration.bounds.limits()[name]
+    assert np.all(mapper.theta[name] >= low) and np.all(mapper.theta[name] <= high)
+
+
 @pytest.mark.parametrize("document", [{"dsg_ros_calibration": 1}, _document(odom_log_scale=None)], ids=["no_theta", "missing_parameter"])
 def test_loading_a_file_that_lacks_parameters_is_refused(tmp_path: Path, document: dict):
     path = tmp_path / "calibration.yaml"

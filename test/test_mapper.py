@@ -325,6 +325,18 @@ def _odometry_nan_pose(f: Feeder):
     return f.mapper.add_odometry(T_BAD, pose), {"rejected_odometry": 1}, "not finite", ()
 
 
+def _odometry_a_nanosecond_later(f: Feeder):
+    last = f.mapper.odometry.latest_stamp
+    stepped = f.odom_at(last)
+    stepped[4] += 0.05  # within the jump check's slack, but at 5e7 m/s
+    return f.mapper.add_odometry(last + 1e-9, stepped), {"rejected_odometry": 1}, "by at least", ()
+
+
+def _future_odometry_stamp(f: Feeder):
+    # A bad clock: nothing contradicts it yet; the next good sample drops it.
+    return f.mapper.add_odometry(T_BAD + 1e6, f.odom_at(f.mapper.odometry.latest_stamp)), {"rejected_odometry": 0}, None, ()
+
+
 BAD_INPUTS = {
     "nan_and_inf_points": (_nan_inf_points, True),
     "all_nan_cloud": (_all_nan_cloud, False),
@@ -338,6 +350,8 @@ BAD_INPUTS = {
     "odometry_zero_quaternion": (_odometry_zero_quaternion, False),
     "odometry_non_unit_quaternion": (_odometry_non_unit_quaternion, False),
     "odometry_nan_pose": (_odometry_nan_pose, False),
+    "odometry_a_nanosecond_later": (_odometry_a_nanosecond_later, False),
+    "future_odometry_stamp": (_future_odometry_stamp, True),
 }
 
 
@@ -369,6 +383,22 @@ def test_bad_input_is_refused_or_cleaned_and_the_map_stays_intact(feeder: Feeder
         _assert_healthy(r, mapper)
     assert mapper.stats["rollbacks"] == stats["rollbacks"]
     assert runtime.compilation_count() == compilations, "bad input made the mapper compile"
+
+
+def test_a_map_frame_beyond_the_voxel_keys_range_is_refused_with_a_counted_reason(feeder: Feeder):
+    mapper = feeder.mapper
+    utm = se3.exp(np.array([5e5, 5.4e6, 0.0, 0.0, 0.0, 0.0]))  # odometry in UTM coordinates: the map frame follows it
+    dropped, results = mapper.stats["dropped_points"], []
+    for kind, stamp, payload in feeder.events:
+        if stamp >= 1.0:
+            break
+        if kind == "odom":
+            assert mapper.add_odometry(stamp, se3.compose(utm, payload))
+        elif mapper.add_cloud(stamp, payload):
+            results.append(mapper.tick())
+    assert mapper.stats["dropped_points"] > dropped and mapper.voxels()[1].shape[0] == 0
+    assert any("beyond the voxel keys' range" in w for r in results for w in r.warnings)
+    assert all(np.all(np.isfinite(r.window_poses)) for r in results)
 
 
 def test_non_finite_points_are_dropped_and_the_rest_used(feeder: Feeder):
@@ -500,6 +530,38 @@ def test_odometry_buffer_renormalizes_round_off_and_rejects_corrupt_quaternions(
     assert buffer.latest_stamp - buffer.earliest_stamp <= 1.0 + 1e-9
 
 
+def _at(x: float) -> np.ndarray:
+    return se3.exp(np.array([x, 0.0, 0.0, 0.0, 0.0, 0.0]))
+
+
+def test_odometry_a_nanosecond_apart_is_refused_and_extrapolation_keeps_to_the_speed_limit():
+    buffer = OdometryBuffer()
+    assert buffer.add(10.0, _at(0.0)) is None
+    # 5 cm in 1 ns (within the jump check's slack): a duplicate, not 5e7 m/s.
+    assert "by at least" in buffer.add(10.0 + 1e-9, _at(0.05))
+    # The shortest accepted segment with a noisy step: placing a cloud just
+    # past it moves no faster than the limits, not 0.05 m × 300.
+    assert buffer.add(10.0 + 1e-4, _at(0.05)) is None
+    placed = buffer.interpolate(10.0 + 1e-4 + 0.03)
+    assert placed[4] == pytest.approx(0.05 + OdometryLimits().max_speed_m_s * 0.03)
+    # Nor is its velocity (which the time offset moves increments along) 500 m/s.
+    np.testing.assert_allclose(buffer.velocity(10.0 + 1e-4), [OdometryLimits().max_speed_m_s, 0, 0, 0, 0, 0], atol=1e-9)
+
+
+def test_one_future_stamped_odometry_sample_does_not_stop_the_stream():
+    buffer = OdometryBuffer()
+    assert buffer.add(0.0, _at(0.0)) is None and buffer.add(0.02, _at(0.01)) is None
+    assert buffer.add(1e6, _at(0.01)) is None  # a bad clock: accepted, nothing contradicts it yet
+    for k in range(2, 10):
+        assert buffer.add(0.02 * k, _at(0.01 * k)) is None
+    assert buffer.latest_stamp == pytest.approx(0.18) and buffer.covers(0.1)
+    # Also as the very first sample.
+    buffer = OdometryBuffer()
+    assert buffer.add(1e6, _at(0.0)) is None
+    assert buffer.add(0.0, _at(0.0)) is None and buffer.add(0.02, _at(0.01)) is None
+    assert buffer.latest_stamp == pytest.approx(0.02)
+
+
 # ------------------------------------------------------------ voxel hashing
 
 # Cloud in the sensor frame, 0.5 m cells: expected cell → (points).
@@ -551,6 +613,18 @@ def test_cell_keys_round_trip_including_negative_and_extreme_cells():
     keys = pack_cells(cells)
     assert keys.dtype == np.int64 and len(set(keys.tolist())) == len(cells)
     np.testing.assert_array_equal(unpack_cells(keys), cells)
+
+
+def test_voxelize_leaves_out_and_counts_points_beyond_the_key_range_instead_of_merging_cells():
+    size = 0.2
+    # UTM-sized x: 2²¹ cells from a point near the origin packs to its key.
+    near, utm = [0.1, 0.1, 0.1], [0.1 + (1 << 21) * size, 0.1, 0.1]
+    edge = [((1 << 20) - 0.5) * size, 0.1, 0.1]  # the last cell with a key
+    cells = voxelize(np.array([near, utm, edge, [4.5e5, 5.4e6, 30.0]]), np.eye(3), np.zeros(3), size)
+    assert cells.outside_key_range == 2 and cells.counts.tolist() == [1, 1]
+    assert sorted(map(tuple, unpack_cells(cells.keys).tolist())) == [(0, 0, 0), ((1 << 20) - 1, 0, 0)]
+    everything = voxelize(np.array([utm]), np.eye(3), np.zeros(3), size, n_sensor=np.zeros((1, 3)))
+    assert everything.outside_key_range == 1 and everything.keys.shape == (0,)
 
 
 def test_voxelize_of_an_empty_cloud_is_empty():

@@ -184,6 +184,17 @@ def test_odometry_and_pose_stamped_from_rosbags_messages():
         msgs.pose_stamped_from_msg(build.pose_stamped(0, "map", [1, 0, 0, 0, np.nan, 0, 0]))
 
 
+def test_a_quaternion_too_large_for_its_norm_is_normalized_not_zeroed():
+    huge = build.odometry(0, "odom", "base_link", np.array([3e155, 0.0, 0.0, 4e155, 1.0, 2.0, 3.0]))
+    out = msgs.odometry_from_msg(huge)
+    np.testing.assert_allclose(out.T, [0.6, 0.0, 0.0, 0.8, 1.0, 2.0, 3.0], atol=1e-15)
+    assert "norm 5e+155" in out.warning
+    with pytest.raises(ConversionError, match="non-unit quaternion"):
+        msgs.pose_from_msg(huge.pose.pose)
+    with pytest.raises(ConversionError, match="non-unit quaternion"):  # the largest component alone is 1
+        msgs.pose_from_msg(build.odometry(0, "odom", "base_link", np.array([1e155, 1e154, 0.0, 0.0, 0.0, 0.0, 0.0])).pose.pose)
+
+
 def test_transforms_from_tf_strip_slashes_and_are_strict():
     T = se3.exp(np.array([1.0, 2.0, 3.0, 0.1, 0.2, 0.3]))
     msg = build.tf_message([("/odom", "/base_link", msgs.sec_to_ns(2.5), T), ("base_link", "laser", 0, se3.IDENTITY)])

@@ -195,7 +195,15 @@ def test_stamp_rounding_carries_and_negative_normalizes():
     with pytest.raises(rm.MessageError):
         rm.sec_to_stamp(math.nan)
     with pytest.raises(rm.MessageError, match="int32"):
-        rm.sec_to_stamp(2.0**31)
+        rm.sec_to_stamp(2.0**31 + 1.0)
+
+
+def test_the_newest_valid_stamp_survives_the_float_round_trip():
+    # float64 rounds sec 2³¹−1 plus its last 0.12 µs up to 2³¹ s: published as the newest Time, never raising.
+    newest = Time(sec=2**31 - 1, nanosec=999_999_999)
+    assert rm.stamp_to_sec(newest) == 2.0**31
+    assert rm.sec_to_stamp(rm.stamp_to_sec(newest)) == newest
+    assert rm.sec_to_stamp(rm.stamp_to_sec(Time(sec=2**31 - 1, nanosec=0))) == Time(sec=2**31 - 1, nanosec=0)
 
 
 # --- poses ------------------------------------------------------------------

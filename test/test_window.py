@@ -147,3 +147,28 @@ def test_anchor_rows_are_thinned_to_the_best_supported_cells():
     np.testing.assert_allclose(kept, frozen_positions[frozen_keys == 11][0], err_msg="the cell seen by 5 points is kept")
     with pytest.raises(ValueError, match="anchor"):
         WindowConfig(max_anchors_per_keyframe=0)
+
+
+def test_a_failed_keyframe_leaves_no_pose_voxel_or_factor_behind():
+    win = Window(WindowConfig(keyframes=2, max_voxels=8, max_observations_per_keyframe=3, max_anchors_per_keyframe=1))
+    step = se3.exp(np.array([0.1, 0, 0, 0, 0, 0]))
+    p = np.array([[1.0, 0.0, 0.0], [2.0, 0.0, 0.0]])
+
+    def cells(i: int) -> CellObservations:
+        return CellObservations(keys=np.array([10 + i, 11 + i]), p_sensor=p, counts=np.array([1, 1]))
+
+    for i in range(2):
+        _add(win, float(i), se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0])), None if i == 0 else step, cells(i), p)
+    far = se3.exp(np.array([1.7e308, 0, 0, 0, 0, 0]))
+    for T_bad, bad_points in ((far, np.full((2, 3), 1.7e308)), (step, np.full((2, 3), np.nan))):  # overflows in the map frame; not finite
+        counts, keys, mapped = win.model.counts(), dict(win._voxel_of_key), win.voxel_map.export()[0]
+        with pytest.raises(ValueError, match="finite"):
+            _add(win, 2.0, T_bad, step, cells(7), bad_points)
+        # Only the marginalization that made room remains: no pose, voxel or factor of the failed keyframe.
+        assert win.model.counts()["poses"] == len(win.keyframes) == 1
+        assert win._voxel_of_key.keys() <= keys.keys() and set(win.voxel_map.export()[0].tolist()) == set(mapped.tolist())
+        assert win.model.counts()["voxel_point_obs"] <= counts["voxel_point_obs"] and win.model.counts()["odom_se3"] == 0
+        _add(win, 2.0, se3.exp(np.array([0.2, 0, 0, 0, 0, 0])), step, cells(2), p)
+    for i in range(3, 6):  # and the window keeps sliding
+        _add(win, float(i), se3.exp(np.array([0.1 * i, 0, 0, 0, 0, 0])), step, cells(i), p)
+    assert len(win.keyframes) == 2 and win.model.counts()["poses"] == 2

@@ -260,37 +260,57 @@ def save(path: str | Path, theta: Theta, metadata: dict[str, Any] | None = None)
     return path
 
 
+class CalibrationFileError(ValueError):
+    """A calibration file that cannot be used; the message names the file and the problem."""
+
+
 def load(path: str | Path) -> Theta:
-    """Read a calibration file; errors name the file and what is wrong."""
+    """Read a calibration file; any problem raises ``CalibrationFileError`` naming the file."""
     path = Path(path)
     try:
-        document = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{path}: cannot read calibration: {exc}") from None
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    # RecursionError: deeply nested flow collections; TypeError: unhashable (sequence) keys.
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, TypeError) as exc:
+        raise CalibrationFileError(f"{path}: cannot read calibration: {type(exc).__name__}: {exc}") from None
     if not isinstance(document, dict) or "dsg_ros_calibration" not in document:
-        raise ValueError(f"{path}: not a dsg_ros calibration file (no 'dsg_ros_calibration' version key)")
+        raise CalibrationFileError(f"{path}: not a dsg_ros calibration file (no 'dsg_ros_calibration' version key)")
     version = document["dsg_ros_calibration"]
     if isinstance(version, bool) or version != FILE_VERSION:
-        raise ValueError(f"{path}: calibration file version {version!r} is not supported (expected {FILE_VERSION})")
+        raise CalibrationFileError(f"{path}: calibration file version {version!r} is not supported (expected {FILE_VERSION})")
     theta = zero_theta()
     given = document.get("theta")
     if not isinstance(given, dict):
-        raise ValueError(f"{path}: no 'theta' mapping of calibration parameters")
-    unknown, missing = sorted(set(given) - set(theta)), sorted(set(theta) - set(given) - _ADDED_LATER)
+        raise CalibrationFileError(f"{path}: no 'theta' mapping of calibration parameters")
+    # Keys of any YAML type (numbers, null) are named by their text, so they sort together.
+    keys = {str(k) for k in given}
+    unknown, missing = sorted(keys - set(theta)), sorted(set(theta) - keys - _ADDED_LATER)
     if unknown or missing:
-        raise ValueError(f"{path}: calibration parameters {'unknown ' + str(unknown) if unknown else ''}"
-                         f"{' and ' if unknown and missing else ''}{'missing ' + str(missing) if missing else ''}")
+        raise CalibrationFileError(f"{path}: calibration parameters {'unknown ' + str(unknown) if unknown else ''}"
+                                   f"{' and ' if unknown and missing else ''}{'missing ' + str(missing) if missing else ''}")
     for name, default in theta.items():
         if name not in given:
             continue
-        try:
-            value = np.asarray(given[name], np.float64)
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: {name} must be numbers with shape {default.shape}, got {given[name]!r}") from None
-        if value.shape != default.shape or not np.all(np.isfinite(value)):
-            raise ValueError(f"{path}: {name} must be finite with shape {default.shape}, got {given[name]!r}")
+        value = _numbers(given[name])
+        if value is None or value.shape != default.shape or not np.all(np.isfinite(value)):
+            raise CalibrationFileError(f"{path}: {name} must be finite numbers with shape {default.shape}, got {given[name]!r}")
         theta[name] = jnp.asarray(value)
     return theta
+
+
+def _numbers(value: Any) -> np.ndarray | None:
+    """``value`` as float64 if it is a number or nested lists of numbers, else None.
+
+    Booleans are refused (YAML ``false`` is not 0.0), as are integers beyond float64.
+    """
+    def plain(v: Any) -> bool:
+        if isinstance(v, list):
+            return all(plain(x) for x in v)
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    try:
+        return np.asarray(value, np.float64) if plain(value) else None
+    except (OverflowError, ValueError, RecursionError):  # a 310-digit integer, ragged or very deep lists
+        return None
 
 
 def _plain(value: Any) -> Any:

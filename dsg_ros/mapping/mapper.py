@@ -551,6 +551,9 @@ class Mapper:
             self.config.scan_min_points_per_voxel if planar else self.config.min_points_per_voxel,
             n_sensor,
         )
+        if cells.outside_key_range:
+            self.stats["dropped_points"] += cells.outside_key_range
+            self._warn(f"cloud at {stamp:.3f}: {cells.outside_key_range} points lie beyond the voxel keys' range from the map origin; left out")
         p_base = se3.apply(T_base_sensor, cells.p_sensor)
         noise = self._odom_noise(None if odom is None else odom.measurement)
         keyframe, report = window.add_keyframe(

@@ -13,10 +13,17 @@ from dataclasses import dataclass
 import numpy as np
 
 # Cells are packed into one int64 key: 21 bits per axis, offset so negative
-# indices fit. At 0.2 m voxels that spans ±209 km, far beyond any map here.
+# indices fit. At 0.2 m voxels that spans ±209 km: a map frame in UTM or ECEF
+# coordinates lies outside, and its cells are refused (see ``in_key_range``)
+# rather than wrapped onto distant ones.
 _BITS = 21
 _OFFSET = 1 << (_BITS - 1)
 _MASK = (1 << _BITS) - 1
+
+
+def in_key_range(cells: np.ndarray) -> np.ndarray:
+    """Which integer cells (N, 3) (as floats) ``pack_cells`` keys uniquely (N,) bool; NaN cells are not."""
+    return np.all((cells >= -_OFFSET) & (cells < _OFFSET), axis=1)
 
 
 def pack_cells(cells: np.ndarray) -> np.ndarray:
@@ -41,12 +48,14 @@ class CellObservations:
     n_sensor:  (M, 3) unit normal of the cell's points (sensor frame) where
                they lie on a plane, zero where they do not (too few points,
                an edge or clutter); None: no cell is known to be planar.
+    outside_key_range: points left out because their map cell has no key.
     """
 
     keys: np.ndarray
     p_sensor: np.ndarray
     counts: np.ndarray
     n_sensor: np.ndarray | None = None
+    outside_key_range: int = 0
 
 
 def voxelize(
@@ -64,14 +73,22 @@ def voxelize(
     points are dropped (single returns are mostly noise). ``n_sensor`` (N, 3):
     per-point surface normals (zero where unknown), as :func:`scan_normals`
     gives for a planar scan; without them a cell's normal comes from the
-    spread of its own points.
+    spread of its own points. Points whose cell lies beyond the keys' range
+    are left out and counted in ``outside_key_range``.
     """
     # A contiguous right operand keeps this a single BLAS call (a transposed
     # view makes numpy 10x slower here).
+    cells = np.floor((p_sensor.dot(np.ascontiguousarray(R_map_sensor.T)) + t_map_sensor) / voxel_size)
+    inside = in_key_range(cells)
+    outside = int(inside.shape[0] - np.count_nonzero(inside))
+    if outside:
+        p_sensor, cells = p_sensor[inside], cells[inside]
+        n_sensor = None if n_sensor is None else n_sensor[inside]
     if p_sensor.shape[0] == 0:
-        return CellObservations(keys=np.zeros(0, np.int64), p_sensor=np.zeros((0, 3)), counts=np.zeros(0, np.int64), n_sensor=np.zeros((0, 3)))
-    p_map = p_sensor.dot(np.ascontiguousarray(R_map_sensor.T)) + t_map_sensor
-    keys = pack_cells(np.floor(p_map / voxel_size))
+        return CellObservations(
+            keys=np.zeros(0, np.int64), p_sensor=np.zeros((0, 3)), counts=np.zeros(0, np.int64), n_sensor=np.zeros((0, 3)), outside_key_range=outside
+        )
+    keys = pack_cells(cells)
     # Sort once and sum contiguous runs: several times faster than np.unique
     # with an inverse index plus np.add.at.
     order = np.argsort(keys)
@@ -85,7 +102,7 @@ def voxelize(
     cov = np.add.reduceat((d[:, :, None] * d[:, None, :]).reshape(-1, 9), starts, axis=0).reshape(-1, 3, 3)
     keep = counts >= min_points
     normals = plane_normals(cov[keep], counts[keep]) if n_sensor is None else cell_normals(np.take(n_sensor, order, axis=0), starts, counts)[keep]
-    return CellObservations(keys=keys[starts][keep], p_sensor=centroids[keep], counts=counts[keep], n_sensor=normals)
+    return CellObservations(keys=keys[starts][keep], p_sensor=centroids[keep], counts=counts[keep], n_sensor=normals, outside_key_range=outside)
 
 
 def cell_normals(n_sorted: np.ndarray, starts: np.ndarray, counts: np.ndarray) -> np.ndarray:

@@ -216,19 +216,31 @@ class Window:
         (the measurements) and ``obs_noise`` their noise: one model for all
         or a sqrt-information per observation (M, 3, 3). The oldest keyframe
         is marginalized first when the window is full.
+
+        If adding fails (bad measurements or noise: the model raises), the
+        keyframe's pose, voxels and factors are taken out again before the
+        error propagates, so the next keyframe finds a consistent window.
         """
         report = self.marginalize_oldest() if self.full else None
         wm = self.model
         var = wm.add_pose(T_map_base)
-        if not self.keyframes:
-            wm.add_factor(PRIOR_SE3, [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
-        elif odom is not None:
-            fid = wm.add_factor(ODOM_SE3, [self.keyframes[-1].var, var], odom.measurement, odom_noise)
-            row = wm.factor_row(fid)[1]
-            inputs = self.inputs
-            inputs.odom_raw[row], inputs.odom_dt[row], inputs.odom_velocity[row] = odom.raw, odom.dt, odom.velocity
-        L = np.broadcast_to(obs_noise.sqrt_info, (p_base.shape[0], 3, 3)) if isinstance(obs_noise, Noise) else obs_noise
-        n_obs = self._add_observations(var, T_map_base, cells, p_base, L, robust)
+        known_voxels = set(self._key_of_voxel)
+        try:
+            if not self.keyframes:
+                wm.add_factor(PRIOR_SE3, [var], T_map_base, Noise.isotropic(ANCHOR_SIGMA, 6))
+            elif odom is not None:
+                fid = wm.add_factor(ODOM_SE3, [self.keyframes[-1].var, var], odom.measurement, odom_noise)
+                row = wm.factor_row(fid)[1]
+                inputs = self.inputs
+                inputs.odom_raw[row], inputs.odom_dt[row], inputs.odom_velocity[row] = odom.raw, odom.dt, odom.velocity
+            L = np.broadcast_to(obs_noise.sqrt_info, (p_base.shape[0], 3, 3)) if isinstance(obs_noise, Noise) else obs_noise
+            n_obs = self._add_observations(var, T_map_base, cells, p_base, L, robust)
+        except Exception:
+            added = [v for v in self._key_of_voxel if v not in known_voxels]
+            for v in added:
+                del self._voxel_of_key[self._key_of_voxel.pop(v)]
+            wm.remove_variables([var, *added], cascade=True)
+            raise
         keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), np.asarray(odom_velocity, np.float64), n_obs)
         self._sequence += 1
         self.keyframes.append(keyframe)
@@ -261,7 +273,6 @@ class Window:
             voxel_vars[new] = new_vars
             self._voxel_of_key.update(zip(keys[new].tolist(), new_vars.tolist()))
             self._key_of_voxel.update(zip(new_vars.tolist(), keys[new].tolist()))
-        self.voxel_map.observe(keys, se3.apply(T_map_base, p_base))
         observed = ~anchored
         if anchored.sum() > cfg.max_anchors_per_keyframe:  # thin to the best-supported
             candidates = np.flatnonzero(anchored)
@@ -275,6 +286,9 @@ class Window:
             meas = anchor_measurement(self.voxel_map.positions(map_rows[anchored]), p_base[anchored])
             ids = wm.add_factors(VOXEL_ANCHOR_OBS, np.full((int(anchored.sum()), 1), pose_var), meas, L[anchored], robust)
             self.inputs.anchor_p_sensor[wm.factor_rows(VOXEL_ANCHOR_OBS, ids)] = p_sensor[anchored]
+        # Last: a failure above leaves the persistent map untouched. Anchors
+        # read only known (frozen) voxels, which observing does not move.
+        self.voxel_map.observe(keys, se3.apply(T_map_base, p_base))
         return int(keys.shape[0])
 
     def remeasure(self, theta: cal.Theta, T_base_sensor_nominal: np.ndarray) -> None:

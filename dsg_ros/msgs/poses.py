@@ -41,6 +41,12 @@ def _raw(q: Any, t: Any, what: str) -> tuple[np.ndarray, float]:
         part = "orientation" if not np.isfinite(T[:4]).all() else "position"
         raise ConversionError(f"non-finite {part} in {what}: {T.tolist()}")
     norm = float(np.linalg.norm(T[:4]))
+    if math.isinf(norm):
+        # Finite components above ~1e154 overflow the norm (normalizing would
+        # give an all-zero quaternion): scaled by the largest, the rotation is the same.
+        largest = float(np.abs(T[:4]).max())
+        T[:4] /= largest
+        norm = largest * float(np.linalg.norm(T[:4]))
     if norm < 1e-6:
         raise ConversionError(f"zero quaternion (norm {norm:.3g}) in {what}: no rotation can be recovered")
     return T, norm
@@ -48,7 +54,8 @@ def _raw(q: Any, t: Any, what: str) -> tuple[np.ndarray, float]:
 
 def _strict(q: Any, t: Any, what: str, tolerance: float) -> np.ndarray:
     T, norm = _raw(q, t, what)
-    unit = se3.normalized(T, tolerance)
+    # The norm, not T's: _raw may have rescaled an overflowing quaternion.
+    unit = se3.normalized(T, tolerance) if abs(norm - 1.0) <= tolerance else None
     if unit is None:
         raise ConversionError(f"non-unit quaternion (norm {norm:.6g}, tolerance {tolerance:g}) in {what}")
     return unit

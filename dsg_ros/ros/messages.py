@@ -27,14 +27,18 @@ MessageError = ConversionError
 
 # --- stamps -----------------------------------------------------------------
 
+_NEWEST_NS = 2**31 * 10**9 - 1  # builtin_interfaces/Time(sec=2³¹−1, nanosec=999999999)
+
 
 def sec_to_stamp(s: float) -> Time:
     """Nearest nanosecond, ``nanosec`` in [0, 1e9) also for negative times.
 
     ``stamp_to_sec(sec_to_stamp(s)) == s`` for any ``s`` on the nanosecond grid
     and for every float64 above ~2²² s, so float stamps survive the trip out.
+    Exactly 2³¹ s is the newest Time: float64 resolves only 2⁻²² s there, and
+    every valid stamp in the last 0.12 µs of int32 seconds reads as 2³¹.
     """
-    sec, nanosec = ns_to_parts(sec_to_ns(s))
+    sec, nanosec = ns_to_parts(_NEWEST_NS if s == 2.0**31 else sec_to_ns(s))
     return Time(sec=sec, nanosec=nanosec)
 
 

@@ -65,6 +65,7 @@ class MapperNode(Node):
         super().__init__(node_name, **kwargs)
         self.settings, mapper_config = declare(self)
         s = self.settings
+        self._refused_calibration: str | None = None  # why calibration_file was refused at start: never overwritten then
         self.mapper = Mapper(mapper_config, self._load_calibration())
         self.counts = {"odom": 0, "points": 0, "scans": 0, "ground_truth": 0, "skipped_messages": 0, "published_ticks": 0, "skipped_while_warming": 0}
         self._skipped: Counter[str] = Counter()  # "<what>: <reason>" → messages skipped
@@ -124,8 +125,9 @@ class MapperNode(Node):
             return None
         try:
             theta = cal.load(path)
-        except ValueError as exc:
-            self.get_logger().error(f"ignoring calibration file: {exc}")
+        except cal.CalibrationFileError as exc:
+            self._refused_calibration = str(exc)
+            self.get_logger().error(f"ignoring calibration file, starting from the identity calibration: {exc}")
             return None
         self.get_logger().info(f"loaded calibration {path}: {cal.CalibrationSummary.of(theta)}")
         return theta
@@ -223,6 +225,10 @@ class MapperNode(Node):
         path = self.settings.calibration_file
         if not path:
             response.success, response.message = False, "parameter calibration_file is empty: nowhere to save"
+            return response
+        if self._refused_calibration is not None and Path(path).exists():
+            response.success = False
+            response.message = f"not overwriting the calibration file refused at start ({self._refused_calibration}); move it away first"
             return response
         try:
             written = cal.save(path, self.mapper.theta, {"source": "dsg_mapper", "calibration_steps": self.mapper.calibrator.steps})
