@@ -12,7 +12,8 @@ import argparse
 import importlib.util
 import json
 import sys
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 _EPILOG_CACHE = (
     "Compiled XLA programs are cached in ~/.cache/dsg_ros/xla (override with "
@@ -48,7 +49,11 @@ def _require(command: str, *modules: str) -> bool:
     for m in missing:
         extra = _EXTRAS[m]
         distro = "source a ROS 2 distro, or " if extra == "ros" else ""
-        print(f"dsg-ros {command}: needs {m}, which is not installed: {distro}install the '{extra}' extra (pip install '.[{extra}]' in the dsg_ros source tree)", file=sys.stderr)
+        print(
+            f"dsg-ros {command}: needs {m}, which is not installed: {distro}install the '{extra}' extra "
+            f"(pip install '.[{extra}]' in the dsg_ros source tree)",
+            file=sys.stderr,
+        )
     return not missing
 
 
@@ -462,7 +467,12 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
         epilog=_EPILOG_CACHE,
     )
-    p.add_argument("--inner", choices=("lm", "gd"), default="lm", help="inner solver: Levenberg-Marquardt, or the seed's gradient descent (80 steps of lr 0.05); default lm")
+    p.add_argument(
+        "--inner",
+        choices=("lm", "gd"),
+        default="lm",
+        help="inner solver: Levenberg-Marquardt, or the seed's gradient descent (80 steps of lr 0.05); default lm",
+    )
     p.add_argument(
         "--diff",
         choices=("implicit", "unroll"),
@@ -490,7 +500,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("file", help="g2o file")
     p.add_argument("--solver", choices=("lm", "gn"), default="lm", help="Levenberg-Marquardt (default) or Gauss-Newton")
-    p.add_argument("--linear-solver", choices=("auto", "dense", "sparse"), default="auto", help="dense Schur/Cholesky or the host supernodal sparse Cholesky; auto picks by size (default)")
+    p.add_argument(
+        "--linear-solver",
+        choices=("auto", "dense", "sparse"),
+        default="auto",
+        help="dense Schur/Cholesky or the host supernodal sparse Cholesky; auto picks by size (default)",
+    )
     p.add_argument("--max-iterations", type=int, default=100, help="iteration limit (default 100)")
     p.add_argument("--output", metavar="FILE", help="write the optimized graph as g2o")
     _common(p)
@@ -598,14 +613,20 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--odom-topic", default="/odom", metavar="TOPIC", help="nav_msgs/Odometry (default /odom; a bag without it: odom -> base on /tf)")
     p.add_argument("--points-topic", metavar="TOPIC", help="sensor_msgs/PointCloud2 to map (default: /points if the bag has it and no sensor topic is named)")
     p.add_argument("--scan-topic", metavar="TOPIC", help="sensor_msgs/LaserScan to map (default: /scan if the bag has it and no sensor topic is named)")
-    p.add_argument("--reference-topic", metavar="TOPIC", help="reference poses (nav_msgs/Odometry or geometry_msgs/PoseStamped): scored against, and given to supervised calibration")
+    p.add_argument(
+        "--reference-topic",
+        metavar="TOPIC",
+        help="reference poses (nav_msgs/Odometry or geometry_msgs/PoseStamped): scored against, and given to supervised calibration",
+    )
     p.add_argument("--relations", metavar="FILE", help="Kuemmerle relations 't1 t2 x y z roll pitch yaw' per line (e.g. aces.relations): score on them too")
     p.add_argument("--base-frame", default="base_link", metavar="FRAME", help="robot base frame (default base_link)")
     p.add_argument("--odom-frame", default="odom", metavar="FRAME", help="odometry frame, for odometry from /tf (default odom)")
     p.add_argument("--params-file", metavar="YAML", help="mapper parameters: the node's file (/**: ros__parameters: mapper: ...) or a plain 'mapper:' section")
     p.add_argument("--calibration", metavar="FILE", help="calibration YAML to start from (as the node's calibration_file)")
     p.add_argument("--no-calibration", action="store_true", help="never update the calibration while replaying")
-    p.add_argument("--self-supervised", action="store_true", help="score against the reference but do not give it to the mapper: calibrate from map consistency")
+    p.add_argument(
+        "--self-supervised", action="store_true", help="score against the reference but do not give it to the mapper: calibrate from map consistency"
+    )
     p.add_argument("--start", type=float, default=0.0, metavar="S", help="skip the bag's first S seconds (default 0)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="replay S seconds of bag (default: to the end)")
     p.add_argument("--rate", type=float, default=None, metavar="R", help="R bag seconds per second (1: real time; default: as fast as possible)")

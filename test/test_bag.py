@@ -285,7 +285,8 @@ def test_carmen_aces_head_through_the_cli(tmp_path, capsys):
         head = [next(f) for _ in range(300)]
     (tmp_path / "aces_head.clf").write_text("".join(head))
     log = carmen.read_log(tmp_path / "aces_head.clf")
-    assert main(["convert", "carmen", str(tmp_path / "aces_head.clf"), "--out", str(tmp_path / "aces"), "--storage", "mcap", "--odometry", "scan", "--json", "--quiet"]) == 0
+    argv = ["convert", "carmen", str(tmp_path / "aces_head.clf"), "--out", str(tmp_path / "aces"), "--storage", "mcap", "--odometry", "scan"]
+    assert main([*argv, "--json", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.splitlines()[-1])
     assert summary["counts"]["/scan"] == len(log.scans) > 100
     got = _read_carmen_bag(tmp_path / "aces")

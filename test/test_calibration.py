@@ -22,9 +22,8 @@ import yaml
 from dsg_ros import se3
 from dsg_ros.config import from_mapping, load_yaml, to_mapping
 from dsg_ros.learn import calibration as cal
+from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig, metrics
 from dsg_ros.mapping.calibrator import CalibrationConfig, OnlineCalibrator, inject, learned_coordinates, snapshot_loss
-from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
-from dsg_ros.mapping import metrics
 from dsg_ros.mapping.replay import RunRecord, drive
 from dsg_ros.solve import SolverConfig
 from dsg_ros.tools.evaluate import summarize
@@ -124,12 +123,18 @@ def test_a_gauss_newton_step_fits_the_snapshot_and_accumulates_its_information(s
     theta2 = calibrator.step(theta1)
     # The same snapshot twice: twice the information (J moves a little with theta).
     assert np.linalg.norm(calibrator.information - 2.0 * information) < 0.1 * np.linalg.norm(2.0 * information)
-    learned = lambda t: np.array([float(t["odom_log_scale"][0]), float(t["odom_bias"][5]), float(t["time_offset"])])
+
+    def learned(t: cal.Theta) -> np.ndarray:
+        return np.array([float(t["odom_log_scale"][0]), float(t["odom_bias"][5]), float(t["time_offset"])])
+
     first = learned(theta1)
     second = learned(theta2) - first
     assert np.linalg.norm(first) > 1e-4 and np.linalg.norm(second) < 0.05 * np.linalg.norm(first)
     jitted = jax.jit(snapshot_loss, static_argnames="config")
-    loss = lambda theta: float(jitted(theta, snapshot, T_base_sensor, config))
+
+    def loss(theta: cal.Theta) -> float:
+        return float(jitted(theta, snapshot, T_base_sensor, config))
+
     best = loss(theta1)
     assert best < loss(theta0)
     for key, index in learned_coordinates(config):

@@ -36,8 +36,8 @@ def test_ros_commands_refuse_a_misspelt_option(command):
 def test_solve_g2o_prints_json_last(tmp_path):
     src = (DATA / "posegraphs" / "parking-garage.g2o").read_text().splitlines()
     # A small prefix of the garage: the first 60 vertices and the edges among them.
-    keep = [l for l in src if l.startswith("VERTEX") and int(l.split()[1]) < 60]
-    keep += [l for l in src if l.startswith("EDGE") and int(l.split()[1]) < 60 and int(l.split()[2]) < 60]
+    keep = [line for line in src if line.startswith("VERTEX") and int(line.split()[1]) < 60]
+    keep += [line for line in src if line.startswith("EDGE") and int(line.split()[1]) < 60 and int(line.split()[2]) < 60]
     path = tmp_path / "small.g2o"
     path.write_text("\n".join(keep) + "\n")
     out_path = tmp_path / "solved.g2o"

@@ -16,12 +16,12 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib.util
-import os
 import random
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 import yaml
@@ -170,10 +170,10 @@ def test_launch_file_starts_the_installed_node(monkeypatch: pytest.MonkeyPatch) 
     assert declared == LAUNCH_ARGUMENTS
 
     dist = _setup_distribution(monkeypatch)
-    scripts = dict(
-        (name.strip(), target.strip())
+    scripts = {
+        name.strip(): target.strip()
         for name, target in (line.split("=", 1) for line in dist.entry_points["console_scripts"])
-    )
+    }
     assert scripts.get("hybrid_node") == "dsg_ros.ros.node:main"
     module, func = scripts["hybrid_node"].split(":")
     spec = importlib.util.find_spec(module)

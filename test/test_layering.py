@@ -26,8 +26,8 @@ import json
 import pkgutil
 import subprocess
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import pytest
 
@@ -134,7 +134,12 @@ def _imports(module: str) -> list[tuple[int, str]]:
 @pytest.mark.parametrize("layer", list(MAY_IMPORT))
 def test_no_import_statement_names_a_layer_above(layer):
     prefixes = _forbidden_prefixes(layer)
-    bad = [f"{_source(m)[0].relative_to(PACKAGE_DIR.parent)}:{line}: {name}" for m in _modules(layer) for line, name in _imports(m) if _forbidden(name, prefixes)]
+    bad = [
+        f"{_source(m)[0].relative_to(PACKAGE_DIR.parent)}:{line}: {name}"
+        for m in _modules(layer)
+        for line, name in _imports(m)
+        if _forbidden(name, prefixes)
+    ]
     assert bad == [], f"{layer} imports what sits above it:\n" + "\n".join(bad)
 
 

@@ -222,7 +222,8 @@ def test_reference_poses_fed_as_odometry_are_kept(tmp_path):
     from dsg_ros.bag.replay import ReplayConfig, replay
     from dsg_ros.mapping import MapperConfig
 
-    convert(_log_head("fr079.clf.bz2", 30.0, tmp_path / "fr079.clf"), tmp_path / "bag", REALDATA / "freiburg-079-corrected.log.gz", CarmenBagConfig(storage="mcap"))
+    log = _log_head("fr079.clf.bz2", 30.0, tmp_path / "fr079.clf")
+    convert(log, tmp_path / "bag", REALDATA / "freiburg-079-corrected.log.gz", CarmenBagConfig(storage="mcap"))
     config = ReplayConfig(scan_topic="/scan", odom_topic="/ground_truth", reference_topic="/ground_truth", sensor_stamps_topic="/ground_truth",
                           calibrate=False, supervise=False)
     result = replay(tmp_path / "bag", config, MapperConfig())

@@ -12,18 +12,18 @@ pytest.importorskip("nav_msgs.msg")
 pytest.importorskip("visualization_msgs.msg")
 pytest.importorskip("diagnostic_msgs.msg")
 
-from builtin_interfaces.msg import Time  # noqa: E402
-from diagnostic_msgs.msg import DiagnosticStatus  # noqa: E402
-from geometry_msgs.msg import Point  # noqa: E402
-from nav_msgs.msg import Odometry  # noqa: E402
-from rclpy.serialization import deserialize_message, serialize_message  # noqa: E402
-from sensor_msgs.msg import PointCloud2, PointField  # noqa: E402
-from std_msgs.msg import ColorRGBA, Header  # noqa: E402
-from visualization_msgs.msg import Marker, MarkerArray  # noqa: E402
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticStatus
+from geometry_msgs.msg import Point
+from nav_msgs.msg import Odometry
+from rclpy.serialization import deserialize_message, serialize_message
+from sensor_msgs.msg import PointCloud2, PointField
+from std_msgs.msg import ColorRGBA, Header
+from visualization_msgs.msg import Marker, MarkerArray
 
-from dsg_ros import se3  # noqa: E402
-from dsg_ros.ros import messages as rm  # noqa: E402
-from dsg_ros.ros.pointcloud import CloudError, cloud_to_xyz, xyz_to_cloud  # noqa: E402
+from dsg_ros import se3
+from dsg_ros.ros import messages as rm
+from dsg_ros.ros.pointcloud import CloudError, cloud_to_xyz, xyz_to_cloud
 
 STAMP = Time(sec=12, nanosec=345)
 F32, F64 = PointField.FLOAT32, PointField.FLOAT64

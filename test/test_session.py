@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
@@ -190,7 +190,7 @@ def test_background_learns_one_step_at_a_time_and_applies_its_theta_at_the_next_
         assert step.theta_applied and seen[-1] == 1, "the worker's theta is applied before the next tick"
         assert _label(mapper.theta) == 1
         # From then on each due tick (none in flight) starts a step again.
-        for step in steps:
+        for _ in steps:
             learn.release.release()
         _wait(lambda: not session.calibrating)
         assert learn.started >= 3 and learn.most_at_once == 1

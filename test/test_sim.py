@@ -24,7 +24,6 @@ from dsg_ros.tools.sim import (
     increments,
     integrate_odometry,
     interpolate,
-    planar_pose,
     scan,
     scan_organized,
     simulate,

@@ -20,7 +20,15 @@ OBS = Noise.isotropic(0.05, 3)
 NO_VELOCITY, NO_VELOCITIES = np.zeros(6), np.zeros((2, 6))
 
 
-def _add(win: Window, stamp: float, T_map_base: np.ndarray, step: np.ndarray | None, cells: CellObservations, p_base: np.ndarray, T_odom_base: np.ndarray | None = None):
+def _add(
+    win: Window,
+    stamp: float,
+    T_map_base: np.ndarray,
+    step: np.ndarray | None,
+    cells: CellObservations,
+    p_base: np.ndarray,
+    T_odom_base: np.ndarray | None = None,
+):
     """A keyframe whose odometry factor measures ``step`` (None: the first keyframe), at rest."""
     return win.add_keyframe(
         stamp=stamp,

@@ -136,7 +136,9 @@ def path(stamp_ns: int, frame_id: str, entries: Sequence[Any]) -> Any:
     return _T["nav_msgs/msg/Path"](header=header(stamp_ns, frame_id), poses=list(entries))
 
 
-def voxel_markers(stamp_ns: int, frame_id: str, centers: np.ndarray, values: np.ndarray, voxel_size: float, ns: str = "voxels", colormap: str = "height") -> Any:
+def voxel_markers(
+    stamp_ns: int, frame_id: str, centers: np.ndarray, values: np.ndarray, voxel_size: float, ns: str = "voxels", colormap: str = "height"
+) -> Any:
     """visualization_msgs/MarkerArray holding one CUBE_LIST marker (``ns``, id 0)
     of voxel ``centers`` (N, 3) in ``frame_id``, coloured by ``values`` (N,)
     as the node's ``~/voxels`` (see :func:`dsg_ros.msgs.colors.colorize`).

@@ -23,18 +23,18 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from dsg_ros import runtime, se3
 from dsg_ros.bag.errors import BagError
 from dsg_ros.bag.reader import Bag, BagMessage
-from dsg_ros.bag.record import Recorder, RecordConfig
+from dsg_ros.bag.record import RecordConfig, Recorder
 from dsg_ros.bag.tf import Trajectory, odometry as tf_odometry, relative_transform, static_transforms
 from dsg_ros.bag.writer import BagWriter
 from dsg_ros.files import atomic_path
@@ -43,7 +43,6 @@ from dsg_ros.mapping import Mapper, MapperConfig, TickResult, metrics
 from dsg_ros.mapping.ply import write_ply
 from dsg_ros.mapping.replay import Cloud, Event, RunRecord, drive
 from dsg_ros.msgs import (
-    reason,
     LASER_SCAN,
     ODOMETRY,
     POINT_CLOUD,
@@ -54,6 +53,7 @@ from dsg_ros.msgs import (
     points_from_cloud,
     points_from_scan,
     pose_stamped_from_msg,
+    reason,
     sec_to_ns,
     stamp_to_sec,
 )
@@ -157,7 +157,10 @@ def _plan(bag: Bag, config: ReplayConfig, mapper_config: MapperConfig) -> _Plan:
     if config.points_topic is None and config.scan_topic is None:
         sensors = {t: t == DEFAULT_SCAN_TOPIC for t in (DEFAULT_POINTS_TOPIC, DEFAULT_SCAN_TOPIC) if t in info.topics}
         if not sensors:
-            raise BagError(f"{bag.path}: no {DEFAULT_POINTS_TOPIC} or {DEFAULT_SCAN_TOPIC} (name the sensor with --points-topic or --scan-topic); the bag has:\n{info.describe()}")
+            raise BagError(
+                f"{bag.path}: no {DEFAULT_POINTS_TOPIC} or {DEFAULT_SCAN_TOPIC} (name the sensor with --points-topic or --scan-topic); "
+                f"the bag has:\n{info.describe()}"
+            )
     else:
         sensors = {t: planar for t, planar in ((config.points_topic, False), (config.scan_topic, True)) if t is not None}
     for topic, planar in sensors.items():
@@ -502,7 +505,8 @@ def _summary(
             for name, t in scores.items():
                 summary["scores"][name].update(metrics.score_relations(t.stamps, t.T, relations))
     elif relations is not None:
-        summary["scores"] = {name: metrics.score_relations(t.stamps, t.T, relations) for name, t in (("estimate", estimate), ("smoothed", smoothed), ("odometry", odometry))}
+        tracks = (("estimate", estimate), ("smoothed", smoothed), ("odometry", odometry))
+        summary["scores"] = {name: metrics.score_relations(t.stamps, t.T, relations) for name, t in tracks}
     return summary
 
 
@@ -522,7 +526,8 @@ def _write_outputs(output: Path, result: ReplayResult, bag_path: str | Path) -> 
     for name, (stamps, poses) in tracks.items():
         with atomic_path(output / name) as tmp:
             metrics.write_tum(tmp, stamps, poses)
-    cal.save(output / "calibration.yaml", result.mapper.theta, {"source": "dsg-ros replay", "bag": str(bag_path), "calibration_steps": result.mapper.calibrator.steps})
+    source = {"source": "dsg-ros replay", "bag": str(bag_path), "calibration_steps": result.mapper.calibrator.steps}
+    cal.save(output / "calibration.yaml", result.mapper.theta, source)
     _, positions, counts = result.mapper.voxels()
     with atomic_path(output / "map.ply") as tmp:
         write_ply(tmp, positions, counts)

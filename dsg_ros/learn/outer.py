@@ -8,8 +8,9 @@ the update (the pullback, then the optimizer).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

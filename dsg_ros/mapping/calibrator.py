@@ -45,7 +45,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from functools import lru_cache, partial
+from functools import cache, partial
 from typing import Literal
 
 import jax
@@ -447,7 +447,7 @@ def _gauss_newton_step(theta, information, prior_steps, stacked: Snapshot, T_bas
     return with_values(v0 + delta), information, loss
 
 
-@lru_cache(maxsize=None)
+@cache
 def _adam(config: CalibrationConfig) -> optax.GradientTransformation:
     """One optimizer object per config: it is a static argument of the jitted
     step, so a fresh object per calibrator would recompile for every Mapper."""

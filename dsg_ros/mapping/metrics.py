@@ -110,7 +110,9 @@ def relation_poses(relations: np.ndarray) -> np.ndarray:
     return np.concatenate([q[:, :4], relations[:, 2:5]], axis=1)
 
 
-def score(stamps: np.ndarray, poses: np.ndarray, reference_stamps: np.ndarray, reference: np.ndarray, gaps_s: tuple[float, ...] = (1.0, 10.0)) -> dict[str, float | int | None]:
+def score(
+    stamps: np.ndarray, poses: np.ndarray, reference_stamps: np.ndarray, reference: np.ndarray, gaps_s: tuple[float, ...] = (1.0, 10.0)
+) -> dict[str, float | int | None]:
     """A trajectory (``stamps`` (N,), ``poses`` (N, 7)) scored at the reference
     stamps (K,): ATE after rigid alignment (``ate_m``) and, per gap, the RMSE
     of the relation errors of pose pairs about that far apart

@@ -19,8 +19,8 @@ import queue
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping.calibrator import Snapshot

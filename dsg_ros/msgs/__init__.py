@@ -49,6 +49,7 @@ __all__ = [
     "points_from_scan",
     "pose_from_msg",
     "pose_stamped_from_msg",
+    "reason",
     "scan_points",
     "sec_to_ns",
     "stamp_to_ns",

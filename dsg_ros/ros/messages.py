@@ -8,19 +8,24 @@ from __future__ import annotations
 
 import numpy as np
 from builtin_interfaces.msg import Time
-from rclpy.serialization import serialize_message
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Pose, PoseArray, PoseStamped, Quaternion
 from nav_msgs.msg import Odometry, Path
+from rclpy.serialization import serialize_message
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
-from dsg_ros.msgs import ConversionError, ns_to_parts, sec_to_ns
-from dsg_ros.msgs.colors import colorize  # shared with the bag side (dsg_ros.bag.build)
-
 # Reading messages is shared with the bag code (dsg_ros.msgs); the node reads
-# through this module, under these names.
-from dsg_ros.msgs import odometry_from_msg, pose_from_msg, stamp_to_sec  # noqa: F401
+# through this module, under these names (re-exported: ``as`` the same name).
+from dsg_ros.msgs import (
+    ConversionError,
+    ns_to_parts,
+    odometry_from_msg as odometry_from_msg,
+    pose_from_msg as pose_from_msg,
+    sec_to_ns,
+    stamp_to_sec as stamp_to_sec,
+)
+from dsg_ros.msgs.colors import colorize  # shared with the bag side (dsg_ros.bag.build)
 
 MessageError = ConversionError
 

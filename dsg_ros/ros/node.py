@@ -22,16 +22,17 @@ import threading
 import time
 import traceback
 from collections import Counter, deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from geometry_msgs.msg import PoseArray, PoseStamped
+from nav_msgs.msg import Odometry, Path as PathMsg
 from rclpy.exceptions import ParameterException
 from rclpy.executors import ExternalShutdownException
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from nav_msgs.msg import Odometry, Path as PathMsg
-from geometry_msgs.msg import PoseArray, PoseStamped
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import LaserScan, PointCloud2
@@ -413,7 +414,9 @@ class MapperNode(Node):
             **{f"received_{k}": v for k, v in self.counts.items()},
             **{f"skipped {k}": v for k, v in sorted(self._skipped.items())},
         }
-        self.pub_diagnostics.publish(msgs.diagnostics(self._header_stamp(), f"{self.get_name()}: mapping", self.get_fully_qualified_name(), level, message, values))
+        self.pub_diagnostics.publish(
+            msgs.diagnostics(self._header_stamp(), f"{self.get_name()}: mapping", self.get_fully_qualified_name(), level, message, values)
+        )
 
 
 def main(args: list[str] | None = None) -> int:

@@ -64,14 +64,20 @@ _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "tick_on_cloud": ("tick as soon as a cloud can be mapped (it arrived and odometry covers its stamp) instead of waiting for the next period", None),
     "points_reliability": ("QoS reliability of the points subscription (SensorDataQoS is best_effort)", _RELIABILITY),
     "points_depth": ("QoS history depth of the points subscription", (1, 1000)),
-    "scan_topic": ("sensor_msgs/LaserScan input (REP 117), mapped as a planar scan beside any clouds on points; remappings apply (empty: no scan subscription)", None),
+    "scan_topic": (
+        "sensor_msgs/LaserScan input (REP 117), mapped as a planar scan beside any clouds on points; remappings apply (empty: no scan subscription)",
+        None,
+    ),
     "scan_reliability": ("QoS reliability of the scan subscription (SensorDataQoS is best_effort)", _RELIABILITY),
     "scan_depth": ("QoS history depth of the scan subscription", (1, 1000)),
     "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY),
     "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000)),
     "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None),
     "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None),
-    "calibration_period_s": ("least wall-clock time between two online calibration steps (a step due sooner is skipped): caps the CPU learning takes from ticks", (0.0, 3600.0)),
+    "calibration_period_s": (
+        "least wall-clock time between two online calibration steps (a step due sooner is skipped): caps the CPU learning takes from ticks",
+        (0.0, 3600.0),
+    ),
     "voxel_rate_hz": ("how often the whole voxel map is published on ~/voxels (0: never)", (0.0, 50.0)),
     "voxel_color": ("colour voxels by 'height' or by observation 'count'", ("height", "count")),
     "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000)),
@@ -96,9 +102,15 @@ _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
     "odom_sigma_rad": ("odometry noise per keyframe increment, rotation", (1e-6, 10.0)),
     "obs_sigma_m": ("voxel observation noise (along the surface normal where the cell is planar)", (1e-6, 100.0)),
     "obs_plane_sigma_m": ("voxel observation noise within the plane of a planar cell", (1e-6, 100.0)),
-    "odometry.max_extrapolation_s": ("a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample", (0.0, 1.0)),
+    "odometry.max_extrapolation_s": (
+        "a cloud this far past the newest odometry is placed by extrapolating the last motion instead of waiting for the next sample",
+        (0.0, 1.0),
+    ),
     "calibration.every_keyframes": ("an online calibration step every this many keyframes (0: never)", (0, 10_000)),
-    "calibration.optimizer": ("gauss_newton (recursive least squares; odometry only) or adam (to learn the extrinsic or noise scales)", ("gauss_newton", "adam")),
+    "calibration.optimizer": (
+        "gauss_newton (recursive least squares; odometry only) or adam (to learn the extrinsic or noise scales)",
+        ("gauss_newton", "adam"),
+    ),
     "calibration.forgetting": ("gauss_newton: weight kept per step of the information learned so far", (1e-3, 1.0)),
 }
 

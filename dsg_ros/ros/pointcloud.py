@@ -11,8 +11,7 @@ import numpy as np
 from builtin_interfaces.msg import Time
 from sensor_msgs.msg import PointCloud2, PointField
 
-from dsg_ros.msgs import ConversionError as CloudError
-from dsg_ros.msgs import points_from_cloud as cloud_to_xyz
+from dsg_ros.msgs import ConversionError as CloudError, points_from_cloud as cloud_to_xyz
 
 __all__ = ["CloudError", "cloud_to_xyz", "xyz_to_cloud"]
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 Method = Literal["lm", "gn", "gd"]
 LinearSolver = Literal["auto", "dense", "sparse"]

@@ -25,8 +25,8 @@ Modes (``SolverConfig.diff``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Callable
 
 import jax
 import jax.numpy as jnp

@@ -14,14 +14,13 @@ the predicted decrease has the closed form ``½(λ δᵀDδ − gᵀδ)``.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
 
-from dsg_ros.solve import report as rp
-from dsg_ros.solve import schur, sparse
+from dsg_ros.solve import report as rp, schur, sparse
 from dsg_ros.solve.config import SolverConfig
 from dsg_ros.solve.normal import NormalSystem, linearize, linearize_jit
 from dsg_ros.world.graph import Graph, State, Tangent, cost, slab_dtype

@@ -9,7 +9,8 @@ them; this module is the bookkeeping they share.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp

@@ -20,9 +20,10 @@ import bz2
 import functools
 import gzip
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 import numpy as np
 

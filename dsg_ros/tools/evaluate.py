@@ -5,8 +5,9 @@ matplotlib is imported only when a PNG is drawn: it is the ``plots`` extra.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

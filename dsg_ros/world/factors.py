@@ -15,9 +15,10 @@ built-in types bring whole-slab kernels instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
-from typing import Callable, Iterator, Literal, Sequence
+from functools import cache
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -342,7 +343,7 @@ def linear_prior_type(var_kinds: Sequence[VarKind]) -> FactorType:
     return _linear_prior_type(tuple(var_kinds))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
     value_dims = [VALUE_DIM[k] for k in kinds]
     tangent_dims = [TANGENT_DIM[k] for k in kinds]

@@ -11,7 +11,7 @@ variables are held fixed by the solver.
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Iterator
 
 import jax
 import jax.numpy as jnp

@@ -9,7 +9,8 @@ user-registered types bring names of their own.
 
 from __future__ import annotations
 
-from typing import Final, Sequence
+from collections.abc import Sequence
+from typing import Final
 
 import jax
 import numpy as np

@@ -8,8 +8,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
@@ -178,23 +179,28 @@ def _markdown(r: dict[str, Any]) -> str:
     for h in r["hero"]:
         runs = ", ".join(f"{t:.2f}" for t in h.get("cold_runs_seconds", []))
         lines.append(
-            f"| {h['inner']} | {h['diff']} | {h['start']} | {h['seconds_total']:.2f} | {runs} | {h['process_seconds']:.2f} | {h['final_loss']:.2e} | {h['max_voxel_error'] * 100:.2f} cm |"
+            f"| {h['inner']} | {h['diff']} | {h['start']} | {h['seconds_total']:.2f} | {runs} | {h['process_seconds']:.2f} "
+            f"| {h['final_loss']:.2e} | {h['max_voxel_error'] * 100:.2f} cm |"
         )
     lines += ["", f"Goal: under {GOALS['hero_seconds']:.0f} s in total (the seed's implementation: 389 s).", ""]
     lines += [
         "### Pose graphs: our LM vs GTSAM LM (same process, runs alternating, compiled)",
         "",
-        "| graph | ours (s, best) | GTSAM (s, best) | ratio | ratio, median of pairs | our iterations | GTSAM iterations | our final cost | GTSAM final cost | our compile (s) |",
+        "| graph | ours (s, best) | GTSAM (s, best) | ratio | ratio, median of pairs | our iterations | GTSAM iterations "
+        "| our final cost | GTSAM final cost | our compile (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for g in r["pose_graphs"]:
         o, t = g["ours"], g["gtsam"]
         if t:
             lines.append(
-                f"| {g['graph']} | {o['seconds']:.3f} | {t['seconds']:.3f} | {g['time_ratio']:.2f} | {g['pair_ratio_median']:.2f} | {o['iterations']} | {t['iterations']} | {o['final_cost']:.6f} | {t['final_cost']:.6f} | {o['seconds_compile']:.2f} |"
+                f"| {g['graph']} | {o['seconds']:.3f} | {t['seconds']:.3f} | {g['time_ratio']:.2f} | {g['pair_ratio_median']:.2f} | {o['iterations']} "
+                f"| {t['iterations']} | {o['final_cost']:.6f} | {t['final_cost']:.6f} | {o['seconds_compile']:.2f} |"
             )
         else:
-            lines.append(f"| {g['graph']} | {o['seconds']:.3f} | n/a | n/a | n/a | {o['iterations']} | n/a | {o['final_cost']:.6f} | n/a | {o['seconds_compile']:.2f} |")
+            lines.append(
+                f"| {g['graph']} | {o['seconds']:.3f} | n/a | n/a | n/a | {o['iterations']} | n/a | {o['final_cost']:.6f} | n/a | {o['seconds_compile']:.2f} |"
+            )
     lines += ["", f"Goal: sphere2500 within {GOALS['sphere2500_ratio']:.0f}× of GTSAM's time, final cost within 0.1 %.", ""]
     h = r["hybrid_window"]
     lines += [
@@ -217,11 +223,13 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str]]:
     out = []
     for h in r["hero"]:
         ok = h["seconds_total"] < GOALS["hero_seconds"] and h["final_loss"] < 1e-4 and h["max_voxel_error"] < 0.01
-        out.append((f"HERO {h['inner']} {h['diff']} ({h['start']} cache)", f"{'met' if ok else 'missed'}: {h['seconds_total']:.2f} s, loss {h['final_loss']:.1e}"))
+        verdict = f"{'met' if ok else 'missed'}: {h['seconds_total']:.2f} s, loss {h['final_loss']:.1e}"
+        out.append((f"HERO {h['inner']} {h['diff']} ({h['start']} cache)", verdict))
     for g in r["pose_graphs"]:
         if g["gtsam"] and g["graph"] == "sphere2500":
             ok = g["time_ratio"] <= GOALS["sphere2500_ratio"] and g["cost_relative_difference"] < 1e-3
-            out.append(("sphere2500 vs GTSAM", f"{'met' if ok else 'missed'}: {g['time_ratio']:.2f}× its time, cost off by {g['cost_relative_difference']:.1e}"))
+            verdict = f"{'met' if ok else 'missed'}: {g['time_ratio']:.2f}× its time, cost off by {g['cost_relative_difference']:.1e}"
+            out.append(("sphere2500 vs GTSAM", verdict))
     h = r["hybrid_window"]
     ok = h["ms_per_iteration_median"] < GOALS["hybrid_ms_per_iteration"]
     out.append(("hybrid window", f"{'met' if ok else 'missed'}: {h['ms_per_iteration_median']:.2f} ms per LM iteration"))

@@ -14,9 +14,10 @@ well there (``--large-window``).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,6 @@ from dsg_ros.mapping.replay import drive
 from dsg_ros.tools.bench import report
 from dsg_ros.tools.sim.run import run as run_sim
 from dsg_ros.tools.sim.scenario import SimConfig, simulate
-
 
 # The GPU goals (issue 3): tick p50 at the default window and at a large one.
 GPU_GOALS_MS = {"default": 3.0, "large": 10.0}
@@ -174,9 +174,12 @@ def _markdown(r: dict[str, Any]) -> str:
         f"| ATE odometry / estimate / estimate over the final third | {d['ate_odom']:.3f} / {d['ate_estimate']:.3f} / {d['ate_calibrated']:.3f} m |",
         f"| RPE odometry / estimate (per keyframe) | {d['rpe_odom']:.4f} / {d['rpe_estimate']:.4f} m |",
         f"| tick p50 / p99 / keyframe-tick p50 | {d['tick_ms_p50']:.1f} / {d['tick_ms_p99']:.1f} / {d['keyframe_tick_ms_p50']:.1f} ms |",
-        f"| calibration step p50 ({d['calibration_steps']} steps) | {d['calibration_ms_p50']:.0f} ms |" if d.get("calibration_ms_p50") else "| calibration | off |",
-        f"| marginalization after each full-window tick, p50 (not in the tick) | {d['marginalization_ms_p50']:.1f} ms |" if d.get("marginalization_ms_p50") else "| marginalization | none |",
-        f"| refining after a tick (`Mapper.refine`, not in the tick), p50 / p99 | {d['refine_ms_p50']:.1f} / {d['refine_ms_p99']:.1f} ms |" if d.get("refine_ms_p50") else "| refining after a tick (`Mapper.refine`) | none (`refine_iterations: 0`, the default) |",
+        (f"| calibration step p50 ({d['calibration_steps']} steps) | {d['calibration_ms_p50']:.0f} ms |"
+         if d.get("calibration_ms_p50") else "| calibration | off |"),
+        (f"| marginalization after each full-window tick, p50 (not in the tick) | {d['marginalization_ms_p50']:.1f} ms |"
+         if d.get("marginalization_ms_p50") else "| marginalization | none |"),
+        (f"| refining after a tick (`Mapper.refine`, not in the tick), p50 / p99 | {d['refine_ms_p50']:.1f} / {d['refine_ms_p99']:.1f} ms |"
+         if d.get("refine_ms_p50") else "| refining after a tick (`Mapper.refine`) | none (`refine_iterations: 0`, the default) |"),
         f"| realtime factor | {d['realtime_factor']:.2f}x |",
         f"| compilations after warm-up | {d['compilations_after_warmup']} |",
     ]
@@ -184,10 +187,14 @@ def _markdown(r: dict[str, Any]) -> str:
         big, bw = r["large_window"]["run"], r["large_window"]["window"]
         lines.append(
             f"| {bw['keyframes']}-keyframe window ({bw['max_voxels']} voxel slots): tick p50 / p99 / keyframe-tick p50, ATE estimate, realtime "
-            f"| {big['tick_ms_p50']:.1f} / {big['tick_ms_p99']:.1f} / {big['keyframe_tick_ms_p50']:.1f} ms, {big['ate_estimate']:.3f} m, {big['realtime_factor']:.2f}x |"
+            f"| {big['tick_ms_p50']:.1f} / {big['tick_ms_p99']:.1f} / {big['keyframe_tick_ms_p50']:.1f} ms, "
+            f"{big['ate_estimate']:.3f} m, {big['realtime_factor']:.2f}x |"
         )
     if "memory" in r:
         m = r["memory"]
-        lines.append(f"| RSS over {m['duration_s']:.0f} s simulated | {m['rss_mb_after_60s']:.0f} MB at 60 s → {m['rss_mb_end']:.0f} MB ({m['rss_growth_pct']:+.1f} %), {m['map_voxels']} map voxels |")
+        lines.append(
+            f"| RSS over {m['duration_s']:.0f} s simulated | {m['rss_mb_after_60s']:.0f} MB at 60 s → {m['rss_mb_end']:.0f} MB "
+            f"({m['rss_growth_pct']:+.1f} %), {m['map_voxels']} map voxels |"
+        )
     lines += ["", *report.goal_table(r["goals"])]
     return "\n".join(lines)

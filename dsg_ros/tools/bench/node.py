@@ -8,8 +8,9 @@ never turned into a tick (dropped for lack of odometry or skipped while busy).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dsg_ros.ros.node import LATENCY_WINDOW
 from dsg_ros.ros.params import default_params_file

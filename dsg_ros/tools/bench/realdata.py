@@ -20,16 +20,17 @@ from __future__ import annotations
 
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
 from dsg_ros import runtime, se3
 from dsg_ros.bag import Bag
 from dsg_ros.bag.replay import ReplayConfig, ReplayResult, replay
-from dsg_ros.bag.tf import Trajectory, extrinsic, odometry as bag_odometry
+from dsg_ros.bag.tf import extrinsic, odometry as bag_odometry
 from dsg_ros.mapping import MapperConfig, metrics
 from dsg_ros.msgs import points_from_scan, stamp_to_sec
 from dsg_ros.tools.bench import report
@@ -123,7 +124,8 @@ def _row(summary: dict[str, Any], track: str, result: ReplayResult) -> dict[str,
     mapper's own estimate, its speed and memory."""
     row = dict(summary["scores"][track])
     if track == "estimate":
-        row.update({key: summary[key] for key in ("realtime_factor", "keyframe_tick_ms_p50", "keyframe_tick_ms_p99", "tick_ms_p50", "tick_ms_p99", "keyframes", "clouds_consumed", "calibration_steps", "calibration_accepted", "calibration_rejected")})
+        speed = ("realtime_factor", "keyframe_tick_ms_p50", "keyframe_tick_ms_p99", "tick_ms_p50", "tick_ms_p99", "keyframes", "clouds_consumed")
+        row.update({key: summary[key] for key in (*speed, "calibration_steps", "calibration_accepted", "calibration_rejected")})
         row["rss_mb"] = runtime.rss_mb()
         row["peak_rss_mb"] = summary["rss_mb"]
         row["calibration"] = summary["calibration"] if summary["calibration_steps"] else None
@@ -227,7 +229,8 @@ def _verdicts(r: dict[str, Any]) -> list[tuple[str, str]]:
         off, on = runs["dsg_ros, calibration off"], runs["dsg_ros, calibration on (self-supervised)"]
         odom, kiss = runs["raw odometry"], runs["KISS-ICP (odometry as initial guess)"]
         kept = runs["dsg_ros, reference poses as odometry"]["ate_m"]
-        out.append((f"{name}: reference poses as odometry kept (ATE ≤ {KEPT_ATE_M} m): {_num(kept, 3)} m", report.verdict(kept is not None and kept <= KEPT_ATE_M)))
+        out.append((f"{name}: reference poses as odometry kept (ATE ≤ {KEPT_ATE_M} m): {_num(kept, 3)} m",
+                    report.verdict(kept is not None and kept <= KEPT_ATE_M)))
         out.append((f"{name}: ATE ≤ 1/5 of raw odometry's: {_num(off['ate_m'], 3)} vs {_num(odom['ate_m'], 3)} m",
                     report.verdict(off["ate_m"] <= odom["ate_m"] / 5.0)))
         for unit, digits in (("m", 3), ("deg", 2)):

@@ -59,7 +59,8 @@ def write(output_dir: str | Path, suite: str, results: dict[str, Any], markdown:
     md_path = out / "RESULTS.md"
     start, end = f"<!-- {suite}:start -->", f"<!-- {suite}:end -->"
     block = f"{start}\n{markdown.strip()}\n{end}"
-    text = md_path.read_text() if md_path.exists() else "# Benchmark results\n\nWritten by `dsg-ros bench <suite>`; each section is replaced when its suite reruns.\n"
+    new = "# Benchmark results\n\nWritten by `dsg-ros bench <suite>`; each section is replaced when its suite reruns.\n"
+    text = md_path.read_text() if md_path.exists() else new
     if start in text and end in text:
         text = text[: text.index(start)] + block + text[text.index(end) + len(end) :]
     else:

@@ -6,9 +6,10 @@ Kept out of ``dsg_ros.tools.sim``'s imports: the simulator itself stays numpy-on
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from dsg_ros.learn import calibration as cal
 from dsg_ros.mapping import Mapper, MapperConfig

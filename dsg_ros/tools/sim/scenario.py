@@ -7,8 +7,8 @@ one sensor's settings leaves the others' noise as it was.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import numpy as np
 
