@@ -13,8 +13,15 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: the simulator imports this module without JAX
+    import jax
+
+# NumPy in, NumPy out; JAX in, JAX out.
+Array = TypeVar("Array", np.ndarray, "jax.Array")
 
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0])
 _SMALL = 1e-6  # θ² below which series (to θ⁴, error < 1e-18) replace the closed forms
@@ -46,11 +53,11 @@ def namespace(*arrays: object) -> ModuleType:
 Parts = tuple  # components, each (…,); a 3×3 matrix is a tuple of 3 rows
 
 
-def split_parts(a: np.ndarray) -> Parts:
+def split_parts(a: np.ndarray | jax.Array) -> Parts:
     return tuple(a[..., i] for i in range(a.shape[-1]))
 
 
-def join_parts(*parts: Parts) -> np.ndarray:
+def join_parts(*parts: Parts) -> Any:  # an array of the components' namespace
     flat = [c for part in parts for c in part]
     return namespace(*flat).stack(flat, axis=-1)
 
@@ -94,15 +101,15 @@ def inverse_parts(A: Parts) -> Parts:
     return q + tuple(-c for c in quat_rotate_parts(q, A[4:]))
 
 
-def quat_mul(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+def quat_mul(p: Array, q: Array) -> Array:
     return join_parts(quat_mul_parts(split_parts(p), split_parts(q)))
 
 
-def quat_conj(q: np.ndarray) -> np.ndarray:
+def quat_conj(q: Array) -> Array:
     return join_parts(quat_conj_parts(split_parts(q)))
 
 
-def quat_rotate(q: np.ndarray, v: np.ndarray) -> np.ndarray:
+def quat_rotate(q: Array, v: Array) -> Array:
     """Rotate vectors (…, 3) by unit quaternions (…, 4)."""
     return join_parts(quat_rotate_parts(split_parts(q), split_parts(v)))
 
@@ -117,27 +124,27 @@ def rotation_matrix_parts(q: Parts) -> Parts:
     )
 
 
-def rotation_matrix(T: np.ndarray) -> np.ndarray:
+def rotation_matrix(T: Array) -> Array:
     """R (…, 3, 3) of poses (…, 7)."""
     rows = rotation_matrix_parts(split_parts(T[..., :4]))
     return namespace(T).stack([join_parts(row) for row in rows], axis=-2)
 
 
-def compose(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def compose(A: Array, B: Array) -> Array:
     """A·B."""
     return join_parts(compose_parts(split_parts(A), split_parts(B)))
 
 
-def inverse(A: np.ndarray) -> np.ndarray:
+def inverse(A: Array) -> Array:
     return join_parts(inverse_parts(split_parts(A)))
 
 
-def between(A: np.ndarray, B: np.ndarray) -> np.ndarray:
+def between(A: Array, B: Array) -> Array:
     """A⁻¹·B."""
     return join_parts(compose_parts(inverse_parts(split_parts(A)), split_parts(B)))
 
 
-def apply(T: np.ndarray, p: np.ndarray) -> np.ndarray:
+def apply(T: Array, p: Array) -> Array:
     """T·p for points (…, 3)."""
     T_parts = split_parts(T)
     rotated = quat_rotate_parts(T_parts[:4], split_parts(p))
@@ -191,14 +198,13 @@ def log_parts(T: Parts) -> Parts:
     return tuple(t[i] - 0.5 * w_t[i] + d * w_w_t[i] for i in range(3)) + omega
 
 
-def exp(xi: np.ndarray) -> np.ndarray:
+def exp(xi: Array) -> Array:
     """Twist (…, 6) = (ρ, ω) → pose (…, 7)."""
-    if namespace(xi) is np:
-        xi = np.asarray(xi, np.float64)
-    return join_parts(exp_parts(split_parts(xi)))
+    parts = split_parts(np.asarray(xi, np.float64) if namespace(xi) is np else xi)
+    return join_parts(exp_parts(parts))
 
 
-def log(T: np.ndarray) -> np.ndarray:
+def log(T: Array) -> Array:
     """Pose (…, 7) → twist (…, 6) = (ρ, ω)."""
     return join_parts(log_parts(split_parts(T)))
 

@@ -156,8 +156,8 @@ def analyze(dims: np.ndarray, edges: np.ndarray) -> Symbolic:
     positions = np.concatenate([np.arange(f.size) for f in fronts])
     sort = np.argsort(keys)
     owner = np.empty(n, np.int64)
-    for i, p in enumerate(pivots):
-        owner[p] = i
+    for i, piv in enumerate(pivots):
+        owner[piv] = i
     sizes = np.array([p.size * f.size for p, f in zip(pivots, fronts)], np.int64)
     symbolic = Symbolic(
         n=n,
@@ -202,9 +202,9 @@ def _supernodes(
     height = [w + int(dims[sorted(b)].sum()) if b else w for w, b in zip(width, below)]
     zeros = [0] * len(pivots)
     children: list[list[int]] = [[] for _ in pivots]
-    for i, p in enumerate(pivots):
-        if parent[p[-1]] >= 0:
-            children[node_of[parent[p[-1]]]].append(i)
+    for i, piv in enumerate(pivots):
+        if parent[piv[-1]] >= 0:
+            children[node_of[parent[piv[-1]]]].append(i)
     # Relaxed amalgamation, children before parents: c's pivot columns gain
     # explicit zeros in the rows of the parent's front that c does not reach.
     merged_into = [-1] * len(pivots)
@@ -233,15 +233,14 @@ def factor(symbolic: Symbolic, entries: np.ndarray) -> Factor | None:
     sym = symbolic
     diagonal: list[np.ndarray] = []
     lower: list[np.ndarray] = []
-    updates: list[np.ndarray | None] = [None] * len(sym.pivots)
+    updates: dict[int, np.ndarray] = {}  # per supernode, until its parent adds it in
     for s, (piv, below) in enumerate(zip(sym.pivots, sym.below)):
         k, m = piv.size, piv.size + below.size
         front = np.zeros((m, m))
         front[:, :k] = entries[sym.offset[s] : sym.offset[s] + m * k].reshape(m, k)
         flat = front.reshape(-1)
         for c in sym.children[s]:
-            flat[sym.relative[c]] += updates[c].reshape(-1)
-            updates[c] = None
+            flat[sym.relative[c]] += updates.pop(c).reshape(-1)
         L11, info = lapack.dpotrf(front[:k, :k], lower=1, clean=1)
         if info != 0:
             return None

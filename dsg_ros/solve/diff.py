@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +35,7 @@ import jax_dataclasses as jdc
 
 from dsg_ros.solve import gd, lm
 from dsg_ros.solve.config import SolverConfig
+from dsg_ros.solve.normal import NormalSystem
 from dsg_ros.solve.perturbed import Perturbed, materialize, values
 from dsg_ros.solve.report import SolveReport
 from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, cost, slab_tangent, slab_whitened
@@ -94,7 +96,9 @@ def _implicit_solve(config: SolverConfig, graph: Graph, x0: State) -> tuple[Stat
     return _forward(graph, x0, config)
 
 
-def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
+def _implicit_fwd(
+    config: SolverConfig, graph: Graph, x0: State
+) -> tuple[tuple[State, SolveReport], tuple[Graph, State, NormalSystem, Perturbed]]:
     perturbed = Perturbed.of(graph)  # symbolic zeros: leaves come as (value, perturbed)
     graph, x0 = values((graph, x0))
     keeping_system = gd.run_keeping_system if config.method == "gd" else lm.run_keeping_system
@@ -102,7 +106,10 @@ def _implicit_fwd(config: SolverConfig, graph: Graph, x0: State):
     return (x_star, report), (graph, x_star, system, perturbed)
 
 
-def _implicit_bwd(config: SolverConfig, residuals, cotangents):
+def _implicit_bwd(
+    config: SolverConfig, residuals: tuple[Graph, State, NormalSystem, Perturbed], cotangents: tuple[Any, Any]
+) -> tuple[Graph, None]:
+    """``cotangents``: of the solution and the report (symbolic zeros where none)."""
     graph, x_star, system, perturbed = residuals
     x_bar = materialize(cotangents[0])
     dense = lm.uses_dense(graph, config)
@@ -120,14 +127,17 @@ def _implicit_bwd(config: SolverConfig, residuals, cotangents):
     gn_solve = lm.linear_solver(graph, system, jnp.zeros((), rhs.points.dtype), dense)
     # Only slabs holding a perturbed leaf contribute to the parameters' gradient.
     slab_varies = perturbed.slabs
+    directional: Callable[[Graph], jax.Array]
     if config.implicit_hessian == "exact":
         adjoint = pcg(hessian_vp, rhs, gn_solve, config.implicit_iterations, config.implicit_tolerance)
 
         # (∂g/∂G)ᵀ v = ∇_G ⟨g(G), v⟩ = ∇_G of f's directional derivative along
         # v: reverse-over-forward, lighter than differentiating the gradient again.
-        def directional(g: Graph) -> jax.Array:
+        def exact_directional(g: Graph) -> jax.Array:
             slabs = tuple(s for s, varies in zip(g.slabs, slab_varies) if varies)
             return jax.jvp(lambda d: cost(jdc.replace(g, slabs=slabs), x_star.retract(d)), (zero,), (adjoint,))[1]
+
+        directional = exact_directional
 
     else:
         adjoint = gn_solve(rhs) * free
@@ -157,7 +167,7 @@ def _gauss_newton_directional(
     """
     # lin.jacobian carries one √w; the other goes on e (below).
     weighted_jv = [
-        jax.lax.stop_gradient(lin.root_weight[:, None] * batched_matmul(lin.jacobian, slab_tangent(lin.slab, v)[:, :, None])[:, :, 0])
+        jax.lax.stop_gradient(lin.root_weight[:, None] * batched_matmul(lin.jacobian, slab_tangent(lin.factors, v)[:, :, None])[:, :, 0])
         if varies
         else None
         for lin, varies in zip(lins, slab_varies)

@@ -97,14 +97,18 @@ def _descend(config: SolverConfig, graph: Graph, x0: State) -> State:
     return _iterate(config, graph, x0, keep=False)[0]
 
 
-def _descend_fwd(config: SolverConfig, graph: Graph, x0: State):
+# The graph, the iterates (stacked), which leaves are perturbed, whether x0 is.
+_DescendResiduals = tuple[Graph, State | None, Perturbed, bool]
+
+
+def _descend_fwd(config: SolverConfig, graph: Graph, x0: State) -> tuple[State, _DescendResiduals]:
     perturbed, x0_perturbed = Perturbed.of(graph), any_perturbed(x0)
     graph, x0 = values((graph, x0))
     x, iterates = _iterate(config, graph, x0, keep=True)
     return x, (graph, iterates, perturbed, x0_perturbed)
 
 
-def _descend_bwd(config: SolverConfig, residuals, x_bar: State):
+def _descend_bwd(config: SolverConfig, residuals: _DescendResiduals, x_bar: State) -> tuple[Graph, State | None]:
     """Backpropagate through the iterations in reverse: at each stored iterate
     ``x_k``, the VJP of one step w.r.t. ``x_k`` and the perturbed graph leaves
     (a first-order pass through the factors' Jacobians); the leaves'

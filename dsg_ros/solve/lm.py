@@ -15,6 +15,7 @@ the predicted decrease has the closed form ``½(λ δᵀDδ − gᵀδ)``.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -204,7 +205,10 @@ def _settle(config: SolverConfig, c: Carry, state: State, cost_now: jax.Array, g
     )
 
 
-def select(pred: jax.Array, a, b):
+_Tree = TypeVar("_Tree")
+
+
+def select(pred: jax.Array, a: _Tree, b: _Tree) -> _Tree:
     """``a`` where ``pred`` holds, else ``b``, leaf by leaf (pytrees of one structure)."""
     return jax.tree.map(lambda u, v: jnp.where(pred, u, v), a, b)
 

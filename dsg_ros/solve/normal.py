@@ -20,9 +20,12 @@ array: each scatter is costly for XLA to compile.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
+from jax.typing import DTypeLike
 
 from dsg_ros.world.factors import TANGENT_DIM
 from dsg_ros.world.graph import Graph, SlabLinearization, State, Tangent, batched_matmul, free_mask, linearize_slab, slab_tangent
@@ -116,10 +119,11 @@ def assemble(graph: Graph, lins: tuple[SlabLinearization, ...], state: State, de
     grads: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
     grams: list[tuple[SlabLinearization, jax.Array]] = []
     for lin in lins:
-        jac = lin.jacobian * slab_tangent(lin.slab, free)[:, None, :]
+        jac = lin.jacobian * slab_tangent(lin.factors, free)[:, None, :]
         _add_gradient(grads, lin, jac)
         grams.append((lin, batched_matmul(jnp.swapaxes(jac, 1, 2), jac)))
     grad = _gradient(grads, state)
+    blocks: DenseBlocks | SparseBlocks
     if dense:
         blocks, diag = _dense_blocks(grams, free, P, V, dtype)
     else:
@@ -150,8 +154,8 @@ def slabs_gradient(graph: Graph, lins: tuple[SlabLinearization, ...], state: Sta
 def _add_gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], lin: SlabLinearization, jac: jax.Array) -> None:
     """Append one slab's ``Jᵀ e`` rows per variable kind (slots, (F, dof))."""
     g = batched_matmul(lin.residual[:, None, :], jac)[:, 0, :]
-    for pos, (kind, offset) in enumerate(zip(lin.slab.ftype.var_kinds, lin.offsets())):
-        grads[kind].append((lin.slab.slots[:, pos], g[:, offset : offset + TANGENT_DIM[kind]]))
+    for pos, (kind, offset) in enumerate(zip(lin.factors.ftype.var_kinds, lin.offsets())):
+        grads[kind].append((lin.factors.slots[:, pos], g[:, offset : offset + TANGENT_DIM[kind]]))
 
 
 def _gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], state: State) -> Tangent:
@@ -160,7 +164,7 @@ def _gradient(grads: dict[str, list[tuple[jax.Array, jax.Array]]], state: State)
     return Tangent(_scatter_rows((P, 6), grads["pose"], dtype), _scatter_rows((V, 3), grads["point"], dtype))
 
 
-def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dtype) -> jax.Array:
+def _scatter_rows(shape: tuple[int, ...], parts: Sequence[tuple[jax.Array, ...]], dtype: DTypeLike) -> jax.Array:
     """Sum ``values`` into a zero array at ``indices``, one scatter for all parts."""
     out = jnp.zeros(shape, dtype)
     if not parts:
@@ -170,19 +174,23 @@ def _scatter_rows(shape: tuple[int, ...], parts: list[tuple[jax.Array, ...]], dt
     return out.at[index].add(values)
 
 
-def _blocks(lin: SlabLinearization, gram: jax.Array):
+def _blocks(lin: SlabLinearization, gram: jax.Array) -> Iterator[tuple[int, int, jax.Array]]:
     """(a, b, block (F, dof_a, dof_b)) for every position pair a ≤ b."""
-    kinds, offsets = lin.slab.ftype.var_kinds, lin.offsets()
+    kinds, offsets = lin.factors.ftype.var_kinds, lin.offsets()
     for a in range(len(kinds)):
         for b in range(a, len(kinds)):
             oa, ob = offsets[a], offsets[b]
             yield a, b, gram[:, oa : oa + TANGENT_DIM[kinds[a]], ob : ob + TANGENT_DIM[kinds[b]]]
 
 
-def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlocks, Tangent]:
-    pose_pose, pose_point, point_point = [], [], []
+def _dense_blocks(
+    grams: list[tuple[SlabLinearization, jax.Array]], free: Tangent, P: int, V: int, dtype: DTypeLike
+) -> tuple[DenseBlocks, Tangent]:
+    pose_pose: list[tuple[jax.Array, jax.Array, jax.Array]] = []
+    pose_point: list[tuple[jax.Array, jax.Array, jax.Array]] = []
+    point_point: list[tuple[jax.Array, jax.Array]] = []
     for lin, gram in grams:
-        kinds, slots = lin.slab.ftype.var_kinds, lin.slab.slots
+        kinds, slots = lin.factors.ftype.var_kinds, lin.factors.slots
         if len(kinds) > 2 and all(k == "pose" for k in kinds):
             # Many poses (a marginalization prior): all k² blocks in one go.
             k, F = len(kinds), slots.shape[0]
@@ -216,11 +224,13 @@ def _dense_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[DenseBlo
     return DenseBlocks(H_pp, H_pl, H_ll), _clamp(diag)
 
 
-def _sparse_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[SparseBlocks, Tangent]:
+def _sparse_blocks(
+    grams: list[tuple[SlabLinearization, jax.Array]], free: Tangent, P: int, V: int, dtype: DTypeLike
+) -> tuple[SparseBlocks, Tangent]:
     diag_parts: dict[str, list[tuple[jax.Array, jax.Array]]] = {"pose": [], "point": []}
     values = []
     for lin, gram in grams:
-        kinds, slots = lin.slab.ftype.var_kinds, lin.slab.slots
+        kinds, slots = lin.factors.ftype.var_kinds, lin.factors.slots
         flat = []
         for a, b, blk in _blocks(lin, gram):
             flat.append(blk.reshape(blk.shape[0], -1))
@@ -231,7 +241,7 @@ def _sparse_blocks(grams, free: Tangent, P: int, V: int, dtype) -> tuple[SparseB
         1.0 - free.poses + _scatter_rows((P, 6), diag_parts["pose"], dtype),
         1.0 - free.points + _scatter_rows((V, 3), diag_parts["point"], dtype),
     )
-    blocks = SparseBlocks(slots=tuple(lin.slab.slots for lin, _ in grams), values=tuple(values))
+    blocks = SparseBlocks(slots=tuple(lin.factors.slots for lin, _ in grams), values=tuple(values))
     return blocks, _clamp(diag)
 
 

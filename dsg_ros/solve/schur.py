@@ -40,7 +40,8 @@ def reduce(system: NormalSystem, lam: jax.Array) -> tuple[jax.Array, jax.Array, 
     # W = H_pl C⁻¹ per voxel, as three broadcast multiply-adds: XLA on CPU
     # turns the equivalent einsum into a batched dot wrapped in transposes.
     H = blocks.H_pl
-    W = sum(H[..., c : c + 1] * C_inv[None, None, :, c, :] for c in range(3)).reshape(6 * P, 3 * V)
+    terms = [H[..., c : c + 1] * C_inv[None, None, :, c, :] for c in range(3)]
+    W = (terms[0] + terms[1] + terms[2]).reshape(6 * P, 3 * V)
     S = A - W @ B.T
     return 0.5 * (S + S.T), C_inv, W
 

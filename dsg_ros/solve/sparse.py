@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -40,7 +41,7 @@ class _PatternCache:
         self._items: OrderedDict[bytes, _Pattern] = OrderedDict()
         self._size = size
 
-    def get(self, key: bytes, build) -> _Pattern:
+    def get(self, key: bytes, build: Callable[[], _Pattern]) -> _Pattern:
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
@@ -58,7 +59,7 @@ def _offsets(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
     return 6 * slots if kind == "pose" else 6 * P + 3 * slots
 
 
-def _build_pattern(kinds_per_slab, slots_per_slab, P: int, V: int) -> _Pattern:
+def _build_pattern(kinds_per_slab: Sequence[Sequence[str]], slots_per_slab: Sequence[np.ndarray], P: int, V: int) -> _Pattern:
     n = 6 * P + 3 * V
     # Values arrive per slab as (F, Σ blocks) row-major, then the off-diagonal
     # blocks again mirrored (each pair both ways), then the diagonal.
@@ -96,7 +97,7 @@ def _variable(kind: str, slots: np.ndarray, P: int) -> np.ndarray:
     return slots.astype(np.int64) if kind == "pose" else P + slots.astype(np.int64)
 
 
-def _mirror_values(kinds_per_slab, values) -> list[np.ndarray]:
+def _mirror_values(kinds_per_slab: Sequence[Sequence[str]], values: Sequence[np.ndarray]) -> list[np.ndarray]:
     """The off-diagonal block values again, in the mirrored-entry order."""
     out = []
     for kinds, vals in zip(kinds_per_slab, values):
@@ -112,7 +113,9 @@ def _mirror_values(kinds_per_slab, values) -> list[np.ndarray]:
     return out
 
 
-def _host_solve(kinds_per_slab, P: int, V: int, diag_add, rhs, *slots_and_values):
+def _host_solve(
+    kinds_per_slab: Sequence[Sequence[str]], P: int, V: int, diag_add: np.ndarray, rhs: np.ndarray, *slots_and_values: np.ndarray
+) -> np.ndarray:
     n_slabs = len(kinds_per_slab)
     slots = [np.asarray(s) for s in slots_and_values[:n_slabs]]
     values = [np.asarray(v, np.float64) for v in slots_and_values[n_slabs:]]

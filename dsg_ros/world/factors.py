@@ -49,6 +49,18 @@ BatchedResidualFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], jax.A
 BatchedLinearizeFn = Callable[[jax.Array, jax.Array, jax.Array, jax.Array], tuple[jax.Array, tuple[jax.Array, ...]]]
 
 
+def _pose(value: Value) -> jaxlie.SE3:
+    """A value at a pose position (values come in the order of the type's var_kinds)."""
+    assert isinstance(value, jaxlie.SE3)
+    return value
+
+
+def _point(value: Value) -> jax.Array:
+    """A value at a point position."""
+    assert not isinstance(value, jaxlie.SE3)
+    return value
+
+
 @dataclass(frozen=True, eq=False)
 class FactorType:
     """One kind of factor; hashed by identity so it can be a static jit argument."""
@@ -87,8 +99,8 @@ class FactorType:
 def retract_value(kind: str, value: Value, delta: jax.Array) -> Value:
     """Right-perturbation retraction for one variable."""
     if kind == "pose":
-        return value @ jaxlie.SE3.exp(delta)
-    return value + delta
+        return _pose(value) @ jaxlie.SE3.exp(delta)
+    return _point(value) + delta
 
 
 def _autodiff_jacobian(
@@ -174,7 +186,7 @@ def _se3_jr_inv(xi: jax.Array) -> jax.Array:
 
 def _prior_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     (T_world_body,) = values
-    return (jaxlie.SE3(z).inverse() @ T_world_body).log()
+    return (jaxlie.SE3(z).inverse() @ _pose(T_world_body)).log()
 
 
 def _prior_se3_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
@@ -190,7 +202,7 @@ def _prior_se3_batched_jac(
 
 def _odom_se3(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     T_world_i, T_world_j = values
-    return (jaxlie.SE3(z).inverse() @ T_world_i.inverse() @ T_world_j).log()
+    return (jaxlie.SE3(z).inverse() @ _pose(T_world_i).inverse() @ _pose(T_world_j)).log()
 
 
 def _odom_se3_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
@@ -217,7 +229,7 @@ def _odom_se3_batched_jac(
 
 def _prior_point(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     (p_world,) = values
-    return p_world - z
+    return _point(p_world) - z
 
 
 def _obs_frames(poses: jax.Array, slots: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -261,7 +273,7 @@ def _voxel_anchor_batched_jac(
 
 def _voxel_anchor(values: tuple[Value, ...], z: jax.Array) -> jax.Array:
     (T_world_body,) = values
-    return T_world_body.inverse() @ z[ANCHOR_VOXEL] - z[ANCHOR_POINT]
+    return _pose(T_world_body).inverse() @ z[ANCHOR_VOXEL] - z[ANCHOR_POINT]
 
 
 def _prior_point_batched(poses: jax.Array, points: jax.Array, slots: jax.Array, z: jax.Array) -> jax.Array:
@@ -277,7 +289,7 @@ def _prior_point_batched_jac(
 
 def _voxel_point_obs(values: tuple[Value, ...], p_body: jax.Array) -> jax.Array:
     T_world_body, v_world = values
-    return T_world_body.inverse() @ v_world - p_body
+    return _pose(T_world_body).inverse() @ _point(v_world) - p_body
 
 
 def _one_row(kernel: BatchedLinearizeFn, var_kinds: tuple[VarKind, ...]) -> JacobianFn:
@@ -289,8 +301,8 @@ def _one_row(kernel: BatchedLinearizeFn, var_kinds: tuple[VarKind, ...]) -> Jaco
         counts[kind] += 1
 
     def jacobian(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
-        poses = [v.wxyz_xyz for k, v in zip(var_kinds, values) if k == "pose"]
-        points = [v for k, v in zip(var_kinds, values) if k == "point"]
+        poses = [_pose(v).wxyz_xyz for k, v in zip(var_kinds, values) if k == "pose"]
+        points = [_point(v) for k, v in zip(var_kinds, values) if k == "point"]
         P = jnp.stack(poses) if poses else jnp.zeros((0, 7), z.dtype)
         V = jnp.stack(points) if points else jnp.zeros((0, 3), z.dtype)
         r, jacs = kernel(P, V, jnp.asarray([slots], jnp.int32), z[None])
@@ -363,12 +375,12 @@ def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
         """Pose deltas (n_pose, 6) and all deltas stacked in position order (n,)."""
         parts, pose_d = [], None
         if pose_pos:
-            T = jnp.stack([values[i].wxyz_xyz for i in pose_pos])
+            T = jnp.stack([_pose(values[i]).wxyz_xyz for i in pose_pos])
             ref = z[pose_values].reshape(-1, 7)
             pose_d = se3.log(se3.between(ref, T))
             parts.append(pose_d.reshape(-1))
         if point_pos:
-            v = jnp.stack([values[i] for i in point_pos])
+            v = jnp.stack([_point(values[i]) for i in point_pos])
             parts.append((v - z[point_values].reshape(-1, 3)).reshape(-1))
         return pose_d, jnp.concatenate(parts)[order]
 
@@ -378,7 +390,7 @@ def _linear_prior_type(kinds: tuple[VarKind, ...]) -> FactorType:
     def jacobian(values: tuple[Value, ...], z: jax.Array) -> tuple[jax.Array, tuple[jax.Array, ...]]:
         pose_d, d = deltas(values, z)
         full = jnp.zeros((n, n), d.dtype)
-        if pose_pos:
+        if pose_d is not None:
             rows = np.concatenate([np.repeat(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
             cols = np.concatenate([np.tile(np.arange(tangent_starts[i], tangent_starts[i] + 6), 6) for i in pose_pos])
             full = full.at[rows, cols].set(_se3_jr_inv(pose_d).reshape(-1))
@@ -469,7 +481,7 @@ def _validate(ftype: FactorType) -> None:
     values = tuple(
         jaxlie.SE3.identity() if k == "pose" else jnp.zeros(3) for k in ftype.var_kinds
     )
-    meas = jax.ShapeDtypeStruct(ftype.measurement_shape, jnp.float64)
+    meas: jax.ShapeDtypeStruct | jax.Array = jax.ShapeDtypeStruct(ftype.measurement_shape, jnp.float64)
     if ftype.se3_measurement:
         meas = jaxlie.SE3.identity().wxyz_xyz
     try:

@@ -11,12 +11,13 @@ variables are held fixed by the solver.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
 import jaxlie
+from jax.typing import ArrayLike
 
 from dsg_ros import se3
 from dsg_ros.world.factors import TANGENT_DIM, FactorType
@@ -135,7 +136,7 @@ class Graph:
                 return slab
         raise KeyError(f"graph has no slab of factor type {name!r}; it has {[s.ftype.name for s in self.slabs]}")
 
-    def with_measurements(self, name: str, rows: jax.Array, measurements: jax.Array) -> Graph:
+    def with_measurements(self, name: str, rows: ArrayLike, measurements: ArrayLike) -> Graph:
         """A copy with ``measurements`` (n, *shape) written at slab ``rows`` (n,).
 
         This is how learnable parameters enter a solve: differentiable in
@@ -144,11 +145,11 @@ class Graph:
         """
         return self._replace_slab(name, lambda s: jdc.replace(s, measurement=s.measurement.at[rows].set(jnp.asarray(measurements, s.measurement.dtype))))
 
-    def with_sqrt_info(self, name: str, rows: jax.Array, sqrt_info: jax.Array) -> Graph:
+    def with_sqrt_info(self, name: str, rows: ArrayLike, sqrt_info: ArrayLike) -> Graph:
         """A copy with sqrt-information (n, d, d) written at slab ``rows`` (n,), cast to the slab's dtype."""
         return self._replace_slab(name, lambda s: jdc.replace(s, sqrt_info=s.sqrt_info.at[rows].set(jnp.asarray(sqrt_info, s.sqrt_info.dtype))))
 
-    def _replace_slab(self, name: str, fn) -> Graph:
+    def _replace_slab(self, name: str, fn: Callable[[FactorSlab], FactorSlab]) -> Graph:
         self.slab(name)  # raises a clear error for unknown names
         return jdc.replace(self, slabs=tuple(fn(s) if s.ftype.name == name else s for s in self.slabs))
 
@@ -263,10 +264,16 @@ class SlabLinearization:
     on inactive rows).
     """
 
-    slab: FactorSlab
+    slab: FactorSlab | None  # None while detached (``solve.normal.detach_slabs``)
     residual: jax.Array
     jacobian: jax.Array
     root_weight: jax.Array
+
+    @property
+    def factors(self) -> FactorSlab:
+        """The linearized slab; a detached linearization has none."""
+        assert self.slab is not None, "detached linearization: attach_slabs first"
+        return self.slab
 
     @staticmethod
     def zeros(slab: FactorSlab) -> SlabLinearization:
@@ -277,7 +284,7 @@ class SlabLinearization:
 
     def offsets(self) -> tuple[int, ...]:
         out, start = [], 0
-        for kind in self.slab.ftype.var_kinds:
+        for kind in self.factors.ftype.var_kinds:
             out.append(start)
             start += TANGENT_DIM[kind]
         return tuple(out)

@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Final
 
-import jax
 import numpy as np
 
 from dsg_ros import se3
@@ -30,7 +29,7 @@ ANCHOR_VOXEL: Final = slice(0, 3)  # the frozen voxel v (3,) in the map frame
 ANCHOR_POINT: Final = slice(3, 6)  # the observed point p (3,) in the pose's frame
 
 
-def anchor_measurement(v_map: jax.Array, p_base: jax.Array) -> jax.Array:
+def anchor_measurement(v_map: se3.Array, p_base: se3.Array) -> se3.Array:
     """Anchor measurements (n, 6) of frozen voxels ``v_map`` (n, 3) seen at ``p_base`` (n, 3) (NumPy or JAX)."""
     return se3.namespace(v_map, p_base).concatenate([v_map, p_base], axis=1)
 

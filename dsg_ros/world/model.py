@@ -12,12 +12,13 @@ from __future__ import annotations
 import heapq
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
 import jaxlie
 import numpy as np
+from jax.typing import DTypeLike
 
 from dsg_ros import runtime
 from dsg_ros.world.factors import DEFAULT_REGISTRY, VALUE_DIM, FactorRegistry, FactorType
@@ -106,7 +107,7 @@ class WorldModel:
     >>> _ = wm.add_factor("prior_se3", [a], jaxlie.SE3.identity(), Noise.isotropic(1e-3, 6))
     """
 
-    def __init__(self, capacity: Capacity, registry: FactorRegistry | None = None, dtype: Any = None) -> None:
+    def __init__(self, capacity: Capacity, registry: FactorRegistry | None = None, dtype: DTypeLike | None = None) -> None:
         self.capacity = capacity
         self.registry = registry or DEFAULT_REGISTRY
         self.dtype = jnp.dtype(dtype) if dtype is not None else runtime.default_dtype()
@@ -237,9 +238,13 @@ class WorldModel:
         try:
             return self._vars[int(var_id)]
         except KeyError:
-            if 0 <= int(var_id) < self._next_var_id:
-                raise KeyError(f"variable {var_id} was removed") from None
-            raise KeyError(f"no variable with id {var_id}") from None
+            raise self._unknown(var_id) from None
+
+    def _unknown(self, var_id: int) -> KeyError:
+        """The error for an id without a variable: removed, or never added."""
+        if 0 <= int(var_id) < self._next_var_id:
+            return KeyError(f"variable {var_id} was removed")
+        return KeyError(f"no variable with id {var_id}")
 
     # -------------------------------------------------------------------- factors
 
@@ -295,9 +300,10 @@ class WorldModel:
         for pos, want in enumerate(ftype.var_kinds):
             # Plain dict lookups over Python ints: a keyframe adds thousands of factors.
             column = var_ids[:, pos].tolist()
-            found = [self._vars.get(v) for v in column]
-            if None in found:
-                self._var(column[found.index(None)])  # raises the specific KeyError
+            try:
+                found = [self._vars[v] for v in column]
+            except KeyError as exc:
+                raise self._unknown(exc.args[0]) from None
             for vid, (kind, _) in zip(column, found):
                 if kind != want:
                     raise ValueError(f"{type_name}: variable {vid} at position {pos} is a {kind}, expected a {want}")
@@ -439,7 +445,7 @@ class WorldModel:
         d = ftype.residual_dim
         if noise is None:
             return np.eye(d)
-        if isinstance(noise, np.ndarray) and n is not None:
+        if isinstance(noise, np.ndarray):  # per factor: only with ``n``
             if noise.shape != (n, d, d):
                 raise ValueError(f"{ftype.name} per-factor sqrt-information must have shape {(n, d, d)}, got {noise.shape}")
             if not np.all(np.isfinite(noise)):
@@ -458,9 +464,10 @@ class WorldModel:
         Always copies first: on CPU the transfer may alias the host buffers
         that later edits write into.
         """
+        # Host arrays in the device pytree until ``device_put``: JAX takes them wherever it takes its own.
         state = State(
-            poses=np.array(self._values["pose"], self.dtype),
-            points=np.array(self._values["point"], self.dtype),
+            poses=cast(jax.Array, np.array(self._values["pose"], self.dtype)),
+            points=cast(jax.Array, np.array(self._values["point"], self.dtype)),
         )
         return jax.device_put(state) if on_device else state
 
@@ -505,14 +512,15 @@ class WorldModel:
         The device copy is reused until the graph is edited."""
         if on_device and self._device_graph is not None and self._device_graph[0] == self._revision:
             return self._device_graph[1]
+        # Host arrays in the device pytree, as in ``pack_state``.
         slabs = tuple(
             FactorSlab(
                 ftype=h.ftype,
                 slots=h.slots.copy(),
-                measurement=np.array(h.measurement, self.dtype),
-                sqrt_info=np.array(h.sqrt_info, self.dtype),
+                measurement=cast(jax.Array, np.array(h.measurement, self.dtype)),
+                sqrt_info=cast(jax.Array, np.array(h.sqrt_info, self.dtype)),
                 robust_code=h.robust_code.copy(),
-                robust_scale=np.array(h.robust_scale, self.dtype),
+                robust_scale=cast(jax.Array, np.array(h.robust_scale, self.dtype)),
                 active=h.active.copy(),
             )
             for _, h in sorted(self._slabs.items())
