@@ -10,11 +10,14 @@ import dataclasses
 import typing
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import yaml
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "config", base: T | None = None) -> T:
@@ -36,7 +39,7 @@ def from_mapping(cls: type[T], data: Mapping[str, Any] | None, where: str = "con
     values = {}
     for name, value in data.items():
         hint = hints[name]
-        if dataclasses.is_dataclass(hint):
+        if isinstance(hint, type) and dataclasses.is_dataclass(hint):
             values[name] = from_mapping(hint, value, f"{where}.{name}", getattr(base, name))
         else:
             values[name] = _convert(hint, value, f"{where}.{name}")
@@ -118,7 +121,7 @@ def section(data: Mapping[str, Any], name: str, where: str = "config") -> Mappin
 
 def _convert(hint: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return from_mapping(hint, value, where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import gc
 import os
 import threading
+from typing import overload
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # read when the backend starts
 
@@ -107,6 +108,10 @@ def settle_heap() -> None:
     gc.freeze()
 
 
+@overload
+def rss_mb() -> float: ...
+@overload
+def rss_mb(pid: int | str) -> float | None: ...
 def rss_mb(pid: int | str = "self") -> float | None:
     """Resident memory of a process in MiB (Linux /proc), or None if it cannot
     be read; for this process without /proc, the peak RSS instead."""

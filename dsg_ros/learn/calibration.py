@@ -23,9 +23,10 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +39,8 @@ from dsg_ros.world.layout import ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS, an
 
 FILE_VERSION = 1
 Theta = dict[str, jax.Array]
+HostTheta = dict[str, np.ndarray]  # the mapper's copy (``as_host``)
+AnyTheta = Mapping[str, np.ndarray | jax.Array]
 
 
 def zero_theta() -> Theta:
@@ -99,9 +102,10 @@ class CalibrationBounds:
             "time_offset": (np.asarray(-self.time_offset_s), np.asarray(self.time_offset_s)),
         }
 
-    def clip(self, theta: Theta) -> tuple[dict[str, np.ndarray], list[str]]:
+    def clip(self, theta: AnyTheta) -> tuple[HostTheta, list[str]]:
         """theta clipped into the bounds (host arrays), and the names of the entries that were outside."""
-        out, clipped = {}, []
+        out: HostTheta = {}
+        clipped: list[str] = []
         for name, (lo, hi) in self.limits().items():
             value = np.asarray(theta[name], np.float64)
             out[name] = np.clip(value, lo, hi)
@@ -110,12 +114,12 @@ class CalibrationBounds:
         return out, clipped
 
 
-def as_host(theta: Theta) -> dict[str, np.ndarray]:
+def as_host(theta: AnyTheta) -> HostTheta:
     """theta as float64 NumPy arrays (copies)."""
     return {k: np.array(v, np.float64) for k, v in theta.items()}
 
 
-def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array, velocity: jax.Array) -> jax.Array:
+def correct_odometry(theta: Mapping[str, se3.Array], raw: se3.Array, dt: se3.Array, velocity: se3.Array) -> se3.Array:
     """Corrected increments ``wxyz_xyz`` (n, 7) from raw increments (n, 7) over ``dt`` (n,) seconds.
 
     ``velocity`` (n, 2, 6): the raw odometry's body twist rate (ρ̇, ω̇) at
@@ -136,18 +140,18 @@ def correct_odometry(theta: Theta, raw: jax.Array, dt: jax.Array, velocity: jax.
     return se3.exp(xp.concatenate([rho, omega], axis=1))
 
 
-def base_sensor(theta: Theta, T_base_sensor_nominal: jax.Array) -> jax.Array:
+def base_sensor(theta: Mapping[str, se3.Array], T_base_sensor_nominal: se3.Array) -> se3.Array:
     """Calibrated ``T_base_sensor`` (7,) (NumPy or JAX, as ``correct_odometry``)."""
     return se3.compose(T_base_sensor_nominal, se3.exp(theta["extrinsic"]))
 
 
-def observations_in_base(theta: Theta, T_base_sensor_nominal: jax.Array, p_sensor: jax.Array) -> jax.Array:
+def observations_in_base(theta: Mapping[str, se3.Array], T_base_sensor_nominal: se3.Array, p_sensor: se3.Array) -> se3.Array:
     """Sensor-frame centroids (n, 3) → base-frame measurements (n, 3)."""
     return se3.apply(base_sensor(theta, T_base_sensor_nominal), p_sensor)
 
 
 @jdc.pytree_dataclass
-class MeasurementInputs:
+class MeasurementInputs(Generic[se3.Array]):
     """What a window's calibrated measurements are computed from, per slab row.
 
     odom_raw (W, 7), odom_dt (W,), odom_velocity (W, 2, 6): per odometry
@@ -158,14 +162,14 @@ class MeasurementInputs:
     JAX arrays inside a calibration step.
     """
 
-    odom_raw: jax.Array
-    odom_dt: jax.Array
-    odom_velocity: jax.Array
-    obs_p_sensor: jax.Array
-    anchor_p_sensor: jax.Array
+    odom_raw: se3.Array
+    odom_dt: se3.Array
+    odom_velocity: se3.Array
+    obs_p_sensor: se3.Array
+    anchor_p_sensor: se3.Array
 
     @staticmethod
-    def empty(odometry_rows: int, observation_rows: int, anchor_rows: int) -> MeasurementInputs:
+    def empty(odometry_rows: int, observation_rows: int, anchor_rows: int) -> MeasurementInputs[np.ndarray]:
         """Host buffers for a window's slab capacities (unused rows: no motion, the sensor origin)."""
         return MeasurementInputs(
             odom_raw=np.tile(se3.IDENTITY, (odometry_rows, 1)),
@@ -175,7 +179,7 @@ class MeasurementInputs:
             anchor_p_sensor=np.zeros((anchor_rows, 3)),
         )
 
-    def rows(self, odometry: np.ndarray, observations: np.ndarray, anchors: np.ndarray) -> MeasurementInputs:
+    def rows(self, odometry: np.ndarray, observations: np.ndarray, anchors: np.ndarray) -> MeasurementInputs[se3.Array]:
         """The inputs of these rows (index arrays per slab) only."""
         return MeasurementInputs(
             odom_raw=self.odom_raw[odometry],
@@ -187,8 +191,13 @@ class MeasurementInputs:
 
 
 def remeasure(
-    theta: Theta, T_base_sensor_nominal: jax.Array, inputs: MeasurementInputs, anchor_voxels: jax.Array, *, observations: bool = True
-) -> dict[str, jax.Array]:
+    theta: Mapping[str, se3.Array],
+    T_base_sensor_nominal: se3.Array,
+    inputs: MeasurementInputs[se3.Array],
+    anchor_voxels: se3.Array,
+    *,
+    observations: bool = True,
+) -> dict[str, se3.Array]:
     """Every measurement theta calibrates, per slab name: odometry (W, 7),
     observations (R, 3) and anchors (A, 6), from ``inputs`` and the anchors'
     frozen voxels ``anchor_voxels`` (A, 3). NumPy or JAX, as ``correct_odometry``.
@@ -218,7 +227,7 @@ class CalibrationSummary:
     time_offset_s: float
 
     @staticmethod
-    def of(theta: Theta) -> CalibrationSummary:
+    def of(theta: AnyTheta) -> CalibrationSummary:
         t = as_host(theta)
         return CalibrationSummary(
             odom_scale=tuple(np.exp(t["odom_log_scale"]).tolist()),
@@ -232,7 +241,7 @@ class CalibrationSummary:
         )
 
 
-def save(path: str | Path, theta: Theta, metadata: dict[str, Any] | None = None) -> Path:
+def save(path: str | Path, theta: AnyTheta, metadata: dict[str, Any] | None = None) -> Path:
     """Write theta as versioned YAML, atomically (temp file in the same folder, then rename)."""
     path = Path(path)
     values = {k: v.tolist() for k, v in as_host(theta).items()}

@@ -44,9 +44,10 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache, partial
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,8 @@ import jaxlie
 import numpy as np
 import optax
 
-from dsg_ros.learn.calibration import CalibrationBounds, MeasurementInputs, Theta, observations_in_base, remeasure
+from dsg_ros import se3
+from dsg_ros.learn.calibration import AnyTheta, CalibrationBounds, HostTheta, MeasurementInputs, Theta, observations_in_base, remeasure
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.solve.reduced import solve_poses
 from dsg_ros.world import Graph, State
@@ -145,8 +147,9 @@ class CalibrationConfig:
 
 
 @jdc.pytree_dataclass
-class Snapshot:
-    """One window, frozen for learning (all arrays; stackable for vmap).
+class Snapshot(Generic[se3.Array]):
+    """One window, frozen for learning (all arrays; stackable for vmap): host
+    arrays as the mapper takes it, JAX arrays inside a calibration step.
 
     graph: the window graph with the newest keyframe's observation rows off.
     inputs: what the window's measurements were computed from (its rows).
@@ -163,22 +166,22 @@ class Snapshot:
 
     graph: Graph
     x0: State
-    inputs: MeasurementInputs
-    odom_L: jax.Array
-    obs_L: jax.Array
-    anchor_L: jax.Array
-    prev_slot: jax.Array
-    new_slot: jax.Array
-    held_obs_rows: jax.Array
-    held_obs: jax.Array
-    held_obs_voxel: jax.Array
-    held_anchor_rows: jax.Array
-    held_anchor: jax.Array
-    reference: jax.Array
-    has_reference: jax.Array
+    inputs: MeasurementInputs[se3.Array]
+    odom_L: se3.Array
+    obs_L: se3.Array
+    anchor_L: se3.Array
+    prev_slot: se3.Array
+    new_slot: se3.Array
+    held_obs_rows: se3.Array
+    held_obs: se3.Array
+    held_obs_voxel: se3.Array
+    held_anchor_rows: se3.Array
+    held_anchor: se3.Array
+    reference: se3.Array
+    has_reference: se3.Array
 
 
-def inject(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> Graph:
+def inject(theta: Theta, snap: Snapshot[jax.Array], T_base_sensor: jax.Array, config: CalibrationConfig) -> Graph:
     """The snapshot's graph with measurements (``remeasure``, as the window
     builds them) and noise rebuilt from theta.
 
@@ -231,7 +234,7 @@ SELF_SUPERVISED_CAP_SIGMA = 5.0
 PRIOR_INFORMATION = 1e-6
 
 
-def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> tuple[jax.Array, jax.Array]:
+def snapshot_residuals(theta: Theta, snap: Snapshot[jax.Array], T_base_sensor: jax.Array, config: CalibrationConfig) -> tuple[jax.Array, jax.Array]:
     """The snapshot's residuals r (6 + 3·(K + KA),) and a constant c: its loss is ``|r|² + c``.
 
     With a reference, r's first 6 entries are the relative-pose error
@@ -273,7 +276,7 @@ def snapshot_residuals(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, c
     return r, jnp.where(snap.has_reference, 0.0, capped)
 
 
-def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
+def snapshot_loss(theta: Theta, snap: Snapshot[jax.Array], T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
     r, c = snapshot_residuals(theta, snap, T_base_sensor, config)
     return jnp.sum(r * r) + c
 
@@ -281,13 +284,13 @@ def snapshot_loss(theta: Theta, snap: Snapshot, T_base_sensor: jax.Array, config
 class OnlineCalibrator:
     """Buffer of snapshots plus the optimizer state; one compiled step."""
 
-    def __init__(self, config: CalibrationConfig, theta: Theta, T_base_sensor: jax.Array, resumed: bool = False) -> None:
+    def __init__(self, config: CalibrationConfig, theta: AnyTheta, T_base_sensor: np.ndarray, resumed: bool = False) -> None:
         """``resumed``: theta is a calibration learned before (a loaded file).
         Gauss–Newton then weighs it as the fit of a full memory of snapshots
         (1/(1 − forgetting)) like the first one it sees, instead of replacing
         it by that one snapshot's fit."""
         self.config = config
-        self.snapshots: deque[Snapshot] = deque(maxlen=config.buffer)
+        self.snapshots: deque[Snapshot[np.ndarray]] = deque(maxlen=config.buffer)
         self._mask = config.mask()
         self._T_base_sensor = T_base_sensor
         self._state = self._initial_state(theta)
@@ -301,11 +304,11 @@ class OnlineCalibrator:
         # the optimizer state that goes with the one in use (restored on a
         # rollback), and (loss in use, loss of the candidate) per snapshot
         # scored since the last decision.
-        self._candidate: dict[str, np.ndarray] | None = None
+        self._candidate: HostTheta | None = None
         self._in_use_state = (self._state, self._prior_steps)
         self._tally: list[tuple[float, float]] = []
 
-    def _initial_state(self, theta: Theta):
+    def _initial_state(self, theta: AnyTheta) -> np.ndarray | optax.OptState:
         """Gauss–Newton: the accumulated information (n, n) over the n learned
         coordinates. Adam: optax's state (masked gradients are exactly zero,
         and Adam then leaves those coordinates be)."""
@@ -318,7 +321,7 @@ class OnlineCalibrator:
         """Gauss–Newton: the accumulated information (n, n) over ``learned_coordinates``; None with Adam."""
         return np.array(self._state) if self.config.optimizer == "gauss_newton" else None
 
-    def add(self, snapshot: Snapshot) -> None:
+    def add(self, snapshot: Snapshot[np.ndarray]) -> None:
         self.snapshots.append(snapshot)
 
     def clear(self) -> None:
@@ -330,7 +333,7 @@ class OnlineCalibrator:
         self._candidate, self._tally = None, []
         self._state, self._prior_steps = self._in_use_state
 
-    def learn(self, snapshot: Snapshot, theta: Theta) -> tuple[dict[str, np.ndarray] | None, str | None]:
+    def learn(self, snapshot: Snapshot[np.ndarray], theta: AnyTheta) -> tuple[HostTheta | None, str | None]:
         """Feed one snapshot; returns (a validated theta to apply or None, a warning or None).
 
         ``theta`` is the calibration in use. The snapshot first scores it and
@@ -340,7 +343,7 @@ class OnlineCalibrator:
         ``theta``. Then, once the buffer is ready, the candidate takes one
         step on the snapshot.
         """
-        applied = None
+        applied: HostTheta | None = None
         if self._candidate is not None:
             scored = self._candidate
             self._tally.append((float(self._loss(theta, snapshot)), float(self._loss(scored, snapshot))))
@@ -369,13 +372,13 @@ class OnlineCalibrator:
         self.clipped += bool(outside)
         return applied, None
 
-    def _loss(self, theta: Theta, snapshot: Snapshot) -> jax.Array:
+    def _loss(self, theta: AnyTheta, snapshot: Snapshot[np.ndarray]) -> jax.Array:
         return _validation_loss(theta, snapshot, self._T_base_sensor, self.config)
 
     def ready(self) -> bool:
         return len(self.snapshots) >= self.config.batch
 
-    def step(self, theta: Theta) -> Theta:
+    def step(self, theta: AnyTheta) -> Theta:
         """One optimizer step on the newest ``batch`` snapshots; returns the new theta."""
         batch = list(self.snapshots)[-self.config.batch :]
         theta, self._state, loss = self._run(theta, self._state, batch, self._prior_steps)
@@ -384,12 +387,14 @@ class OnlineCalibrator:
         self.last_loss = float(loss)
         return theta
 
-    def warm_up(self, theta: Theta, snapshot: Snapshot) -> None:
+    def warm_up(self, theta: AnyTheta, snapshot: Snapshot[np.ndarray]) -> None:
         """Compile the step and the validation loss on a snapshot's shapes without touching the optimizer state."""
         self._run(theta, self._initial_state(theta), [snapshot] * self.config.batch, 0.0)[2].block_until_ready()
         self._loss(theta, snapshot).block_until_ready()
 
-    def _run(self, theta: Theta, state, batch: list[Snapshot], prior_steps: float):
+    def _run(
+        self, theta: AnyTheta, state: np.ndarray | optax.OptState, batch: list[Snapshot[np.ndarray]], prior_steps: float
+    ) -> tuple[Theta, np.ndarray | optax.OptState, jax.Array]:
         # Stacked on the host, then one transfer; a batch of one is a view (no copy of ~5 MB).
         stacked = jax.tree.map(lambda *a: np.stack(a) if len(a) > 1 else np.expand_dims(a[0], 0), *batch)
         if self.config.optimizer == "gauss_newton":
@@ -398,7 +403,7 @@ class OnlineCalibrator:
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _validation_loss(theta: Theta, snapshot: Snapshot, T_base_sensor, config: CalibrationConfig) -> jax.Array:
+def _validation_loss(theta: Theta, snapshot: Snapshot[jax.Array], T_base_sensor: jax.Array, config: CalibrationConfig) -> jax.Array:
     return snapshot_loss(theta, snapshot, T_base_sensor, config)
 
 
@@ -407,7 +412,10 @@ def learned_coordinates(config: CalibrationConfig) -> tuple[tuple[str, int], ...
     return tuple((k, int(i)) for k, m in config.mask().items() for i in np.flatnonzero(np.asarray(m).reshape(-1)))
 
 
-def _per_snapshot(fn, stacked: Snapshot):
+_Out = TypeVar("_Out")
+
+
+def _per_snapshot(fn: Callable[[Snapshot[jax.Array]], _Out], stacked: Snapshot[jax.Array]) -> _Out:
     """``fn`` of each snapshot of a stacked batch, its outputs stacked."""
     if stacked.new_slot.shape[0] == 1:
         # vmap over a batch of one turns every gather and scatter of the
@@ -417,7 +425,9 @@ def _per_snapshot(fn, stacked: Snapshot):
 
 
 @partial(jax.jit, static_argnames=("config",))
-def _gauss_newton_step(theta, information, prior_steps, stacked: Snapshot, T_base_sensor, config: CalibrationConfig):
+def _gauss_newton_step(
+    theta: Theta, information: jax.Array, prior_steps: jax.Array, stacked: Snapshot[jax.Array], T_base_sensor: jax.Array, config: CalibrationConfig
+) -> tuple[Theta, jax.Array, jax.Array]:
     """One recursive-least-squares step: A ← forgetting·A + (1 + prior_steps)·JᵀJ,
     δ = −A⁻¹Jᵀr over the learned coordinates, r the batch's residuals at theta
     (``prior_steps`` > 0 once, for a resumed calibration).
@@ -456,7 +466,15 @@ def _adam(config: CalibrationConfig) -> optax.GradientTransformation:
 
 
 @partial(jax.jit, static_argnames=("config", "optimizer"))
-def _adam_step(theta, opt_state, stacked: Snapshot, T_base_sensor, mask, config: CalibrationConfig, optimizer):
+def _adam_step(
+    theta: Theta,
+    opt_state: optax.OptState,
+    stacked: Snapshot[jax.Array],
+    T_base_sensor: jax.Array,
+    mask: dict[str, np.ndarray],
+    config: CalibrationConfig,
+    optimizer: optax.GradientTransformation,
+) -> tuple[Theta, optax.OptState, jax.Array]:
     def loss(t):
         return jnp.mean(_per_snapshot(lambda s: snapshot_loss(t, s, T_base_sensor, config), stacked))
 

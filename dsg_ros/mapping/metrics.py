@@ -44,7 +44,7 @@ def rpe(estimate: np.ndarray, reference: np.ndarray, delta: int = 1) -> tuple[fl
     if estimate.shape[0] <= delta:
         return float("nan"), float("nan")
     trans, rot = relation_errors(se3.between(estimate[:-delta], estimate[delta:]), se3.between(reference[:-delta], reference[delta:]))
-    return _rmse(trans), _rmse(rot)
+    return _rms(trans), _rms(rot)
 
 
 def relation_errors(relative_estimate: np.ndarray, relative_reference: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -141,9 +141,13 @@ def score_relations(stamps: np.ndarray, poses: np.ndarray, relations: np.ndarray
     return {"relations_m": _rmse(trans), "relations_deg": _rmse(rot), "relations_used": int(ok.sum()), "relations_total": int(relations.shape[0])}
 
 
+def _rms(values: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(values))))
+
+
 def _rmse(values: np.ndarray) -> float | None:
     """Root mean square, None for no values (JSON null rather than NaN)."""
-    return float(np.sqrt(np.mean(np.square(values)))) if np.size(values) else None
+    return _rms(values) if np.size(values) else None
 
 
 def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> Path:

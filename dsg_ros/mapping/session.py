@@ -75,7 +75,7 @@ class MappingSession:
         config: SessionConfig = SessionConfig(),
         publish: Callable[[TickResult], None] | None = None,
         interrupt: Callable[[], bool] | None = None,
-        report: Callable[[str], None] = log.error,
+        report: Callable[[str], object] = log.error,
     ) -> None:
         self.mapper = mapper
         self.config = config
@@ -113,7 +113,7 @@ class MappingSession:
             marginalized = self.mapper.marginalize()
             marginalization_ms = 1000.0 * (time.perf_counter() - started) if marginalized is not None else None
         finally:
-            if snapshot is not None:  # even if marginalizing failed: the snapshot was taken before
+            if snapshot is not None and self._worker is not None:  # even if marginalizing failed: the snapshot was taken before
                 self._worker.submit(snapshot)
         # Refine until converged or interrupted; the next tick publishes it.
         started = time.perf_counter()
@@ -142,13 +142,13 @@ class MappingSession:
 class _Worker:
     """One thread learning from snapshots the ticking thread hands it, one at a time."""
 
-    def __init__(self, learn: Callable[[Snapshot], cal.Theta | None], report: Callable[[str], None]) -> None:
+    def __init__(self, learn: Callable[[Snapshot], cal.AnyTheta | None], report: Callable[[str], object]) -> None:
         self._learn = learn
         self._report = report
         self.busy = threading.Event()  # a snapshot is queued or being learned from; only the worker clears it
         self._snapshots: queue.Queue[Snapshot | None] = queue.Queue(maxsize=1)  # None: stop
         self._lock = threading.Lock()
-        self._theta: cal.Theta | None = None  # learned, not yet taken; a newer one replaces it
+        self._theta: cal.AnyTheta | None = None  # learned, not yet taken; a newer one replaces it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="dsg_calibration", daemon=True)
         self._thread.start()
@@ -157,7 +157,7 @@ class _Worker:
         self.busy.set()
         self._snapshots.put_nowait(snapshot)
 
-    def take(self) -> cal.Theta | None:
+    def take(self) -> cal.AnyTheta | None:
         with self._lock:
             theta, self._theta = self._theta, None
         return theta

@@ -22,11 +22,12 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import jax
 import jax_dataclasses as jdc
 import numpy as np
+from jax.typing import DTypeLike
 
 from dsg_ros import se3
 from dsg_ros.learn import calibration as cal
@@ -35,7 +36,7 @@ from dsg_ros.mapping.voxels import CellObservations
 from dsg_ros.solve import schur
 from dsg_ros.solve.normal import linearize
 from dsg_ros.world import Capacity, FactorRegistry, Graph, Noise, Robust, State, WorldModel
-from dsg_ros.world.factors import linear_prior_type
+from dsg_ros.world.factors import VarKind, linear_prior_type
 from dsg_ros.world.layout import (
     ANCHOR_VOXEL,
     ODOM_SE3,
@@ -105,7 +106,8 @@ class MarginalizationReport:
 
 def _packed(graph: Graph, state: State, rows: dict[str, np.ndarray], points: np.ndarray, caps: dict[str, int]) -> tuple[Graph, State]:
     """Host graph of just ``rows`` per slab and the ``points`` voxel slots
-    (renumbered 0…), padded with inactive rows and voxels to ``caps``."""
+    (renumbered 0…), padded with inactive rows and voxels to ``caps``
+    (host arrays in the device pytree until ``device_put``)."""
     renumber = np.zeros(graph.point_active.shape[0], np.int32)
     renumber[points] = np.arange(points.size, dtype=np.int32)
     slabs = []
@@ -121,17 +123,17 @@ def _packed(graph: Graph, state: State, rows: dict[str, np.ndarray], points: np.
         active[:n] = True
         slabs.append(jdc.replace(
             sl, slots=slots, measurement=sl.measurement[pick], sqrt_info=sl.sqrt_info[pick],
-            robust_code=sl.robust_code[pick], robust_scale=sl.robust_scale[pick], active=active,
+            robust_code=sl.robust_code[pick], robust_scale=sl.robust_scale[pick], active=cast(jax.Array, active),
         ))
     point_active = np.zeros(caps["points"], bool)
     point_active[: points.size] = True
     pick = np.concatenate([points, np.zeros(caps["points"] - points.size, np.int64)])
-    packed = jdc.replace(graph, slabs=tuple(slabs), point_active=point_active)
+    packed = jdc.replace(graph, slabs=tuple(slabs), point_active=cast(jax.Array, point_active))
     return packed, jdc.replace(state, points=state.points[pick])
 
 
 @jax.jit
-def _reduced_system(graph: Graph, state: State):
+def _reduced_system(graph: Graph, state: State) -> tuple[jax.Array, jax.Array, jax.Array]:
     system, _ = linearize(graph, state, True)
     S, b = schur.reduced_pose_system(system)
     return S, b, system.free.poses[:, 0]
@@ -140,11 +142,12 @@ def _reduced_system(graph: Graph, state: State):
 class Window:
     """Keyframes, voxels and factors of the sliding window, plus the persistent map."""
 
-    def __init__(self, config: WindowConfig = WindowConfig(), dtype=None) -> None:
+    def __init__(self, config: WindowConfig = WindowConfig(), dtype: DTypeLike | None = None) -> None:
         self.config = config
         W = config.keyframes
         registry = FactorRegistry()
-        self.prior_type = registry.ensure(linear_prior_type(("pose",) * W))
+        pose: VarKind = "pose"
+        self.prior_type = registry.ensure(linear_prior_type((pose,) * W))
         self.model = WorldModel(
             Capacity(
                 poses=W,
@@ -291,7 +294,7 @@ class Window:
         self.voxel_map.observe(keys, se3.apply(T_map_base, p_base))
         return int(keys.shape[0])
 
-    def remeasure(self, theta: cal.Theta, T_base_sensor_nominal: np.ndarray) -> None:
+    def remeasure(self, theta: cal.HostTheta, T_base_sensor_nominal: np.ndarray) -> None:
         """Rebuild every calibrated measurement of the window from ``theta`` (host arrays)."""
         wm = self.model
         rows = {name: np.flatnonzero(wm.slab_rows(name).active) for name in (ODOM_SE3, VOXEL_POINT_OBS, VOXEL_ANCHOR_OBS)}
@@ -401,11 +404,12 @@ class Window:
             for sl in graph.slabs:
                 active = np.zeros_like(sl.active)
                 active[rows[sl.ftype.name]] = True
-                slabs.append(jdc.replace(sl, active=active))
+                slabs.append(jdc.replace(sl, active=cast(jax.Array, active)))  # host arrays until device_put
             point_active = np.zeros_like(graph.point_active)
             point_active[points] = True
-            graph = jdc.replace(graph, slabs=tuple(slabs), point_active=point_active)
-        return tuple(np.asarray(a, np.float64) for a in _reduced_system(*jax.device_put((graph, state))))
+            graph = jdc.replace(graph, slabs=tuple(slabs), point_active=cast(jax.Array, point_active))
+        S, b, free = _reduced_system(*jax.device_put((graph, state)))
+        return np.asarray(S, np.float64), np.asarray(b, np.float64), np.asarray(free, np.float64)
 
     def _fold_capacities(self) -> list[dict[str, int]]:
         """Rows per slab and voxels of the packed marginalization graphs, smallest first.
