@@ -7,7 +7,7 @@ Types and their definitions are ROS 2 Kilted's (:data:`TYPESTORE`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -17,7 +17,8 @@ from dsg_ros.msgs import LASER_SCAN, ODOMETRY, POINT_CLOUD, POSE_STAMPED, TF, ns
 from dsg_ros.msgs.colors import colorize
 
 TYPESTORE = get_typestore(Stores.ROS2_KILTED)
-_T = TYPESTORE.types
+# Message classes generated at run time: their fields and constants are unknown to type checkers.
+_T: Mapping[str, Any] = TYPESTORE.types
 
 
 def header(stamp_ns: int, frame_id: str) -> Any:
@@ -33,7 +34,7 @@ def _pose(T: np.ndarray) -> Any:
     )
 
 
-def _vector3(v: Sequence[float]) -> Any:
+def _vector3(v: Sequence[float] | np.ndarray) -> Any:
     x, y, z = (float(c) for c in v)
     return _T["geometry_msgs/msg/Vector3"](x=x, y=y, z=z)
 

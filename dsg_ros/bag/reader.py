@@ -9,7 +9,7 @@ order. Every failure, including a corrupt file found halfway through, is a
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Collection, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -26,7 +26,7 @@ _STORAGE_SUFFIXES = (".db3", ".mcap")
 
 class TopicInfo(NamedTuple):
     msgtype: str
-    count: int
+    count: int  # type: ignore[assignment]  # a field may shadow tuple.count; mypy objects to any such name
 
 
 class BagMessage(NamedTuple):
@@ -132,7 +132,7 @@ class Bag:
                 if msgtype not in types:
                     raise BagError(f"{self.path}: topic {t} has type {msgtype}, which is not supported (supported: {', '.join(sorted(types))})")
 
-    def messages(self, topics: Sequence[str], types: Collection[str] | None = SUPPORTED_TYPES) -> Iterator[BagMessage]:
+    def messages(self, topics: Sequence[str], types: Collection[str] | None = SUPPORTED_TYPES) -> Generator[BagMessage, None, None]:
         """The messages of ``topics`` in receive-time order, deserialized.
         Checks the topics first (:meth:`require`)."""
         self.require(topics, types)

@@ -221,6 +221,13 @@ class _SensorFrames:
         return se3.apply(se3.between(self.T_base_sensor(), self._T_base[frame]), p), True
 
 
+def _near(stamps: np.ndarray, stamp: float) -> bool:
+    """Whether sorted ``stamps`` hold one within MATCH_TOLERANCE_S of ``stamp``."""
+    k = np.searchsorted(stamps, stamp)
+    near = [stamps[i] for i in (k - 1, k) if 0 <= i < stamps.size]
+    return any(abs(t - stamp) <= MATCH_TOLERANCE_S for t in near)
+
+
 class _Stream:
     """The bag as mapper events, in bag time order, with what was fed kept for scoring."""
 
@@ -251,12 +258,6 @@ class _Stream:
             except ConversionError:
                 continue  # the stream counts it when it is fed
         return np.sort(np.asarray(stamps, np.float64))
-
-    def _at_sensor_stamp(self, stamp: float) -> bool:
-        stamps = self._sensor_stamps
-        k = np.searchsorted(stamps, stamp)
-        near = [stamps[i] for i in (k - 1, k) if 0 <= i < stamps.size]
-        return any(abs(t - stamp) <= MATCH_TOLERANCE_S for t in near)
 
     def _skip(self, topic: str, exc: Exception) -> None:
         self.skipped[f"{topic}: {reason(str(exc))}"] += 1
@@ -324,7 +325,7 @@ class _Stream:
         planar = p.sensors[m.topic]
         try:
             stamp = stamp_to_sec(m.msg.header.stamp)
-            if self._sensor_stamps is not None and not self._at_sensor_stamp(stamp):
+            if self._sensor_stamps is not None and not _near(self._sensor_stamps, stamp):
                 self.filtered += 1
                 return
             points, dropped = points_from_scan(m.msg) if planar else points_from_cloud(m.msg)
@@ -410,7 +411,7 @@ def _replay(
     odometry = _trajectory(*stream.odometry, plan.odom_topic or "/tf")
     reference = _trajectory(*stream.reference, plan.reference_topic) if plan.reference_topic else None
     summary = _summary(bag_path, config, plan, mapper, run, stream, ticks, estimate, smoothed, odometry, reference, relations, warm_up_s)
-    if record is not None:
+    if bag_out is not None:
         summary["record"] = {"path": str(record), "counts": dict(bag_out.counts)}
     result = ReplayResult(summary, estimate, smoothed, odometry, reference, mapper, run)
     if output is not None:
@@ -461,7 +462,7 @@ def _summary(
     relations: np.ndarray | None,
     warm_up_s: float,
 ) -> dict[str, Any]:
-    duration_s = (stream.last_ns - stream.first_ns) / 1e9 if stream.first_ns is not None else 0.0
+    duration_s = (stream.last_ns - stream.first_ns) / 1e9 if stream.first_ns is not None and stream.last_ns is not None else 0.0
     skipped = dict(stream.skipped)
     skipped.update({f"{kind} refused by the mapper": n for kind, n in run.rejected.items()})
     summary: dict[str, Any] = {

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from contextlib import suppress
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, Final
 
 from rosbags.interfaces import Qos, QosDurability, QosHistory, QosLiveliness, QosReliability, QosTime
 from rosbags.rosbag2 import StoragePlugin, Writer
@@ -27,7 +27,7 @@ STORAGES = {"sqlite3": StoragePlugin.SQLITE3, "mcap": StoragePlugin.MCAP}
 
 # Metadata version 8: Humble's and Jazzy's rosbag2 read it; version 9
 # changed how QoS profiles are stored, which older readers reject.
-_VERSION = 8
+_VERSION: Final = 8
 
 # /tf_static is latched: `ros2 bag play` must offer it transient-local, or
 # late subscribers never see the static transforms.

@@ -66,7 +66,9 @@ def _lenient(pose: Any, stamp: float, what: str, tolerance: float) -> StampedPos
     warning = None
     if abs(norm - 1.0) > tolerance:
         warning = f"{what} at t={stamp:.9f} has a non-unit quaternion (norm {norm:.6g}); normalized"
-    return StampedPose(stamp, se3.normalized(T, math.inf), warning)
+    unit = se3.normalized(T, math.inf)
+    assert unit is not None  # finite (checked by _raw), and no tolerance
+    return StampedPose(stamp, unit, warning)
 
 
 def pose_from_msg(pose: Any, tolerance: float = 1e-3) -> np.ndarray:

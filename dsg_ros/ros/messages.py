@@ -6,6 +6,8 @@ w, x, y, z then translation. Stamps on the NumPy side are float seconds.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -239,7 +241,7 @@ def _format(value: object) -> str:
     return str(value)
 
 
-def diagnostics(stamp: Time, name: str, hardware_id: str, level: int | bytes, message: str, values: dict[str, object]) -> DiagnosticArray:
+def diagnostics(stamp: Time, name: str, hardware_id: str, level: int | bytes, message: str, values: Mapping[str, object]) -> DiagnosticArray:
     """One DiagnosticStatus (``level`` 0 OK, 1 WARN, 2 ERROR, 3 STALE, or the
     DiagnosticStatus constants) with ``values`` as KeyValue strings: floats to
     6 significant digits, None as "n/a", booleans as true/false."""

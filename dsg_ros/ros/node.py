@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import rclpy
+from builtin_interfaces.msg import Time
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseArray, PoseStamped
 from nav_msgs.msg import Odometry, Path as PathMsg
@@ -75,7 +76,7 @@ class MapperNode(Node):
         self._arrivals: dict[float, float] = {}
         self._path: dict[float, PoseStamped] = {}  # keyframe stamp → its last estimate (T_map_base)
         self._last: TickResult | None = None
-        self._last_stamp = None  # newest data stamp, for headers
+        self._last_stamp: float | None = None  # newest data stamp, for headers
         self._calibrated_at: float | None = None
         self._status = ("warming up (compiling)", DiagnosticStatus.WARN)
         self._ready = threading.Event()
@@ -212,7 +213,9 @@ class MapperNode(Node):
         if frame == s.base_frame:
             # The mapper takes sensor-frame points and moves them to the base by
             # its calibrated extrinsic: undo that one, not the nominal.
-            T_base_sensor = cal.base_sensor(self.mapper.theta, se3.normalized(np.asarray(self.mapper.config.T_base_sensor)))
+            nominal = se3.normalized(np.asarray(self.mapper.config.T_base_sensor))
+            assert nominal is not None  # MapperConfig rejects an invalid extrinsic
+            T_base_sensor = cal.base_sensor(self.mapper.theta, nominal)
             p = se3.apply(se3.inverse(T_base_sensor), p)
         self._arrivals[stamp] = arrived  # before add_cloud: a running tick may take the cloud at once
         if not self.mapper.add_cloud(stamp, p, dropped=dropped, planar=planar):
@@ -318,7 +321,7 @@ class MapperNode(Node):
         self._last = result
         self._tick_ms.append(result.diagnostics.tick_ms)
 
-    def _header_stamp(self):
+    def _header_stamp(self) -> Time:
         return msgs.sec_to_stamp(self._last_stamp) if self._last_stamp is not None else self.get_clock().now().to_msg()
 
     def _publish(self, result: TickResult) -> None:
@@ -326,7 +329,7 @@ class MapperNode(Node):
         if result.odometry_stamp is not None:
             self._last_stamp = result.odometry_stamp
         stamp = self._header_stamp()
-        if result.T_map_base is not None:
+        if result.T_map_base is not None and result.odometry_stamp is not None:  # T_map_base comes with its stamp
             self.pub_odometry.publish(msgs.odometry_msg(result.T_map_base, msgs.sec_to_stamp(result.odometry_stamp), s.map_frame, s.base_frame))
             if self._tf is not None and result.T_map_odom is not None:
                 self._broadcast_tf(result.T_map_odom, msgs.sec_to_stamp(result.odometry_stamp))
@@ -339,7 +342,7 @@ class MapperNode(Node):
             self.pub_graph.publish(msgs.graph_markers(odom_edges, obs_edges, s.map_frame, stamp))
             self.counts["published_ticks"] += 1
 
-    def _broadcast_tf(self, T_map_odom: np.ndarray, stamp) -> None:
+    def _broadcast_tf(self, T_map_odom: np.ndarray, stamp: Time) -> None:
         from geometry_msgs.msg import TransformStamped
 
         t = TransformStamped()
