@@ -35,7 +35,8 @@ FIELD = re.compile(r"^\s+(\w+)\s*:[^=#]*(?:=\s*[^#]*)?(?:#\s*(.*))?$")
 
 def yaml_comments(path: Path) -> dict[str, tuple[str, str]]:
     """Dotted key → (value as written, trailing comment) of a ROS parameters file."""
-    out, stack = {}, []  # stack of (indent, key)
+    out: dict[str, tuple[str, str]] = {}
+    stack: list[tuple[int, str]] = []  # (indent, key)
     for line in path.read_text().splitlines():
         m = re.match(r"^(\s*)([\w/*]+):\s*([^#]*?)\s*(?:#\s*(.*))?$", line)
         if not m or line.lstrip().startswith("#"):

@@ -178,12 +178,12 @@ def read_log(path: str | Path, repair: bool = True) -> CarmenLog:
         if not np.all(np.isfinite(t)):
             raise CarmenError(f"{path}: non-finite {name} stamps")
     fixed = {name: repair_stamps(t) if repair else (t, 0) for name, t in stamps.items()}
-    poses = np.array([r[1] for r in scan_rows])
+    scan_poses = np.array([r[1] for r in scan_rows])
     scans = Scans(
         stamps=fixed["scan"][0],
         ranges=np.array([r[0] for r in scan_rows], np.float32),
-        laser_pose=poses[:, :3],
-        odom_pose=poses[:, 3:],
+        laser_pose=scan_poses[:, :3],
+        odom_pose=scan_poses[:, 3:],
         raw_stamps=stamps["scan"],
     )
     odom = np.array([r[0] for r in odom_rows]).reshape(-1, 5)

@@ -96,7 +96,7 @@ def plot_top_view(
     order = np.argsort(voxels[:, 2])
     scatter = ax.scatter(voxels[order, 0], voxels[order, 1], c=voxels[order, 2], s=0.4, cmap="viridis", linewidths=0)
     fig.colorbar(scatter, ax=ax, label="voxel height (m)")
-    lines = [(se3.apply(align_est, estimate[:, 4:]), "estimate", dict(color="tab:orange", lw=1.2))]
+    lines: list[tuple[np.ndarray, str, dict[str, Any]]] = [(se3.apply(align_est, estimate[:, 4:]), "estimate", dict(color="tab:orange", lw=1.2))]
     if odom is not None:
         lines.insert(0, (se3.apply(aligned(odom), odom[:, 4:]), "odometry", dict(color="tab:red", lw=1.2, ls="--")))
     if truth is not None:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from jax.typing import DTypeLike
 
 from dsg_ros.world.model import Capacity, WorldModel
 from dsg_ros.world.noise import Noise
@@ -105,7 +106,7 @@ def read_g2o(path: str | Path) -> G2OGraph:
     )
 
 
-def to_world_model(g2o: G2OGraph, dtype=None) -> tuple[WorldModel, dict[int, int]]:
+def to_world_model(g2o: G2OGraph, dtype: DTypeLike | None = None) -> tuple[WorldModel, dict[int, int]]:
     """A WorldModel sized exactly to the file; returns it and g2o id → variable id."""
     anchors = list(g2o.fixed) or [int(g2o.vertex_ids[0])]
     capacity = Capacity(
@@ -122,7 +123,7 @@ def to_world_model(g2o: G2OGraph, dtype=None) -> tuple[WorldModel, dict[int, int
     return wm, var_of
 
 
-def load_g2o(path: str | Path, dtype=None) -> tuple[WorldModel, dict[int, int]]:
+def load_g2o(path: str | Path, dtype: DTypeLike | None = None) -> tuple[WorldModel, dict[int, int]]:
     """``read_g2o`` then ``to_world_model``."""
     return to_world_model(read_g2o(path), dtype=dtype)
 

@@ -14,6 +14,7 @@ the loss can actually reach zero.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
@@ -159,7 +160,7 @@ class HeroResult:
         }
 
 
-def run(config: HeroConfig = HeroConfig(), progress=None) -> HeroResult:
+def run(config: HeroConfig = HeroConfig(), progress: Callable[[int, float], None] | None = None) -> HeroResult:
     """Run the experiment; ``seconds_total`` includes every compilation."""
     start = time.perf_counter()
     problem = build_problem()

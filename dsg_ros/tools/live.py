@@ -24,6 +24,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseArray
 from nav_msgs.msg import Odometry, Path as PathMsg
+from rclpy.client import Client
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
@@ -75,7 +76,7 @@ class Monitor(Node):
         self.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 10)
         self.create_subscription(Odometry, "ground_truth", lambda m: self._record(self.seen.ground_truth, m), 100)
         self.create_subscription(Odometry, "odom", lambda m: self._record(self.seen.odom, m), 100)
-        self.save = self.create_client(Trigger, f"/{NODE}/save_calibration")
+        self.save: Client[Any, Any] = self.create_client(Trigger, f"/{NODE}/save_calibration")
 
     def _count(self, name: str) -> None:
         self.seen.counts[name] += 1
@@ -208,6 +209,8 @@ def _save_calibration(monitor: Monitor) -> str:
     if not future.done():
         return "no answer in 10 s"
     response = future.result()
+    if response is None:  # cancelled
+        return "no answer"
     return response.message if response.success else f"failed: {response.message}"
 
 

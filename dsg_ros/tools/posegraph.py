@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import jaxlie
 import numpy as np
 
 from dsg_ros.solve.config import SolverConfig
@@ -33,7 +34,12 @@ class PoseGraphResult:
 
     def poses(self) -> np.ndarray:
         """Solved poses (N, 7) ``wxyz_xyz`` in the file's vertex order."""
-        return np.stack([np.asarray(self.model.value(self.var_of[int(v)]).wxyz_xyz) for v in self.g2o.vertex_ids])
+        poses = []
+        for v in self.g2o.vertex_ids:
+            T = self.model.value(self.var_of[int(v)])
+            assert isinstance(T, jaxlie.SE3)  # a g2o file's vertices are poses
+            poses.append(np.asarray(T.wxyz_xyz))
+        return np.stack(poses)
 
     def summary(self) -> dict[str, Any]:
         counts = self.model.counts()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import rclpy
@@ -33,7 +33,8 @@ class SimPublisher(Node):
                  odom_frame: str = "odom", base_frame: str = "base_link", sensor_frame: str = "lidar", world_frame: str = "world") -> None:
         super().__init__("dsg_sim_publisher")
         self.data, self.rate, self.clock = data, rate, clock
-        self.frames = {"odom": (odom_frame, base_frame), "ground_truth": (world_frame, base_frame), "cloud": sensor_frame}
+        self.sensor_frame = sensor_frame
+        self.frames = {"odom": (odom_frame, base_frame), "ground_truth": (world_frame, base_frame)}  # (parent, child) per odometry topic
         points_qos = QoSProfile(depth=5, reliability=ReliabilityPolicy.RELIABLE) if reliable_points else qos_profile_sensor_data
         self.pub_odom = self.create_publisher(Odometry, "odom", 100)
         self.pub_truth = self.create_publisher(Odometry, "ground_truth", 100)
@@ -50,7 +51,7 @@ class SimPublisher(Node):
             time.sleep(0.05)
         return False
 
-    def publish_all(self, on_progress=None) -> None:
+    def publish_all(self, on_progress: Callable[[int, int], object] | None = None) -> None:
         start = SIM_EPOCH_S if self.clock else time.time()
         t0 = time.perf_counter()
         total = len(self.data.cloud_stamps)
@@ -63,7 +64,7 @@ class SimPublisher(Node):
             if self.pub_clock is not None:
                 self.pub_clock.publish(Clock(clock=stamp))
             if kind == "cloud":
-                self.pub_points.publish(xyz_to_cloud(payload, stamp, self.frames["cloud"]))
+                self.pub_points.publish(xyz_to_cloud(payload, stamp, self.sensor_frame))
                 if on_progress is not None and self.sent["cloud"] % 50 == 0:
                     on_progress(self.sent["cloud"], total)
             else:

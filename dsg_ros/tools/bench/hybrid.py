@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import jaxlie
 import numpy as np
+from jax.typing import DTypeLike
 
 from dsg_ros.world import Capacity, Noise, WorldModel
 
 
-def hybrid_window(poses: int = 10, voxels: int = 2000, observations: int = 20000, seed: int = 0, dtype=None) -> WorldModel:
+def hybrid_window(poses: int = 10, voxels: int = 2000, observations: int = 20000, seed: int = 0, dtype: DTypeLike | None = None) -> WorldModel:
     """Poses along a gently curving path, voxels on surrounding walls, each
     observation a noisy body-frame point. Initial values are perturbed so the
     solve has work to do."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from dsg_ros import runtime
-from dsg_ros.mapping import Mapper, MapperConfig, WindowConfig
+from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping.replay import drive
 from dsg_ros.tools.bench import report
 from dsg_ros.tools.sim.run import run as run_sim
@@ -80,7 +80,7 @@ def _memory(duration_s: float, say: Callable[[str], None]) -> dict[str, Any]:
     samples: list[tuple[float, float]] = []
     started = time.perf_counter()
 
-    def sample(result) -> None:
+    def sample(result: TickResult) -> None:
         if result.stamp is not None and (not samples or result.stamp - samples[-1][0] >= 10.0):
             samples.append((result.stamp, runtime.rss_mb()))
             if len(samples) % 6 == 0:

@@ -96,18 +96,20 @@ def _bench_log(name: str, data: Path, duration_s: float | None, say: Callable[[s
             + (f" (replaying the first {duration_s:.0f} s)" if duration_s else ""))
         base = ReplayConfig(scan_topic="/scan", reference_topic="/ground_truth", duration_s=duration_s, supervise=False, gaps_s=GAPS_S)
         runs: dict[str, dict[str, Any]] = {}
-        first: ReplayResult | None = None
+        results: list[ReplayResult] = []
         for label, config in (
             ("dsg_ros, calibration off", replace(base, calibrate=False)),
             ("dsg_ros, calibration on (self-supervised)", base),
             ("dsg_ros, reference poses as odometry", replace(base, odom_topic="/ground_truth", sensor_stamps_topic="/ground_truth", calibrate=False)),
         ):
             result = replay(bag, config, MapperConfig(), relations=relations)
-            first = first or result
+            results.append(result)
             runs[label] = _row(result.summary, "estimate", result)
             say(f"  {label}: {_brief(runs[label])}")
+        first = results[0]
         runs["raw odometry"] = _row(first.summary, "odometry", first)
         reference = first.reference
+        assert reference is not None  # the converted bag has /ground_truth
         kiss = _kiss_icp(bag, duration_s)
         runs["KISS-ICP (odometry as initial guess)"] = {
             **metrics.score(kiss.stamps, kiss.T, reference.stamps, reference.T, GAPS_S),
@@ -164,6 +166,7 @@ def _kiss_icp(bag_path: Path, duration_s: float | None) -> _Kiss:
     stamps, poses, register_ms = [], [], []
     with Bag(bag_path) as bag:
         T_base_laser = extrinsic(bag, "base_link", "laser")
+        assert T_base_laser is not None  # the converted bag's /tf_static has it
         odometry = bag_odometry(bag)
         end_ns = bag.info.end_ns if duration_s is None else bag.info.start_ns + int(duration_s * 1e9)
         previous = None
@@ -189,7 +192,7 @@ def _kiss_icp(bag_path: Path, duration_s: float | None) -> _Kiss:
             poses.append(se3.from_matrix(kiss.last_pose))
         wall_s = time.perf_counter() - started
     timing = {
-        "realtime_factor": (last_ns - first_ns) / 1e9 / wall_s if wall_s > 0 and first_ns is not None else None,
+        "realtime_factor": (last_ns - first_ns) / 1e9 / wall_s if wall_s > 0 and first_ns is not None and last_ns is not None else None,
         "register_ms_p50": float(np.percentile(register_ms, 50)),
         "register_ms_p99": float(np.percentile(register_ms, 99)),
         "rss_mb": runtime.rss_mb(),

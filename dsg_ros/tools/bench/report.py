@@ -7,6 +7,7 @@ import json
 import os
 import platform
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -90,7 +91,7 @@ def goal_table(goals: list[tuple[str, str]]) -> list[str]:
     return ["| goal | verdict |", "|---|---|"] + [f"| {g} | {v} |" for g, v in goals]
 
 
-def finish(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str, say) -> dict[str, Any]:
+def finish(output_dir: str | Path, suite: str, results: dict[str, Any], markdown: str, say: Callable[[str], None]) -> dict[str, Any]:
     """Write the suite's JSON and RESULTS.md section, print each goal's verdict; returns ``results`` with the paths."""
     json_path, md_path = write(output_dir, suite, results, markdown)
     results["json_path"], results["markdown_path"] = str(json_path), str(md_path)

@@ -48,7 +48,8 @@ class OdometryConfig:
     rotation_noise_std_rad: float = 0.0005  # per step and axis
 
     def true_calibration(self) -> OdometryCalibration:
-        return OdometryCalibration(tuple(float(v) for v in self.scale), float(np.deg2rad(self.yaw_rate_bias_deg_s)))
+        sx, sy, sz = self.scale
+        return OdometryCalibration((float(sx), float(sy), float(sz)), float(np.deg2rad(self.yaw_rate_bias_deg_s)))
 
 
 def increments(T_world_base: np.ndarray) -> np.ndarray:
