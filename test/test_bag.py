@@ -6,7 +6,9 @@ import bz2
 import json
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -64,7 +66,9 @@ def test_round_trip(tmp_path, storage):
         assert msgs.points_from_scan(scan)[0].shape == (2, 3)
         (pose,) = [m.msg for m in got if m.topic == "/pose"]
         np.testing.assert_allclose(msgs.pose_stamped_from_msg(pose).T, _T(9), atol=1e-15)
-        np.testing.assert_allclose(tf.extrinsic(bag, "base_link", "laser"), se3.compose(_T(4), _T(5)), atol=1e-12)
+        T_base_laser = tf.extrinsic(bag, "base_link", "laser")
+        assert T_base_laser is not None
+        np.testing.assert_allclose(T_base_laser, se3.compose(_T(4), _T(5)), atol=1e-12)
         assert tf.extrinsic(bag, "base_link", "camera") is None
         assert tf.odometry(bag).source == "/odom"
     # The storage file alone opens too.
@@ -75,7 +79,7 @@ def test_round_trip(tmp_path, storage):
 def test_ros1_bag(tmp_path):
     store = get_typestore(Stores.ROS1_NOETIC)
     store.register(get_types_from_msg("geometry_msgs/TransformStamped[] transforms", msgs.TF))  # not in rosbags' noetic store
-    T = store.types
+    T: Mapping[str, Any] = store.types  # classes generated at run time
     path = tmp_path / "old.bag"
     with Ros1Writer(path) as w:
         odom = w.add_connection("/odom", msgs.ODOMETRY, typestore=store)
@@ -311,7 +315,9 @@ def test_sim_bag_through_the_cli(tmp_path, capsys):
     data = simulate(SimConfig(duration_s=1.0, seed=3))
     assert summary["counts"] == {"/tf_static": 1, "/odom": len(data.odom_stamps), "/ground_truth": len(data.gt_stamps), "/points": len(data.clouds)}
     with Bag(tmp_path / "sim") as bag:
-        np.testing.assert_allclose(tf.extrinsic(bag, "base_link", "lidar"), data.T_base_sensor, atol=1e-15)
+        T_base_lidar = tf.extrinsic(bag, "base_link", "lidar")
+        assert T_base_lidar is not None
+        np.testing.assert_allclose(T_base_lidar, data.T_base_sensor, atol=1e-15)
         track = tf.odometry(bag)
         np.testing.assert_allclose(track.stamps - SIM_EPOCH_S, data.odom_stamps, atol=1e-9)
         np.testing.assert_allclose(track.T, data.T_odom_base, atol=1e-15)

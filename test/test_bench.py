@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dsg_ros.tools.bench import mapping, node, report
@@ -89,8 +91,9 @@ def test_realdata_table_and_verdicts_from_synthetic_runs():
         "raw odometry": {**score, "ate_m": 1.0, "relations_m": 0.05, "relations_deg": 1.2},
         "KISS-ICP (odometry as initial guess)": {**score, "realtime_factor": 200.0, "register_ms_p50": 0.2, "register_ms_p99": 4.0, "rss_mb": 810.0},
     }
-    r = {"machine": {"cpu": "x", "cores": 2, "jax": "0", "backend": "cpu", "device": "cpu", "dtype": "float64", "python": "3", "date": "d"}, "quick": True,
-         "logs": {"aces": {"scans": 10, "reference_poses": 4, "log_duration_s": 100.0, "replayed_s": 50.0, "runs": runs}}}
+    machine = {"cpu": "x", "cores": 2, "jax": "0", "backend": "cpu", "device": "cpu", "dtype": "float64", "python": "3", "date": "d"}
+    r: dict[str, Any] = {"machine": machine, "quick": True,
+                         "logs": {"aces": {"scans": 10, "reference_poses": 4, "log_duration_s": 100.0, "replayed_s": 50.0, "runs": runs}}}
     r["goals"] = realdata._verdicts(r)
     verdicts = {goal.split(":")[1].split("(")[0].strip(): v for goal, v in r["goals"]}
     # Kept perfect odometry; ATE 0.5 > 1.0 / 5; the ~1 s errors equal odometry's and KISS-ICP's; 8x < 10x; calibration equal.

@@ -14,10 +14,10 @@ def _block_spd(seed: int, poses: int = 40, points: int = 60, extra_edges: int = 
     rng = np.random.default_rng(seed)
     dims = np.array([6] * poses + [3] * points)
     start = np.concatenate([[0], np.cumsum(dims)])
-    edges = [(i, i + 1) for i in range(poses - 1)]
-    edges += [(int(rng.integers(poses)), int(rng.integers(poses))) for _ in range(extra_edges)]
-    edges += [(int(rng.integers(poses)), poses + v) for v in range(points - 3) for _ in range(2)]
-    edges = np.array(edges)
+    pairs = [(i, i + 1) for i in range(poses - 1)]
+    pairs += [(int(rng.integers(poses)), int(rng.integers(poses))) for _ in range(extra_edges)]
+    pairs += [(int(rng.integers(poses)), poses + v) for v in range(points - 3) for _ in range(2)]
+    edges = np.array(pairs)
     n = int(start[-1])
     A = 1e-3 * np.eye(n)
     for a, b in edges:

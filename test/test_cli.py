@@ -12,13 +12,13 @@ from conftest import DATA
 CLI = [sys.executable, "-m", "dsg_ros.cli"]
 
 
-SUBCOMMANDS = [
+SUBCOMMANDS: list[list[str]] = [
     ["hero"], ["solve-g2o"], ["run-sim"], ["demo"], ["node"], ["sim-publisher"], ["bench", "core"], ["bench", "mapping"], ["bench", "node"],
     ["convert", "carmen"], ["sim"], ["replay"], ["bench", "realdata"],
 ]
 
 
-@pytest.mark.parametrize("args", [[]] + SUBCOMMANDS, ids=lambda a: " ".join(a) or "dsg-ros")
+@pytest.mark.parametrize("args", [[], *SUBCOMMANDS], ids=lambda a: " ".join(a) or "dsg-ros")
 def test_every_subcommand_teaches_with_help(args):
     out = subprocess.run(CLI + args + ["--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "usage: dsg-ros" in out.stdout

@@ -161,7 +161,12 @@ def test_launch_file_starts_the_installed_node(monkeypatch: pytest.MonkeyPatch) 
     mapper = nodes["dsg_ros"]
     assert _const(_kw(mapper, "executable")) == "hybrid_node"
     assert _const(_kw(mapper, "name")) == NODE_NAME
-    remapped = {_const(pair.elts[0]) for pair in _kw(mapper, "remappings").elts}
+    remappings = _kw(mapper, "remappings")
+    assert isinstance(remappings, ast.List)
+    remapped = set()
+    for pair in remappings.elts:
+        assert isinstance(pair, ast.Tuple)
+        remapped.add(_const(pair.elts[0]))
     assert remapped == SUBSCRIBED
     assert _const(_kw(nodes["rviz2"], "executable")) == "rviz2"
     assert _kw(nodes["rviz2"], "condition") is not None
@@ -199,7 +204,7 @@ def test_launch_file_wiring_with_stand_in_launch_modules(monkeypatch: pytest.Mon
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             self.args, self.kwargs = args, kwargs
 
-    classes: dict[str, type] = {}
+    classes: dict[str, type[Recorder]] = {}
 
     def module(name: str, *attrs: str) -> None:
         mod = types.ModuleType(name)
@@ -216,11 +221,12 @@ def test_launch_file_wiring_with_stand_in_launch_modules(monkeypatch: pytest.Mon
     module("launch_ros.actions", "Node")
     module("launch_ros.parameter_descriptions", "ParameterValue")
     ament = types.ModuleType("ament_index_python.packages")
-    ament.get_package_share_directory = lambda package: str(REPO) if package == "dsg_ros" else pytest.fail(package)
+    monkeypatch.setattr(ament, "get_package_share_directory", lambda package: str(REPO) if package == "dsg_ros" else pytest.fail(package), raising=False)
     monkeypatch.setitem(sys.modules, "ament_index_python", types.ModuleType("ament_index_python"))
     monkeypatch.setitem(sys.modules, "ament_index_python.packages", ament)
 
     spec = importlib.util.spec_from_file_location("hybrid_launch_stand_in", LAUNCH_FILE)
+    assert spec is not None and spec.loader is not None
     launch_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch_module)
     description = launch_module.generate_launch_description()
@@ -228,7 +234,8 @@ def test_launch_file_wiring_with_stand_in_launch_modules(monkeypatch: pytest.Mon
     entities = description.args[0]
     arguments = {e.args[0]: e.kwargs.get("default_value") for e in entities if isinstance(e, classes["DeclareLaunchArgument"])}
     assert set(arguments) == LAUNCH_ARGUMENTS
-    assert Path(arguments["params_file"]) == PARAMS_FILE
+    params_default = arguments["params_file"]
+    assert params_default is not None and Path(params_default) == PARAMS_FILE
     assert (arguments["use_sim_time"], arguments["rviz"]) == ("false", "false")
     assert {k: arguments[f"{k}_topic"] for k in SUBSCRIBED} == {k: k for k in SUBSCRIBED}
 
@@ -334,6 +341,7 @@ def test_launch_description_builds_with_launch_ros(monkeypatch: pytest.MonkeyPat
     pytest.importorskip("launch_ros")
     pytest.importorskip("launch")
     spec = importlib.util.spec_from_file_location("hybrid_launch", LAUNCH_FILE)
+    assert spec is not None and spec.loader is not None
     launch_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(launch_module)
     # The package need not be installed in the ament index to build the description.

@@ -112,7 +112,7 @@ def run() -> Run:
 
 def test_a_long_run_never_recompiles_and_publishes_valid_poses(run: Run):
     record, stats = run.record, run.stats
-    assert len(record.tick_ms) >= 300
+    assert len(record.tick_ms) >= 300 and record.last is not None
     diagnostics = record.last.diagnostics
     assert diagnostics.compilations_after_warmup == 0
     assert run.compilations_at_end == run.compilations_after_warm_up, "a tick compiled something after warm-up"
@@ -127,7 +127,7 @@ def test_a_long_run_never_recompiles_and_publishes_valid_poses(run: Run):
     # Calibration ran, several steps, with finite parameters and loss.
     assert run.calibration_steps >= 5
     assert all(np.all(np.isfinite(v)) for v in run.theta.values())
-    assert np.isfinite(run.calibration_loss)
+    assert run.calibration_loss is not None and np.isfinite(run.calibration_loss)
     # Every published pose was finite with a unit quaternion; clean data: no warnings, no rollbacks.
     assert run.problems == []
     assert record.warnings == 0 and stats["rollbacks"] == 0 and stats["dropped_clouds"] == 0 and stats["rejected_odometry"] == 0
@@ -192,8 +192,9 @@ def test_ticks_solve_only_new_keyframes_and_refine_finishes_the_window(feeder: F
     reports, total = [], 0
     while (iterations := mapper.refine()) > 0:
         total += iterations
-        reports.append(mapper.tick().diagnostics.last_solve)
-        assert total <= 40, "refine() never converged"
+        report = mapper.tick().diagnostics.last_solve
+        assert report is not None and total <= 40, "refine() never converged"
+        reports.append(report)
     assert reports, "the window after one-iteration ticks needed refining"
     costs = [r.final_cost for r in reports]
     assert all(b <= a for a, b in zip(costs, costs[1:])), costs
@@ -432,6 +433,7 @@ def test_a_cloud_without_odometry_is_held_then_dropped_with_a_warning(feeder: Fe
     assert len(warnings) == mapper.stats["dropped_clouds"] - stats["dropped_clouds"]
     assert all("no odometry within" in w for w in warnings)
     newest_odometry = mapper.odometry.latest_stamp
+    assert newest_odometry is not None
     assert stalled[-1].window_stamps.max() <= newest_odometry + mapper.config.odometry.max_extrapolation_s, "a keyframe without odometry"
     # Odometry comes back: the clouds still held become keyframes, later ones too.
     held = [s for s in feeder.sim.cloud_stamps if T_BAD + 1.0 - mapper.config.cloud_hold_s < s < T_BAD + 1.0]
@@ -511,22 +513,24 @@ def test_odometry_buffer_renormalizes_round_off_and_rejects_corrupt_quaternions(
     nearly[:4] *= 1.0 + 5e-4  # round-off from a float32 message: accepted, renormalized
     assert buffer.add(0.0, nearly) is None
     stored = buffer.interpolate(0.0)
+    assert stored is not None
     assert np.linalg.norm(stored[:4]) == pytest.approx(1.0, abs=1e-12)
     np.testing.assert_allclose(stored, pose, atol=1e-12)
     for q in ([0.0, 0.0, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0], [0.9, 0.0, 0.0, 0.0]):
-        assert "non-unit quaternion" in buffer.add(0.1, np.array(q + [0.0, 0.0, 0.0]))
+        assert "non-unit quaternion" in (buffer.add(0.1, np.array(q + [0.0, 0.0, 0.0])) or "")
     # Interpolation is geodesic between neighbours; outside the covered span there is no answer.
     moved = se3.compose(pose, se3.exp(np.array([0.1, 0.0, 0.0, 0.0, 0.0, 0.2])))
     assert buffer.add(0.1, moved) is None
-    np.testing.assert_allclose(buffer.interpolate(0.05), se3.compose(pose, se3.exp(np.array([0.05, 0, 0, 0, 0, 0.1]))), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(buffer.interpolate(0.05)), se3.compose(pose, se3.exp(np.array([0.05, 0, 0, 0, 0, 0.1]))), atol=1e-12)
     # Just past the newest sample the last motion is extrapolated (a cloud
     # need not wait for the next sample); further out there is no answer.
     assert buffer.covers(0.12) and not buffer.covers(0.14)
-    np.testing.assert_allclose(buffer.interpolate(0.12), se3.compose(moved, se3.exp(np.array([0.02, 0, 0, 0, 0, 0.04]))), atol=1e-12)
+    np.testing.assert_allclose(np.asarray(buffer.interpolate(0.12)), se3.compose(moved, se3.exp(np.array([0.02, 0, 0, 0, 0, 0.04]))), atol=1e-12)
     assert buffer.interpolate(-0.01) is None and buffer.interpolate(0.14) is None
     # History is bounded in time.
     for k in range(2, 30):
         assert buffer.add(0.1 * k, moved) is None
+    assert buffer.latest_stamp is not None and buffer.earliest_stamp is not None
     assert buffer.latest_stamp - buffer.earliest_stamp <= 1.0 + 1e-9
 
 
@@ -642,6 +646,7 @@ def test_voxelize_finds_the_normal_of_planar_cells_only():
     blob = rng.uniform([2.1, 0.1, 0.1], [2.9, 0.9, 0.9], (200, 3))
     few = np.array([[4.5, 0.5, 0.5], [4.6, 0.5, 0.5]])  # too few points for a plane
     cells = voxelize(np.concatenate([plane, blob, few]), np.eye(3), np.zeros(3), 1.0, min_points=2)
+    assert cells.n_sensor is not None
     by_x = {int(c[0]): n for c, n in zip(unpack_cells(cells.keys), cells.n_sensor)}
     assert abs(abs(by_x[0] @ normal) - 1.0) < 1e-3
     np.testing.assert_array_equal(by_x[2], 0.0)

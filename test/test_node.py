@@ -37,6 +37,7 @@ rclpy = pytest.importorskip("rclpy")
 from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from geometry_msgs.msg import Pose, PoseArray  # noqa: E402
 from nav_msgs.msg import Odometry, Path as PathMsg  # noqa: E402
+from rclpy.client import Client  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor  # noqa: E402
 from rclpy.node import Node  # noqa: E402
@@ -106,7 +107,7 @@ class Watcher(Monitor, _InContext):
         self.create_subscription(PoseArray, f"/{NODE}/poses", lambda m: self._keep("poses", m), 10)
         self.create_subscription(MarkerArray, f"/{NODE}/graph", lambda m: self._keep("graph", m), 10)
         self.create_subscription(Odometry, f"/{NODE}/odometry", lambda m: self._keep("odometry", m), 50)
-        self.reset = self.create_client(Trigger, f"/{NODE}/reset")
+        self.reset: Client[Any, Any] = self.create_client(Trigger, f"/{NODE}/reset")
 
     def _keep(self, name: str, m: Any) -> None:
         with self.lock:

@@ -10,6 +10,7 @@ import bz2
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -37,8 +38,8 @@ RECORDED = {
 }
 
 
-def _replay(capsys, *args: str) -> tuple[int, dict | None, str]:
-    """Exit status, the JSON summary (with --json) and stderr of an in-process `dsg-ros replay`."""
+def _replay(capsys, *args: str) -> tuple[int, Any, str]:
+    """Exit status, the JSON summary (with --json, else None) and stderr of an in-process `dsg-ros replay`."""
     code = main(["replay", *args])
     out = capsys.readouterr()
     lines = out.out.strip().splitlines()
@@ -203,7 +204,8 @@ def test_a_params_file_gives_the_mapper_section_in_either_form():
     with pytest.raises(ValueError, match="neither a 'mapper:' section nor a ROS parameters file"):
         section({"maper": {}}, "mapper", "p.yaml")
     shipped = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "hybrid.yaml").read_text())
-    assert section(shipped, "mapper")["window"]["keyframes"] == 10
+    mapper = section(shipped, "mapper")
+    assert mapper is not None and mapper["window"]["keyframes"] == 10
 
 
 def test_progress_bar_line_says_fraction_rate_and_eta():

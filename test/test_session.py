@@ -41,7 +41,7 @@ def compiled(sim: SimData) -> Mapper:
         refine_iterations=4,
     )
     mapper = Mapper(config)
-    mapper.calibrator.warm_up = lambda *_: None
+    mapper.calibrator.warm_up = lambda *_: None  # type: ignore[method-assign]  # learning is stubbed in these tests: skip compiling it
     mapper.warm_up()
     return mapper
 
@@ -53,12 +53,12 @@ def mapper(compiled: Mapper) -> Mapper:
     return compiled
 
 
-def _theta(k: int) -> cal.Theta:
+def _theta(k: int) -> cal.HostTheta:
     """A theta told apart from the others by its observation noise scale."""
     return {**cal.as_host(cal.zero_theta()), "log_sigma_obs": np.asarray(0.01 * k)}
 
 
-def _label(theta: cal.Theta) -> int:
+def _label(theta: cal.AnyTheta) -> int:
     return int(round(100 * float(theta["log_sigma_obs"])))
 
 
@@ -94,7 +94,7 @@ def _wait(condition: Callable[[], bool], timeout_s: float = 10.0) -> None:
 def test_inline_calibration_runs_exactly_when_due_in_the_protocols_order(mapper: Mapper, sim: SimData, monkeypatch: pytest.MonkeyPatch):
     learned: list[int] = []
 
-    def learn(_snapshot) -> cal.Theta:
+    def learn(_snapshot) -> cal.HostTheta:
         learned.append(len(learned) + 1)
         return _theta(learned[-1])
 
@@ -103,7 +103,12 @@ def test_inline_calibration_runs_exactly_when_due_in_the_protocols_order(mapper:
     _record(monkeypatch, mapper, calls, "tick", "calibration_snapshot", "set_theta", "marginalize", "refine")
     seen: list[int] = []  # the theta each tick ran with
     tick = mapper.tick
-    monkeypatch.setattr(mapper, "tick", lambda: (seen.append(_label(mapper.theta)), tick())[1])
+
+    def labelled_tick() -> TickResult:
+        seen.append(_label(mapper.theta))
+        return tick()
+
+    monkeypatch.setattr(mapper, "tick", labelled_tick)
     session = MappingSession(mapper, publish=lambda _: calls.append("publish"))
     due, in_effect = 0, 0
     for step in _steps(session, sim):
@@ -144,7 +149,7 @@ class _BlockingLearn:
         self.fail_first = fail_first
         self._lock = threading.Lock()
 
-    def __call__(self, _snapshot) -> cal.Theta:
+    def __call__(self, _snapshot) -> cal.HostTheta:
         with self._lock:
             self.started += 1
             self.running += 1
@@ -167,7 +172,12 @@ def test_background_learns_one_step_at_a_time_and_applies_its_theta_at_the_next_
     monkeypatch.setattr(mapper, "learn", learn)
     seen: list[int] = []
     tick = mapper.tick
-    monkeypatch.setattr(mapper, "tick", lambda: (seen.append(_label(mapper.theta)), tick())[1])
+
+    def labelled_tick() -> TickResult:
+        seen.append(_label(mapper.theta))
+        return tick()
+
+    monkeypatch.setattr(mapper, "tick", labelled_tick)
     session = MappingSession(mapper, SessionConfig(learn_in_background=True))
     try:
         steps = _steps(session, sim)
@@ -277,7 +287,12 @@ def test_close_stops_the_worker(mapper: Mapper):
 def test_refine_runs_after_publishing_until_interrupted(mapper: Mapper, sim: SimData, monkeypatch: pytest.MonkeyPatch):
     iterations: list[int] = []
     refine = mapper.refine
-    monkeypatch.setattr(mapper, "refine", lambda interrupt=None: (iterations.append(refine(interrupt)), iterations[-1])[1])
+
+    def counted_refine(interrupt: Callable[[], bool] | None = None) -> int:
+        iterations.append(refine(interrupt))
+        return iterations[-1]
+
+    monkeypatch.setattr(mapper, "refine", counted_refine)
     config = SessionConfig(calibrate=False)
 
     asked = 0

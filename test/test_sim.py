@@ -154,7 +154,7 @@ def test_interpolate_returns_the_stamped_poses_and_a_constant_twist_between(path
     half = se3.exp(0.5 * increments(T_world_base[10:12]))[0]
     np.testing.assert_allclose(se3.compose(se3.inverse(T_world_base[10]), mid), half, atol=1e-12)
     with pytest.raises(ValueError):
-        interpolate(stamps, T_world_base, [stamps[-1] + 0.01])
+        interpolate(stamps, T_world_base, np.array([stamps[-1] + 0.01]))
 
 
 def test_noise_free_uncalibrated_odometry_is_ground_truth_from_the_start(path):

@@ -121,7 +121,7 @@ def test_gradient_descent_for_implicit_gradients_keeps_the_final_linearization(h
 
 def test_config_rejects_unknown_options():
     with pytest.raises(ValueError, match="method='newton'"):
-        SolverConfig(method="newton")
+        SolverConfig(method="newton")  # type: ignore[arg-type]  # deliberately not a method
     with pytest.raises(ValueError, match=r"unknown solver option\(s\) \['lambda'\]"):
         SolverConfig().updated({"lambda": 1.0})
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jaxlie
 import numpy as np
 import pytest
 
@@ -58,7 +59,7 @@ def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: in
         z = None if i == 0 else se3.compose(se3.between(truth[i - 1], truth[i]), se3.exp(rng.normal(0, noise, 6)))
         obs = [(j, se3.apply(se3.inverse(truth[i]), voxels[j]) + rng.normal(0, noise, 3)) for j in range(i, i + seen)]
         p = np.array([o[1] for o in obs])
-        T_init = truth[0] if i == 0 else se3.compose(win.pose(win.keyframes[-1]), z)
+        T_init = truth[0] if z is None else se3.compose(win.pose(win.keyframes[-1]), z)
         cells = CellObservations(keys=np.arange(i, i + seen), p_sensor=p, counts=np.ones(seen, np.int64))
         _add(win, float(i), T_init, z, cells, p, T_odom_base=truth[i])
         x, _ = solver(win.model.graph(), win.model.pack_state(), config=CONVERGED)
@@ -76,7 +77,9 @@ def _window_vs_batch(noise: float, keyframes: int = 9, window: int = 4, seen: in
         xb, _ = solver(batch.graph(), batch.pack_state(), config=CONVERGED)
         batch.set_state(xb)
         for kf in win.keyframes:
-            worst = max(worst, float(np.abs(win.pose(kf) - np.asarray(batch.value(poses[kf.sequence]).wxyz_xyz)).max()))
+            T_batch = batch.value(poses[kf.sequence])
+            assert isinstance(T_batch, jaxlie.SE3)
+            worst = max(worst, float(np.abs(win.pose(kf) - np.asarray(T_batch.wxyz_xyz)).max()))
     assert len(win.keyframes) == window and win.model.counts()["linear_prior_pppp"] == 1
     return worst
 

@@ -21,6 +21,12 @@ def _model(**factors: int) -> WorldModel:
     return WorldModel(Capacity(poses=3, points=2, factors=factors or {"prior_se3": 2, "odom_se3": 2, "voxel_point_obs": 2}))
 
 
+def _pose(wm: WorldModel, var_id: int) -> jaxlie.SE3:
+    value = wm.value(var_id)
+    assert isinstance(value, jaxlie.SE3)
+    return value
+
+
 def test_ids_are_stable_and_slots_are_reused():
     wm = _model()
     a, b = wm.add_pose(se3()), wm.add_pose(se3(1.0))
@@ -31,7 +37,7 @@ def test_ids_are_stable_and_slots_are_reused():
     c = wm.add_pose(se3(2.0))
     assert c == 3, "ids are never reused"
     assert wm.slot(c) == slot_b, "the freed slot is reused"
-    np.testing.assert_allclose(wm.value(c).translation(), [2.0, 0.0, 0.0])
+    np.testing.assert_allclose(_pose(wm, c).translation(), [2.0, 0.0, 0.0])
     assert wm.pose_ids() == [a, c] and wm.point_ids() == [v]
 
 
@@ -111,12 +117,14 @@ def test_pack_unpack_round_trip_and_fixed_shapes():
     assert state.poses.shape == (5, 7) and state.points.shape == (7, 3)
     moved = State(poses=state.poses.at[wm.slot(pose_ids[1]), 4].add(0.5), points=state.points.at[wm.slot(point_ids[0])].add(1.0))
     values = wm.unpack_state(moved)
-    np.testing.assert_allclose(values[pose_ids[1]].translation()[0], float(state.poses[wm.slot(pose_ids[1]), 4]) + 0.5)
-    np.testing.assert_allclose(wm.value(point_ids[0]), np.asarray(state.points[wm.slot(point_ids[0])]) + 1.0)
+    moved_pose = values[pose_ids[1]]
+    assert isinstance(moved_pose, jaxlie.SE3)
+    np.testing.assert_allclose(moved_pose.translation()[0], float(state.poses[wm.slot(pose_ids[1]), 4]) + 0.5)
+    np.testing.assert_allclose(np.asarray(wm.value(point_ids[0])), np.asarray(state.points[wm.slot(point_ids[0])]) + 1.0)
     # Adding a factor writes into a slot: same shapes, same pytree structure.
     wm.add_factor("prior_point", [point_ids[0]], np.zeros(3))
     after = wm.graph()
-    assert jax.tree.structure(after) == jax.tree.structure(graph)
+    assert jax.tree.structure(after) == jax.tree.structure(graph)  # type: ignore[operator]  # jax's stubs leave PyTreeDef unresolved
     assert [x.shape for x in jax.tree.leaves(after)] == [x.shape for x in jax.tree.leaves(graph)]
 
 
@@ -273,7 +281,7 @@ def test_user_registered_residual_solves_with_autodiff_jacobians():
     with pytest.raises(ValueError, match=r"residual returns shape \(1,\), declared \(2,\)"):
         registry.register("bad_dim", ["pose"], 2, [1], height)
     with pytest.raises(ValueError, match="unknown variable kind"):
-        registry.register("bad_kind", ["line"], 1, [1], height)
+        registry.register("bad_kind", ["line"], 1, [1], height)  # type: ignore[list-item]  # deliberately not a kind
     wm = WorldModel(Capacity(poses=1, factors={"prior_se3": 1, "pose_height": 1}), registry=registry)
     a = wm.add_pose(se3(1.0, 2.0, 0.0))
     wm.add_factor("prior_se3", [a], se3(1.0, 2.0, 0.0), Noise.diagonal([0.01, 0.01, 10.0, 0.01, 0.01, 0.01]))
