@@ -18,8 +18,8 @@ import pytest
 
 from dsg_ros import runtime, se3
 from dsg_ros.learn.calibration import CalibrationSummary
-from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
+from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.mapping.odometry import OdometryBuffer, OdometryLimits
 from dsg_ros.mapping.replay import RunRecord, drive
 from dsg_ros.mapping.voxels import CellObservations, pack_cells, unpack_cells, voxelize

@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from dsg_ros.learn import calibration as cal
-from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.mapping import Mapper, MapperConfig, MappingSession, SessionConfig, Step, TickResult, WindowConfig
+from dsg_ros.mapping.calibrator import CalibrationConfig
 from dsg_ros.tools.sim import LidarConfig, SimConfig, SimData, simulate
 
 WINDOW = WindowConfig(keyframes=4, max_voxels=1024, max_observations_per_keyframe=400, max_anchors_per_keyframe=200)
