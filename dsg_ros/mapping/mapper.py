@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax_dataclasses as jdc
@@ -184,7 +185,7 @@ class _Localized:
 class Mapper:
     """Keyframes, voxel map and calibration, updated by ``tick()``."""
 
-    def __init__(self, config: MapperConfig = MapperConfig(), theta: cal.Theta | None = None) -> None:
+    def __init__(self, config: MapperConfig = MapperConfig(), theta: cal.AnyTheta | None = None) -> None:
         self.config = config
         self.window = Window(config.window)
         # Host (NumPy) copies: correcting odometry per tick then costs no dispatch.
@@ -192,7 +193,9 @@ class Mapper:
         self.odometry = OdometryBuffer(config.odometry)
         # The reference (ground-truth) stream, if any: only interpolated.
         self.reference = OdometryBuffer(OdometryLimits(max_speed_m_s=1e9, max_rate_rad_s=1e9, history_s=config.odometry.history_s))
-        self._T_base_sensor_nominal = se3.normalized(np.asarray(config.T_base_sensor, np.float64))
+        T_base_sensor_nominal = se3.normalized(np.asarray(config.T_base_sensor, np.float64))
+        assert T_base_sensor_nominal is not None  # MapperConfig rejects an invalid extrinsic
+        self._T_base_sensor_nominal = T_base_sensor_nominal
         # Callbacks enqueue from other threads under ``_inputs`` (held only
         # for a queue append); the window changes under ``_state``, so a long
         # solve never blocks a callback.
@@ -213,7 +216,8 @@ class Mapper:
         self._track: _Track | None = None
         # Registration target: (centre, map voxels (M, 3), their KD-tree).
         self._map_tree: tuple[np.ndarray, np.ndarray, cKDTree | None] | None = None
-        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0, "registration_screened": 0}
+        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0,
+                      "registrations": 0, "registration_failures": 0, "registration_screened": 0}
         if outside:
             self._warn(f"calibration {outside} outside the configured bounds; clipped into them")
 
@@ -400,7 +404,7 @@ class Mapper:
         with self._state:
             return self._snapshot()
 
-    def learn(self, snapshot: Snapshot) -> cal.Theta | None:
+    def learn(self, snapshot: Snapshot) -> cal.HostTheta | None:
         """Feed ``snapshot`` to the calibrator; returns a new theta to apply, or None.
 
         A step is proposed from the buffered snapshots, clipped into the
@@ -416,7 +420,7 @@ class Mapper:
             self._warn(note)
         return theta
 
-    def set_theta(self, theta: cal.Theta) -> None:
+    def set_theta(self, theta: cal.AnyTheta) -> None:
         """Use a new calibration: rebuild the window's measurements from it."""
         with self._state:
             self.theta = cal.as_host(theta)
@@ -451,7 +455,7 @@ class Mapper:
         )
         c = self.config
         reference, has_reference = se3.IDENTITY, False
-        if newest is not None and prev is not newest:
+        if newest is not None and prev is not None and prev is not newest:
             with self._inputs:
                 ref_prev, ref_new = self.reference.interpolate(prev.stamp), self.reference.interpolate(newest.stamp)
             if ref_prev is not None and ref_new is not None:
@@ -581,6 +585,7 @@ class Mapper:
         odometry's body velocity at ``stamp`` (zero places the reading
         ``T_odom_base`` itself, not a cloud the time offset shifts)."""
         track = self._track
+        assert track is not None  # callers localize from a previous cloud
         track_pose = track.T_map_base
         if track.keyframe is not None and track.keyframe in self.window.keyframes:
             track_pose = self.window.pose(track.keyframe)
@@ -699,13 +704,14 @@ class Mapper:
             odom_stamp = self.odometry.latest_stamp
             T_odom_base = self.odometry.interpolate(odom_stamp) if odom_stamp is not None else None
         T_map_base = T_map_odom = None
-        if window.keyframes and self._track is not None and T_odom_base is not None:
+        if window.keyframes and self._track is not None and odom_stamp is not None and T_odom_base is not None:
             # From the last registered cloud, not the last keyframe: between
             # keyframes that is the better anchor for the corrected odometry.
             T_map_base = self._predict(odom_stamp, T_odom_base, np.zeros(6))[0]
             T_map_odom = se3.compose(T_map_base, se3.inverse(T_odom_base))
         counts = window.model.counts()
         compilations = runtime.compilation_count()
+        assert self._compilations_at_warmup is not None  # tick() warmed up first
         diagnostics = TickDiagnostics(
             tick_ms=tick_ms,
             window_keyframes=len(window.keyframes),

@@ -24,7 +24,6 @@ from scipy.spatial import cKDTree
 from dsg_ros import se3
 from dsg_ros.mapping.voxels import pack_cells
 
-
 # Iterations over which the correspondence bound shrinks to its minimum.
 _SHRINK_ITERATIONS = 3
 
