@@ -3,7 +3,8 @@
 #
 #   make demo    create/reuse .venv, install, run the mapping node and the
 #                simulator publisher over DDS for 60 s, print the summary
-#   make test    create/reuse .venv, install, run the test suite (what CI runs)
+#   make lint    create/reuse .venv, install, run ruff and mypy (pyproject.toml)
+#   make test    create/reuse .venv, install, lint, run the test suite (what CI runs)
 #   make bench   solver, mapping and node benches (GTSAM as the solver reference)
 
 PYTHON ?= python3
@@ -20,7 +21,7 @@ PIP_FLAGS := $(if $(CI),--progress-bar off,)
 export ROS_AUTOMATIC_DISCOVERY_RANGE ?= LOCALHOST
 export MPLBACKEND ?= Agg
 
-.PHONY: venv install test demo bench clean distclean
+.PHONY: venv install lint test demo bench clean distclean
 
 venv: $(BIN)/python
 
@@ -36,7 +37,11 @@ $(STAMP): setup.py setup.cfg package.xml Makefile | $(BIN)/python
 	$(BIN)/python -m pip install $(PIP_FLAGS) -e '.[$(EXTRAS)]'
 	touch $@
 
-test: install
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest -q test
 
 demo: install
@@ -48,7 +53,7 @@ bench: install
 	$(BIN)/dsg-ros bench node
 
 clean:
-	rm -rf build install log *.egg-info .pytest_cache $(STAMP)
+	rm -rf build install log *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

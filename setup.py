@@ -69,7 +69,9 @@ setup(
         # Reference solver and odometry (KISS-ICP, bench realdata), and the
         # benches' plots; never runtime dependencies.
         "bench": ["gtsam", "kiss-icp", "matplotlib"],
-        "test": ["pytest", "colcon-common-extensions", "setuptools"],
+        # The suite, and `make lint`'s linter and type checker (minor
+        # versions pinned: a new release may add checks).
+        "test": ["pytest", "colcon-common-extensions", "setuptools", "ruff>=0.17.6,<0.18", "mypy>=2.4.1,<2.5", "types-PyYAML"],
     },
     zip_safe=True,
     entry_points={
