@@ -12,6 +12,7 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import jax
 import jax_dataclasses as jdc
@@ -328,7 +329,8 @@ def test_saving_replaces_a_file_atomically_and_a_failed_save_leaves_it_intact(tm
     assert path.read_bytes() == before and _leftovers(tmp_path, path.name) == []
 
 
-_GOOD = {"odom_log_scale": [0.01, 0.0, 0.0], "odom_bias": [0.0] * 6, "extrinsic": [0.0] * 6, "log_sigma_odom": 0.0, "log_sigma_obs": 0.0}
+# Keys of any YAML type join these in the tests below.
+_GOOD: dict[Any, Any] = {"odom_log_scale": [0.01, 0.0, 0.0], "odom_bias": [0.0] * 6, "extrinsic": [0.0] * 6, "log_sigma_odom": 0.0, "log_sigma_obs": 0.0}
 
 
 def _document(**theta_changes) -> dict:

@@ -328,6 +328,7 @@ def _odometry_nan_pose(f: Feeder):
 
 def _odometry_a_nanosecond_later(f: Feeder):
     last = f.mapper.odometry.latest_stamp
+    assert last is not None
     stepped = f.odom_at(last)
     stepped[4] += 0.05  # within the jump check's slack, but at 5e7 m/s
     return f.mapper.add_odometry(last + 1e-9, stepped), {"rejected_odometry": 1}, "by at least", ()
@@ -335,7 +336,9 @@ def _odometry_a_nanosecond_later(f: Feeder):
 
 def _future_odometry_stamp(f: Feeder):
     # A bad clock: nothing contradicts it yet; the next good sample drops it.
-    return f.mapper.add_odometry(T_BAD + 1e6, f.odom_at(f.mapper.odometry.latest_stamp)), {"rejected_odometry": 0}, None, ()
+    last = f.mapper.odometry.latest_stamp
+    assert last is not None
+    return f.mapper.add_odometry(T_BAD + 1e6, f.odom_at(last)), {"rejected_odometry": 0}, None, ()
 
 
 BAD_INPUTS = {
@@ -542,12 +545,12 @@ def test_odometry_a_nanosecond_apart_is_refused_and_extrapolation_keeps_to_the_s
     buffer = OdometryBuffer()
     assert buffer.add(10.0, _at(0.0)) is None
     # 5 cm in 1 ns (within the jump check's slack): a duplicate, not 5e7 m/s.
-    assert "by at least" in buffer.add(10.0 + 1e-9, _at(0.05))
+    assert "by at least" in (buffer.add(10.0 + 1e-9, _at(0.05)) or "")
     # The shortest accepted segment with a noisy step: placing a cloud just
     # past it moves no faster than the limits, not 0.05 m × 300.
     assert buffer.add(10.0 + 1e-4, _at(0.05)) is None
     placed = buffer.interpolate(10.0 + 1e-4 + 0.03)
-    assert placed[4] == pytest.approx(0.05 + OdometryLimits().max_speed_m_s * 0.03)
+    assert placed is not None and placed[4] == pytest.approx(0.05 + OdometryLimits().max_speed_m_s * 0.03)
     # Nor is its velocity (which the time offset moves increments along) 500 m/s.
     np.testing.assert_allclose(buffer.velocity(10.0 + 1e-4), [OdometryLimits().max_speed_m_s, 0, 0, 0, 0, 0], atol=1e-9)
 

@@ -188,7 +188,7 @@ def test_a_quaternion_too_large_for_its_norm_is_normalized_not_zeroed():
     huge = build.odometry(0, "odom", "base_link", np.array([3e155, 0.0, 0.0, 4e155, 1.0, 2.0, 3.0]))
     out = msgs.odometry_from_msg(huge)
     np.testing.assert_allclose(out.T, [0.6, 0.0, 0.0, 0.8, 1.0, 2.0, 3.0], atol=1e-15)
-    assert "norm 5e+155" in out.warning
+    assert "norm 5e+155" in (out.warning or "")
     with pytest.raises(ConversionError, match="non-unit quaternion"):
         msgs.pose_from_msg(huge.pose.pose)
     with pytest.raises(ConversionError, match="non-unit quaternion"):  # the largest component alone is 1

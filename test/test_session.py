@@ -258,7 +258,7 @@ def test_a_reset_waits_for_a_calibration_step_in_flight(mapper: Mapper, sim: Sim
     snapshot = mapper.calibration_snapshot()
     in_step = threading.Event()
 
-    def slow_step(theta: cal.Theta) -> cal.Theta:
+    def slow_step(theta: cal.AnyTheta) -> cal.HostTheta:
         in_step.set()
         time.sleep(0.3)
         return _theta(7)
