@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
+import pytest
 
 from dsg_ros import se3
 from dsg_ros.mapping.registration import RegistrationConfig, _surface_normals, register
@@ -60,8 +63,6 @@ def test_a_heading_far_off_is_found_by_the_heading_screen():
     """After a logging gap in a turn the prediction's heading may be 30° off:
     ICP from it alone settles on the wrong walls; the heading screen finds a
     start near the truth, and the better fit is the true pose."""
-    import dataclasses
-
     truth = _pose(4.0, 3.0, 20.0)
     room = _map_of([(_pose(3.0, 2.5, 0.0), _room_scan(_pose(3.0, 2.5, 0.0))), (_pose(6.0, 3.5, 180.0), _room_scan(_pose(6.0, 3.5, 180.0)))])
     scan = _room_scan(truth)
@@ -156,3 +157,11 @@ def test_closed_form_surface_normals_are_the_directions_of_least_spread():
     _, normal = _surface_normals(degenerate, np.ones((2, 3), bool), None)
     assert abs(np.linalg.norm(normal[0]) - 1.0) < 1e-12 and abs(normal[0, 0]) < 1e-12
     np.testing.assert_array_equal(normal[1], 0.0)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("heading_search_step_rad", 0.0), ("heading_search_sigmas", -1.0), ("heading_search_points", -1), ("icp_basin_rad", -0.1)]
+)
+def test_a_heading_screen_without_a_step_or_with_negative_settings_is_refused(field: str, value: float):
+    with pytest.raises(ValueError, match="heading_search"):
+        dataclasses.replace(RegistrationConfig(), **{field: value})

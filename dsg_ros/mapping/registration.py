@@ -90,6 +90,8 @@ class RegistrationConfig:
             raise ValueError("registration needs 0 < min_correspondence_m <= max_correspondence_m")
         if self.neighbours < 3 or self.max_iterations < 0 or self.min_matches < 3:
             raise ValueError("registration needs neighbours >= 3, max_iterations >= 0, min_matches >= 3")
+        if not (self.heading_search_step_rad > 0.0 and self.heading_search_sigmas >= 0.0 and self.heading_search_points >= 0 and self.icp_basin_rad >= 0.0):
+            raise ValueError("registration needs heading_search_step_rad > 0 and heading_search_sigmas, heading_search_points, icp_basin_rad >= 0")
 
 
 @dataclass(frozen=True)
@@ -253,7 +255,7 @@ def register(
 
 
 def _screen_headings(p_base: np.ndarray, tree: cKDTree, T_predicted: np.ndarray, up: np.ndarray, half_range: float, config: RegistrationConfig) -> float:
-    """The rotation (rad) about ``up`` (3,, base frame) within ``half_range`` of
+    """The rotation (rad) about ``up`` ((3,), base frame) within ``half_range`` of
     ``T_predicted`` (7,) that brings points ``p_base`` (N, 3) closest to the map:
     a spread subset of them, scored by their mean squared distance to the
     nearest map voxel, capped at ``max_correspondence_m``. 0 when the range
