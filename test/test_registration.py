@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 import pytest
@@ -163,5 +164,6 @@ def test_closed_form_surface_normals_are_the_directions_of_least_spread():
     "field, value", [("heading_search_step_rad", 0.0), ("heading_search_sigmas", -1.0), ("heading_search_points", -1), ("icp_basin_rad", -0.1)]
 )
 def test_a_heading_screen_without_a_step_or_with_negative_settings_is_refused(field: str, value: float):
+    changes: dict[str, Any] = {field: value}
     with pytest.raises(ValueError, match="heading_search"):
-        dataclasses.replace(RegistrationConfig(), **{field: value})
+        dataclasses.replace(RegistrationConfig(), **changes)
