@@ -410,7 +410,21 @@ def _replay(
     smoothed = Trajectory(*run.trajectory(), "keyframes")
     odometry = _trajectory(*stream.odometry, plan.odom_topic or "/tf")
     reference = _trajectory(*stream.reference, plan.reference_topic) if plan.reference_topic else None
-    summary = _summary(bag_path, config, plan, mapper, run, stream, ticks, estimate, smoothed, odometry, reference, relations, warm_up_s)
+    summary = _summary(
+        bag_path=bag_path,
+        config=config,
+        plan=plan,
+        mapper=mapper,
+        run=run,
+        stream=stream,
+        ticks=ticks,
+        estimate=estimate,
+        smoothed=smoothed,
+        odometry=odometry,
+        reference=reference,
+        relations=relations,
+        warm_up_s=warm_up_s,
+    )
     if bag_out is not None:
         summary["record"] = {"path": str(record), "counts": dict(bag_out.counts)}
     result = ReplayResult(summary, estimate, smoothed, odometry, reference, mapper, run)
@@ -448,6 +462,7 @@ def _percentile(values: list[float], q: float) -> float | None:
 
 
 def _summary(
+    *,
     bag_path: str | Path,
     config: ReplayConfig,
     plan: _Plan,
