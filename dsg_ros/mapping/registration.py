@@ -236,20 +236,21 @@ def register(
     degrees of freedom), since the scan says nothing about the other three.
     ``tree``: ``map_tree(map_points)`` if already built. ``motion``: the
     odometry distance (m) and rotation (rad) the prediction extrapolated,
-    which widens the prior (and, when wide, adds starting headings: see
-    ``RegistrationConfig.heading_hypotheses_above_rad``).
+    which widens the prior and the heading screen (see
+    ``RegistrationConfig.heading_search_sigmas``).
     """
     T_predicted = np.asarray(T_predicted, np.float64)
     if p_base.shape[0] < config.min_matches or min(config.neighbours, map_points.shape[0]) < 3:
         return Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     tree = tree if tree is not None else map_tree(map_points)
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
-    up = np.array([0.0, 0.0, 1.0]) if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
+    axis = None if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
+    up = np.array([0.0, 0.0, 1.0]) if axis is None else axis
     seeds = [T_predicted]
     heading = _screen_headings(p_base, tree, T_predicted, up, config.heading_search_sigmas * sigma_rad, config)
     if abs(heading) > config.icp_basin_rad:
         seeds.append(se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), heading * up]))))
-    results = [_align(p_base, map_points, T_predicted, seed, config, planar_axis_base, tree, motion) for seed in seeds]
+    results = [_align(p_base, map_points, T_predicted, seed, config, axis, tree, motion) for seed in seeds]
     best = min(range(len(results)), key=lambda i: (not results[i].accepted, results[i].cost))
     return replace(results[best], screened=best > 0)
 
@@ -283,16 +284,17 @@ def _align(
     T_predicted: np.ndarray,
     T_initial: np.ndarray,
     config: RegistrationConfig,
-    planar_axis_base: np.ndarray | None,
+    axis_base: np.ndarray | None,
     tree: cKDTree,
     motion: tuple[float, float],
 ) -> Registration:
-    """ICP from ``T_initial`` (7,) with the prior on ``T_predicted`` (7,); see ``register``."""
+    """ICP from ``T_initial`` (7,) with the prior on ``T_predicted`` (7,); see
+    ``register``. ``axis_base``: the unit normal of a planar scanner's plane."""
     T = np.asarray(T_initial, np.float64).copy()
     reject = Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     k = min(config.neighbours, map_points.shape[0])
-    if planar_axis_base is not None:
-        a = np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
+    if axis_base is not None:
+        a = axis_base
         # Basis of the free directions: two translations in the plane and the rotation about its axis.
         basis = np.zeros((6, 3))
         (basis[:3, 0], basis[:3, 1]), basis[3:, 2] = _plane_basis(a), a
@@ -301,7 +303,7 @@ def _align(
     sigma_m = config.prior_sigma_m + config.prior_sigma_per_motion * motion[0]
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
     prior = np.diag(1.0 / np.array([sigma_m] * 3 + [sigma_rad] * 3) ** 2)
-    translations = 2 if planar_axis_base is not None else 3  # the first coordinates of ``basis``
+    translations = 2 if axis_base is not None else 3  # the first coordinates of ``basis``
     xi_total = se3.log(se3.between(T_predicted, T))  # correction from the prediction, body frame
     # The pose as a tuple of scalars for ``se3``'s component functions: its
     # array functions cost more on one pose than the rest of an iteration's
@@ -323,7 +325,7 @@ def _align(
         if int(ok.sum()) < config.min_matches:
             break
         neighbours = map_points[np.where(valid[ok], idx[ok], idx[ok, :1])]
-        mu, n = _surface_normals(neighbours, valid[ok], None if planar_axis_base is None else R @ a)
+        mu, n = _surface_normals(neighbours, valid[ok], None if axis_base is None else R @ a)
         s, qo = p_base[ok], q[ok]
         r = np.einsum("ni,ni->n", n, qo - mu)
         # d r / d ξ for T·Exp(ξ): translation part Rᵀn, rotation part s × (Rᵀn).
