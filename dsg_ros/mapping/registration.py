@@ -243,6 +243,7 @@ def register(
     if p_base.shape[0] < config.min_matches or min(config.neighbours, map_points.shape[0]) < 3:
         return Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     tree = tree if tree is not None else map_tree(map_points)
+    sigma_m = config.prior_sigma_m + config.prior_sigma_per_motion * motion[0]
     sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
     axis = None if planar_axis_base is None else np.asarray(planar_axis_base, np.float64) / np.linalg.norm(planar_axis_base)
     up = np.array([0.0, 0.0, 1.0]) if axis is None else axis
@@ -250,7 +251,7 @@ def register(
     heading = _screen_headings(p_base, tree, T_predicted, up, config.heading_search_sigmas * sigma_rad, config)
     if abs(heading) > config.icp_basin_rad:
         seeds.append(se3.compose(T_predicted, se3.exp(np.concatenate([np.zeros(3), heading * up]))))
-    results = [_align(p_base, map_points, T_predicted, seed, config, axis, tree, motion) for seed in seeds]
+    results = [_align(p_base, map_points, T_predicted, seed, config, axis, tree, (sigma_m, sigma_rad)) for seed in seeds]
     best = min(range(len(results)), key=lambda i: (not results[i].accepted, results[i].cost))
     return replace(results[best], screened=best > 0)
 
@@ -286,10 +287,11 @@ def _align(
     config: RegistrationConfig,
     axis_base: np.ndarray | None,
     tree: cKDTree,
-    motion: tuple[float, float],
+    prior_sigmas: tuple[float, float],
 ) -> Registration:
-    """ICP from ``T_initial`` (7,) with the prior on ``T_predicted`` (7,); see
-    ``register``. ``axis_base``: the unit normal of a planar scanner's plane."""
+    """ICP from ``T_initial`` (7,) with the prior on ``T_predicted`` (7,) of
+    ``prior_sigmas`` (m, rad); see ``register``. ``axis_base``: the unit
+    normal of a planar scanner's plane."""
     T = np.asarray(T_initial, np.float64).copy()
     reject = Registration(T_predicted.copy(), np.zeros(6), 0, float("nan"), 0, False)
     k = min(config.neighbours, map_points.shape[0])
@@ -300,8 +302,7 @@ def _align(
         (basis[:3, 0], basis[:3, 1]), basis[3:, 2] = _plane_basis(a), a
     else:
         basis = np.eye(6)
-    sigma_m = config.prior_sigma_m + config.prior_sigma_per_motion * motion[0]
-    sigma_rad = config.prior_sigma_rad + config.prior_sigma_per_motion * motion[1]
+    sigma_m, sigma_rad = prior_sigmas
     prior = np.diag(1.0 / np.array([sigma_m] * 3 + [sigma_rad] * 3) ** 2)
     translations = 2 if axis_base is not None else 3  # the first coordinates of ``basis``
     xi_total = se3.log(se3.between(T_predicted, T))  # correction from the prediction, body frame
