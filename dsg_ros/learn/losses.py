@@ -20,54 +20,22 @@ Both build the subsequence's factors from theta exactly as the mapper does
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import cache
-from typing import Literal
 
 import jax
 import jax.numpy as jnp
 import jax_dataclasses as jdc
-import numpy as np
 
 from dsg_ros import se3
 from dsg_ros.learn import calibration as cal
+from dsg_ros.learn.config import LossConfig
 from dsg_ros.learn.dataset import Subsequence
 from dsg_ros.solve import SolverConfig, solve
 from dsg_ros.world import Capacity, Graph, State, WorldModel
 from dsg_ros.world.layout import ODOM_SE3, PRIOR_SE3, VOXEL_POINT_OBS
 
-LossName = Literal["joint_nll", "surrogate"]
-InnerMode = Literal["implicit", "unroll", "truncated"]
 # The first pose's prior in the surrogate solve: fixes the gauge at the reference.
 ANCHOR_SIGMA = 1e-3
-
-
-@dataclass(frozen=True)
-class LossConfig:
-    """Which loss, and how the surrogate's inner solve runs and is differentiated."""
-
-    loss: LossName = "joint_nll"
-    inner: InnerMode = "implicit"
-    inner_steps: int = 5  # LM iterations of the inner solve (unroll / truncated: those differentiated through)
-    rotation_weight_m: float = 1.0  # metres of error per radian in the surrogate loss
-
-    def __post_init__(self) -> None:
-        if self.loss not in ("joint_nll", "surrogate"):
-            raise ValueError(f"loss must be joint_nll or surrogate, got {self.loss!r}")
-        if self.inner not in ("implicit", "unroll", "truncated"):
-            raise ValueError(f"inner must be implicit, unroll or truncated, got {self.inner!r}")
-        if self.inner_steps < 1:
-            raise ValueError(f"inner steps must be >= 1, got {self.inner_steps}")
-
-    def solver(self) -> SolverConfig:
-        return SolverConfig(
-            max_iterations=self.inner_steps,
-            linear_solver="dense",
-            diff=self.inner,
-            unroll_iterations=self.inner_steps,
-            truncated_iterations=self.inner_steps,
-            implicit_hessian="gauss_newton",
-        )
 
 
 def obs_sqrt_info(theta: cal.Theta, L0: jax.Array, obs_sigma: jax.Array) -> jax.Array:
@@ -212,7 +180,3 @@ def batch_loss(theta: cal.Theta, batch: Subsequence[jax.Array], config: LossConf
     """Mean loss over a batch (leading axis of every leaf), vmapped."""
     return jnp.mean(jax.vmap(lambda s: loss(theta, s, config))(batch))
 
-
-def as_device(seq: Subsequence[jax.Array]) -> Subsequence:
-    """Host arrays → device arrays, one transfer."""
-    return jax.device_put(jax.tree.map(np.asarray, seq))

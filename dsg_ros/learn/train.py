@@ -14,9 +14,9 @@ import dataclasses
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,11 @@ import numpy as np
 import optax
 
 from dsg_ros.learn import calibration as cal, experiment as ex
+from dsg_ros.learn.config import LearnConfig
 from dsg_ros.learn.dataset import KeyframeLog, Subsequence, split, stack, subsequence
-from dsg_ros.learn.losses import InnerMode, LossConfig, LossName, batch_loss, loss, solve_subsequence
+from dsg_ros.learn.losses import batch_loss, loss, solve_subsequence
 from dsg_ros.progress import ProgressBar
 
-NoiseModel = Literal["constant"]
 # Validated on pose pairs this far apart (the real-data benchmark's ~1 s relations).
 RELATION_GAP_S = 1.0
 # Scores a trajectory against a reference: (stamps, poses, reference stamps,
@@ -37,55 +37,10 @@ RELATION_GAP_S = 1.0
 Scorer = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, tuple[float, ...]], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class LearnConfig:
-    """Everything a learning run depends on besides its data (``dsg-ros learn`` flags)."""
-
-    noise_model: NoiseModel = "constant"
-    loss: LossName = "joint_nll"
-    inner: InnerMode = "implicit"
-    inner_steps: int = 5
-    rotation_weight_m: float = 1.0
-    train_sequence_length: int = 20
-    batch_size: int = 32
-    dataset_fold: int = 0
-    num_folds: int = 3
-    num_epochs: int = 30
-    learning_rate: float = 3e-3
-    warmup_steps: int = 10
-    max_gradient_norm: float = 10.0
-    random_seed: int = 94305
-    cells_per_keyframe: int = 128
-    # A ground robot moves forward and turns about z: the other odometry
-    # axes and most of the extrinsic are unobservable, and Adam, which moves
-    # every coordinate at about the learning rate whatever its gradient,
-    # let them drift with the noise. Off: odometry forward scale, yaw-rate
-    # bias, time offset and the noise model only.
-    learn_all_axes: bool = False
-    learn_extrinsic: bool = False
-    bounds: cal.CalibrationBounds = field(default_factory=cal.CalibrationBounds)
-
-    def __post_init__(self) -> None:
-        if self.noise_model != "constant":
-            raise ValueError(f"noise model must be constant, got {self.noise_model!r}")
-        for name in ("train_sequence_length", "batch_size", "num_folds", "cells_per_keyframe"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', ' ')} must be >= 1, got {getattr(self, name)}")
-        if self.train_sequence_length < 2:
-            raise ValueError("train sequence length must be >= 2 keyframes")
-        if self.num_epochs < 0 or self.warmup_steps < 0:
-            raise ValueError("num epochs and warmup steps must be >= 0")
-        if not (self.learning_rate > 0 and self.max_gradient_norm > 0):
-            raise ValueError("learning rate and max gradient norm must be > 0")
-        self.loss_config()  # checks loss, inner, inner steps
-
-    def loss_config(self) -> LossConfig:
-        return LossConfig(self.loss, self.inner, self.inner_steps, self.rotation_weight_m)
-
-    def optimizer(self) -> optax.GradientTransformation:
-        """Adam after a linear warm-up, on gradients clipped to ``max_gradient_norm``."""
-        schedule = optax.warmup_constant_schedule(0.0, self.learning_rate, self.warmup_steps) if self.warmup_steps else self.learning_rate
-        return optax.chain(optax.clip_by_global_norm(self.max_gradient_norm), optax.adam(schedule))
+def optimizer(config: LearnConfig) -> optax.GradientTransformation:
+    """Adam after a linear warm-up, on gradients clipped to ``max_gradient_norm``."""
+    schedule = optax.warmup_constant_schedule(0.0, config.learning_rate, config.warmup_steps) if config.warmup_steps else config.learning_rate
+    return optax.chain(optax.clip_by_global_norm(config.max_gradient_norm), optax.adam(schedule))
 
 
 def learned(config: LearnConfig) -> dict[str, np.ndarray]:
@@ -154,10 +109,10 @@ class _Evaluator:
         }
 
 
-def _step_fn(config: LearnConfig, optimizer: optax.GradientTransformation) -> Callable[..., tuple[cal.Theta, Any, jax.Array]]:
+def _step_fn(config: LearnConfig, optimizer: optax.GradientTransformation, bounds: cal.CalibrationBounds) -> Callable[..., tuple[cal.Theta, Any, jax.Array]]:
     loss_config = config.loss_config()
     mask = learned(config)
-    limits = config.bounds.limits()
+    limits = bounds.limits()
 
     def step(theta: cal.Theta, opt_state: Any, batch: Subsequence[jax.Array]) -> tuple[cal.Theta, Any, jax.Array]:
         value, grads = jax.value_and_grad(batch_loss)(theta, batch, loss_config)
@@ -190,6 +145,7 @@ def train(
     config: LearnConfig,
     folder: str | Path,
     score: Scorer,
+    bounds: cal.CalibrationBounds | None = None,
     resume: bool = False,
     data: dict[str, Any] | None = None,
     progress: bool = False,
@@ -198,7 +154,10 @@ def train(
 ) -> TrainResult:
     """Learn theta on ``log``'s training fold, validating on its validation fold
     every epoch; everything goes into the experiment ``folder``. ``score``:
-    how a validation trajectory is scored (``mapping.metrics.score``).
+    how a validation trajectory is scored (``mapping.metrics.score``);
+    ``bounds``: theta is clipped into them after every step (the mapper's,
+    ``MapperConfig.calibration.bounds``: it clips a loaded calibration into them;
+    None: the defaults).
 
     ``data``: what ``experiment_config.yaml`` records about the data (bags,
     topics, the cache). ``on_step(step)`` runs after every optimizer step.
@@ -214,9 +173,9 @@ def train(
     per_epoch = len(train_items) // batch_size
     say(f"fold {config.dataset_fold} of {config.num_folds} (split by {parts.by}): {len(train_items)} training and "
         f"{len(validation.items)} validation subsequences of {config.train_sequence_length} keyframes; {per_epoch} steps per epoch")
-    optimizer = config.optimizer()
+    transform = optimizer(config)
     theta: cal.Theta = {k: jnp.asarray(v, jnp.float64) for k, v in cal.zero_theta().items()}
-    opt_state = optimizer.init(theta)
+    opt_state = transform.init(theta)
     document = _document(config, {"split": {"by": parts.by, "train": len(train_items), "validation": len(validation.items)}, **(data or {})})
 
     has_checkpoint = (folder / ex.CHECKPOINT_FILE).exists()
@@ -252,7 +211,7 @@ def train(
                                                  dict(rng.bit_generator.state), best_value, 0))
     ex.write_metrics(folder, lines)
 
-    update = _step_fn(config, optimizer)
+    update = _step_fn(config, transform, bounds or cal.CalibrationBounds())
     total = per_epoch * config.num_epochs
     bar = ProgressBar("learn", unit="step") if progress else None
     for epoch in range(start + 1, config.num_epochs + 1):
