@@ -43,7 +43,11 @@ class LossConfig:
             diff=self.inner,
             unroll_iterations=self.inner_steps,
             truncated_iterations=self.inner_steps,
-            implicit_hessian="gauss_newton",
+            # Exact, not Gauss–Newton: theta reaches the noise through the
+            # sqrt-information, and the term Gauss–Newton drops (∂J/∂L·e) is
+            # then as large as the one it keeps: the noise gradient came out
+            # half its size.
+            implicit_hessian="exact",
         )
 
 

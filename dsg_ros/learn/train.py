@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from dsg_ros.learn import calibration as cal, experiment as ex
-from dsg_ros.learn.config import LearnConfig
+from dsg_ros.learn.config import LearnConfig, LossConfig
 from dsg_ros.learn.dataset import KeyframeLog, Subsequence, split, stack, subsequence
 from dsg_ros.learn.losses import batch_loss, loss, solve_subsequence
 from dsg_ros.progress import ProgressBar
@@ -82,17 +83,14 @@ class _Evaluator:
         self.items, self.score = items, score
         self.size = min(config.batch_size, len(items))
         self.batches = [jax.device_put(b) for b in _batches(items, self.size)]
-        loss_config = config.loss_config()
-        solver = loss_config.solver()
-        self._loss = jax.jit(lambda theta, batch: jax.vmap(lambda s: loss(theta, s, loss_config))(batch))
-        self._solve = jax.jit(lambda theta, batch: jax.vmap(lambda s: solve_subsequence(theta, s, solver))(batch))
+        self.loss_config = config.loss_config()
 
     def __call__(self, theta: cal.Theta) -> dict[str, float | None]:
         losses, scores = [], []
         for b, batch in enumerate(self.batches):
             n = min(self.size, len(self.items) - b * self.size)
-            losses += np.asarray(self._loss(theta, batch))[:n].tolist()
-            poses = np.asarray(self._solve(theta, batch))[:n]
+            losses += np.asarray(_validation_losses(theta, batch, self.loss_config))[:n].tolist()
+            poses = np.asarray(_validation_poses(theta, batch, self.loss_config))[:n]
             for seq, T in zip(self.items[b * self.size : b * self.size + n], poses):
                 scores.append(self.score(seq.stamp, T, seq.stamp, seq.reference, (RELATION_GAP_S,)))
 
@@ -109,23 +107,43 @@ class _Evaluator:
         }
 
 
-def _step_fn(config: LearnConfig, optimizer: optax.GradientTransformation, bounds: cal.CalibrationBounds) -> Callable[..., tuple[cal.Theta, Any, jax.Array]]:
-    loss_config = config.loss_config()
+# Module-level programs with hashable static configs: every run in a process
+# (folds, a resume) reuses one compilation per batch shape.
+
+
+@partial(jax.jit, static_argnames="config")
+def _validation_losses(theta: cal.Theta, batch: Subsequence[jax.Array], config: LossConfig) -> jax.Array:
+    return jax.vmap(lambda s: loss(theta, s, config))(batch)
+
+
+@partial(jax.jit, static_argnames="config")
+def _validation_poses(theta: cal.Theta, batch: Subsequence[jax.Array], config: LossConfig) -> jax.Array:
+    solver = config.solver()
+    return jax.vmap(lambda s: solve_subsequence(theta, s, solver))(batch)
+
+
+def _step_key(config: LearnConfig) -> LearnConfig:
+    """``config`` with the fields an optimizer step does not read reset: the
+    step's static key, so that runs differing only in those share its compilation."""
+    return dataclasses.replace(config, dataset_fold=0, num_folds=1, num_epochs=0, random_seed=0, batch_size=1, cells_per_keyframe=1)
+
+
+@partial(jax.jit, static_argnames=("config", "bounds"))
+def _update(
+    theta: cal.Theta, opt_state: Any, batch: Subsequence[jax.Array], config: LearnConfig, bounds: cal.CalibrationBounds
+) -> tuple[cal.Theta, Any, jax.Array]:
+    """One optimizer step on a batch: masked gradients, Adam, then theta clipped into ``bounds``."""
     mask = learned(config)
     limits = bounds.limits()
-
-    def step(theta: cal.Theta, opt_state: Any, batch: Subsequence[jax.Array]) -> tuple[cal.Theta, Any, jax.Array]:
-        value, grads = jax.value_and_grad(batch_loss)(theta, batch, loss_config)
-        grads = {k: g * mask[k] for k, g in grads.items()}
-        updates, new_state = optimizer.update(grads, opt_state, theta)
-        stepped = optax.apply_updates(theta, updates)
-        stepped = {k: jnp.clip(v, limits[k][0], limits[k][1]) for k, v in stepped.items()}
-        # A non-finite loss or gradient (a degenerate batch) skips the step instead of poisoning theta.
-        ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-        return keep(stepped, theta), keep(new_state, opt_state), value
-
-    return jax.jit(step)
+    value, grads = jax.value_and_grad(batch_loss)(theta, batch, config.loss_config())
+    grads = {k: g * mask[k] for k, g in grads.items()}
+    updates, new_state = optimizer(config).update(grads, opt_state, theta)
+    stepped = optax.apply_updates(theta, updates)
+    stepped = {k: jnp.clip(v, limits[k][0], limits[k][1]) for k, v in stepped.items()}
+    # A non-finite loss or gradient (a degenerate batch) skips the step instead of poisoning theta.
+    ok = jnp.isfinite(value) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+    return keep(stepped, theta), keep(new_state, opt_state), value
 
 
 def _document(config: LearnConfig, data: dict[str, Any]) -> dict[str, Any]:
@@ -173,9 +191,8 @@ def train(
     per_epoch = len(train_items) // batch_size
     say(f"fold {config.dataset_fold} of {config.num_folds} (split by {parts.by}): {len(train_items)} training and "
         f"{len(validation.items)} validation subsequences of {config.train_sequence_length} keyframes; {per_epoch} steps per epoch")
-    transform = optimizer(config)
     theta: cal.Theta = {k: jnp.asarray(v, jnp.float64) for k, v in cal.zero_theta().items()}
-    opt_state = transform.init(theta)
+    opt_state = optimizer(config).init(theta)
     document = _document(config, {"split": {"by": parts.by, "train": len(train_items), "validation": len(validation.items)}, **(data or {})})
 
     has_checkpoint = (folder / ex.CHECKPOINT_FILE).exists()
@@ -211,7 +228,7 @@ def train(
                                                  dict(rng.bit_generator.state), best_value, 0))
     ex.write_metrics(folder, lines)
 
-    update = _step_fn(config, transform, bounds or cal.CalibrationBounds())
+    step_key, bounds = _step_key(config), bounds or cal.CalibrationBounds()
     total = per_epoch * config.num_epochs
     bar = ProgressBar("learn", unit="step") if progress else None
     for epoch in range(start + 1, config.num_epochs + 1):
@@ -220,7 +237,7 @@ def train(
         losses = []
         for b in range(per_epoch):
             batch = stack([train_items[i] for i in order[b * batch_size : (b + 1) * batch_size]])
-            theta, opt_state, value = update(theta, opt_state, jax.device_put(batch))
+            theta, opt_state, value = _update(theta, opt_state, jax.device_put(batch), step_key, bounds)
             step += 1
             losses.append(float(value))
             if bar is not None:
