@@ -23,7 +23,7 @@ from dsg_ros import se3
 from dsg_ros.cli import main
 from dsg_ros.learn import calibration as cal, experiment as ex
 from dsg_ros.learn.config import LearnConfig, LossConfig
-from dsg_ros.learn.dataset import DatasetError, KeyframeLog, split, stack, subsequence, windows
+from dsg_ros.learn.dataset import DatasetError, KeyframeLog, split, subsequence, windows
 from dsg_ros.learn.losses import joint_nll, surrogate
 from dsg_ros.learn.train import train
 from dsg_ros.mapping import metrics
@@ -91,23 +91,27 @@ COORDINATES = [("odom_log_scale", 0), ("odom_bias", 5), ("time_offset", 0), ("lo
                ("log_sigma_obs_plane", 0), ("extrinsic", 5)]
 
 
-def _finite_difference(f, theta: cal.Theta, name: str, i: int, eps: float = 1e-6) -> float:
-    def at(delta: float) -> float:
+def _check_gradient(f, theta: cal.Theta, eps: float, rel: float, abs: float) -> None:
+    """``jax.grad`` of ``f`` against central differences on COORDINATES; one
+    compiled value-and-gradient program serves both (compiling is most of the time)."""
+    value_and_grad = jax.jit(jax.value_and_grad(f))
+    grad = value_and_grad(theta)[1]
+
+    def at(name: str, i: int, delta: float) -> float:
         moved = dict(theta)
         moved[name] = jnp.reshape(jnp.reshape(theta[name], -1).at[i].add(delta), jnp.shape(theta[name]))
-        return float(f(moved))
+        return float(value_and_grad(moved)[0])
 
-    return (at(eps) - at(-eps)) / (2 * eps)
+    for name, i in COORDINATES:
+        difference = (at(name, i, eps) - at(name, i, -eps)) / (2 * eps)
+        assert float(jnp.reshape(grad[name], -1)[i]) == pytest.approx(difference, rel=rel, abs=abs), name
 
 
 def test_joint_nll_gradient_matches_finite_differences():
     seq = jax.tree.map(jnp.asarray, subsequence(_synthetic_log(keyframes=4, cells=5), np.arange(4)))
     theta = _theta(odom_log_scale=[0.02, 0, 0], odom_bias=[0, 0, 0, 0, 0, 0.01], time_offset=0.01, log_sigma_obs=0.1, log_sigma_obs_plane=-0.2,
                    log_sigma_odom_axes=[0.1] * 6, extrinsic=[0.01, 0, 0, 0, 0, 0.02])
-    f = jax.jit(lambda t: joint_nll(t, seq))
-    grad = jax.grad(f)(theta)
-    for name, i in COORDINATES:
-        assert float(jnp.reshape(grad[name], -1)[i]) == pytest.approx(_finite_difference(f, theta, name, i), rel=1e-5, abs=1e-6), name
+    _check_gradient(lambda t: joint_nll(t, seq), theta, 1e-6, 1e-5, 1e-6)
 
 
 @pytest.mark.parametrize(
@@ -121,11 +125,7 @@ def test_surrogate_gradient_matches_finite_differences(inner, rel):
     seq = jax.tree.map(jnp.asarray, subsequence(_synthetic_log(keyframes=4, cells=5), np.arange(4)))
     config = LossConfig("surrogate", inner, inner_steps=8)
     theta = _theta(odom_log_scale=[0.05, 0, 0], odom_bias=[0, 0, 0, 0, 0, 0.05], log_sigma_obs=0.5, log_sigma_odom_axes=[-0.3] * 6)
-    f = jax.jit(lambda t: surrogate(t, seq, config))
-    grad = jax.grad(f)(theta)
-    for name, i in COORDINATES:
-        g = float(jnp.reshape(grad[name], -1)[i])
-        assert g == pytest.approx(_finite_difference(f, theta, name, i, 1e-5), rel=rel, abs=1e-7), name
+    _check_gradient(lambda t: surrogate(t, seq, config), theta, 1e-5, rel, 1e-7)
 
 
 def test_time_folds_keep_a_gap_and_bag_folds_hold_out_whole_bags():
@@ -283,10 +283,3 @@ def _has_matplotlib() -> bool:
 
     return importlib.util.find_spec("matplotlib") is not None
 
-
-def test_stacked_subsequences_batch_for_vmap():
-    log = _synthetic_log(keyframes=12)
-    batch = stack([subsequence(log, w) for w in windows(log, 4)])
-    assert batch.p_sensor.shape == (3, 4, 6, 3) and batch.voxel.shape == (3, 4, 6)
-    values = jax.jit(jax.vmap(lambda s: joint_nll(_theta(), s)))(jax.tree.map(jnp.asarray, batch))
-    assert values.shape == (3,) and bool(jnp.all(jnp.isfinite(values)))
