@@ -283,3 +283,24 @@ def _has_matplotlib() -> bool:
 
     return importlib.util.find_spec("matplotlib") is not None
 
+
+
+def test_the_mapper_applies_the_learned_noise_model_as_the_losses_do():
+    """What is learned is what runs: the node's mapper builds its sqrt-information
+    from a loaded theta exactly as the losses rebuild it from the cached one."""
+    from dsg_ros.learn.losses import obs_sqrt_info
+    from dsg_ros.mapping import Mapper, MapperConfig
+    from dsg_ros.mapping.voxels import CellObservations
+
+    config = MapperConfig()
+    cells = CellObservations(keys=np.arange(3), p_sensor=np.ones((3, 3)), counts=np.full(3, 5),
+                             n_sensor=np.array([[1.0, 0.0, 0.0], [0.0, 0.6, 0.8], [0.0, 0.0, 0.0]]))
+    learned = {"log_sigma_odom_axes": np.log([2.0, 1.0, 1.0, 1.0, 1.0, 3.0]), "log_sigma_obs": np.log(0.5), "log_sigma_obs_plane": np.log(4.0)}
+    nominal, calibrated = Mapper(config), Mapper(config, {**cal.as_host(cal.zero_theta()), **learned})
+    odom = np.diag(calibrated._odom_noise(None).sqrt_info)
+    np.testing.assert_allclose(odom, 1.0 / (np.array([config.odom_sigma_m] * 3 + [config.odom_sigma_rad] * 3) * [2, 1, 1, 1, 1, 3]))
+    for axis in (None, np.array([0.0, 0.0, 1.0])):  # a lidar's cells; a planar scanner's
+        L0 = nominal._obs_sqrt_info(cells, se3.IDENTITY, axis)
+        expected = calibrated._obs_sqrt_info(cells, se3.IDENTITY, axis)
+        sigma = jnp.array([config.obs_sigma_m, config.obs_plane_sigma_m])
+        np.testing.assert_allclose(obs_sqrt_info(_theta(**learned), jnp.asarray(L0), sigma), expected, rtol=1e-12)
