@@ -18,10 +18,12 @@ import numpy as np
 
 from dsg_ros import se3
 from dsg_ros.bag.errors import BagError
+from dsg_ros.bag.reader import Bag
 from dsg_ros.bag.replay import ReplayConfig, replay
 from dsg_ros.learn.dataset import KeyframeLog
 from dsg_ros.mapping import Mapper, MapperConfig, metrics
 from dsg_ros.mapping.window import KeyframeInputs
+from dsg_ros.msgs import ODOMETRY, POSE_STAMPED
 
 
 class _Recorder:
@@ -90,6 +92,9 @@ def extract(
     """
     if config.reference_topic is None:
         raise ValueError("learning needs a reference: name it with --reference-topic")
+    for bag in bags:  # every bag's reference, before the first replay
+        with Bag(bag) as reader:
+            reader.require([config.reference_topic], {ODOMETRY, POSE_STAMPED})
     config = replace(config, calibrate=False, supervise=False, rate=None)
     parts: list[dict[str, np.ndarray]] = []
     extrinsics = []

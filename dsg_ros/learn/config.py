@@ -65,7 +65,7 @@ class LearnConfig:
     dataset_fold: int = 0
     num_folds: int = 3
     num_epochs: int = 30
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-2
     warmup_steps: int = 10
     max_gradient_norm: float = 10.0
     random_seed: int = 94305

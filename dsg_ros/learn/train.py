@@ -241,7 +241,8 @@ def train(
             step += 1
             losses.append(float(value))
             if bar is not None:
-                bar.update(step / max(total, 1), step, f"epoch {epoch} loss {losses[-1]:.4g}")
+                done = step - start * per_epoch  # this run's steps: the rate and ETA leave a resumed run's past out
+                bar.update(done / max(total - start * per_epoch, 1), done, f"epoch {epoch} loss {losses[-1]:.4g}")
             if on_step is not None:
                 on_step(step)
         line = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), **validation(theta),
