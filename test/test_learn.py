@@ -116,9 +116,9 @@ def test_joint_nll_gradient_matches_finite_differences():
 
 @pytest.mark.parametrize(
     ("inner", "rel"),
-    # unroll differentiates the fixed iterations exactly (compiling the reverse
-    # pass through the scan takes a minute on 2 cores); implicit differentiates
-    # the optimum the solve converges to.
+    # unroll differentiates the fixed iterations exactly; implicit (the default)
+    # the optimum the solve converges to. Each compiles for ~40 s on 2 busy
+    # cores, so only the default runs unless slow tests are asked for.
     [pytest.param("unroll", 1e-3, marks=pytest.mark.slow), ("implicit", 1e-3)],
 )
 def test_surrogate_gradient_matches_finite_differences(inner, rel):
