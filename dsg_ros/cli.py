@@ -330,6 +330,139 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------- learn
+
+# Help per LearnConfig field (the flags are the fields; defaults come from the dataclass).
+_LEARN_HELP = {
+    "noise_model": "noise model learned: constant (one sqrt-precision per odometry axis, observations along the normal and in-plane)",
+    "loss": "joint_nll (likelihood of the reference, no solve) or surrogate (pose error after the inner solve)",
+    "inner": "surrogate: how the inner solve is differentiated",
+    "inner_steps": "LM iterations of the inner solve (unroll/truncated: differentiated through)",
+    "rotation_weight_m": "surrogate: metres of error per radian of rotation error",
+    "train_sequence_length": "keyframes per subsequence",
+    "batch_size": "subsequences per optimizer step (vmapped)",
+    "dataset_fold": "the validation fold",
+    "num_folds": "folds: by whole bags when there are at least this many, else by time segments with a gap",
+    "num_epochs": "passes over the training subsequences",
+    "learning_rate": "Adam learning rate (after warm-up)",
+    "warmup_steps": "steps of linear learning-rate warm-up",
+    "max_gradient_norm": "gradients are clipped to this global norm",
+    "random_seed": "seed of the batch order",
+    "cells_per_keyframe": "best-supported cell observations kept per keyframe",
+    "learn_all_axes": "learn every odometry scale and bias axis (default: forward scale and yaw-rate bias, a ground robot's)",
+    "learn_extrinsic": "learn the base -> sensor extrinsic too",
+}
+_DEFAULT_EXPERIMENT = "{noise_model}_{loss}/fold_{dataset_fold}"
+
+
+def _learn_config(args: argparse.Namespace) -> Any:
+    import dataclasses
+
+    from dsg_ros.learn.config import LearnConfig
+
+    return LearnConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(LearnConfig)})
+
+
+def _cmd_learn(args: argparse.Namespace) -> int:
+    _setup_runtime(args)
+    import hashlib
+    from pathlib import Path
+
+    from dsg_ros.bag import BagError
+    from dsg_ros.bag.learning import extract, fingerprint
+    from dsg_ros.bag.replay import ReplayConfig
+    from dsg_ros.config import from_mapping, load_yaml, section
+    from dsg_ros.learn import calibration as cal, experiment as ex
+    from dsg_ros.learn.dataset import DatasetError, KeyframeLog, describe
+    from dsg_ros.learn.train import train
+    from dsg_ros.mapping import MapperConfig, metrics
+
+    say = _progress(not args.quiet)
+    try:
+        config = _learn_config(args)
+        replay_config = ReplayConfig(
+            odom_topic=args.odom_topic, points_topic=args.points_topic, scan_topic=args.scan_topic, reference_topic=args.reference_topic,
+            base_frame=args.base_frame, odom_frame=args.odom_frame, start_s=args.start, duration_s=args.duration,
+        )
+        mapper_config = MapperConfig()
+        if args.params_file:
+            mapper_config = from_mapping(MapperConfig, section(load_yaml(args.params_file), "mapper", args.params_file), "mapper")
+        identifier = args.experiment_identifier.format(noise_model=config.noise_model, loss=config.loss, dataset_fold=config.dataset_fold)
+    except (ValueError, KeyError) as exc:  # a bad flag value or parameters file; an unknown {field} in the identifier
+        print(f"dsg-ros learn: {exc}", file=sys.stderr)
+        return 2
+    folder = Path(args.experiments_dir) / identifier
+    # One cache per bags + topics + mapper settings, shared by every fold and experiment.
+    key = fingerprint(args.bags, replay_config, mapper_config, config.cells_per_keyframe)
+    cache = Path(args.experiments_dir) / "datasets" / f"{hashlib.sha1(key.encode()).hexdigest()[:16]}.npz"
+    try:
+        log = KeyframeLog.load(cache) if cache.exists() else None
+        if log is not None and log.fingerprint != key:
+            log = None
+        if log is None:
+            log = extract(args.bags, replay_config, mapper_config, config.cells_per_keyframe, say=say, progress=not args.quiet)
+            log.save(cache)
+            say(f"cached {describe(log)} in {cache}")
+        else:
+            say(f"read {describe(log)} from {cache}")
+        data = {"bags": [str(b) for b in args.bags], "reference_topic": args.reference_topic, "dataset": str(cache)}
+        result = train(log, config, folder, metrics.score, mapper_config.calibration.bounds, resume=args.resume, data=data,
+                       progress=not args.quiet, say=say)
+    except (BagError, DatasetError, ex.ExperimentError, cal.CalibrationFileError) as exc:
+        print(f"dsg-ros learn: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ndsg-ros learn: interrupted; continue with the same command and --resume ({folder})", file=sys.stderr)
+        return 130
+    if importlib.util.find_spec("matplotlib") is not None:
+        from dsg_ros.tools.learning_plots import plot_learning_curves
+
+        plot_learning_curves(folder)
+    else:
+        say(f"learning_curves.png not drawn: matplotlib is not installed (the 'plots' extra); the curves are in {folder / ex.METRICS_FILE}")
+    best = next(line for line in result.metrics if line["epoch"] == result.best_epoch)
+    first = result.metrics[0]
+
+    def errors(line: dict[str, Any]) -> str:
+        parts = [f"{name} {line[key]:.4f}" for name, key in (("ATE m", "validation_ate_m"), ("1 s relations m", "validation_rel_1s_m"))
+                 if line.get(key) is not None]
+        return ", ".join(parts) or "no scores"
+
+    human = [
+        f"validation before learning: {errors(first)}",
+        f"best epoch {result.best_epoch}: {errors(best)}",
+        f"wrote {folder}/: {ex.CALIBRATION_FILE} (epoch {result.best_epoch}), {ex.METRICS_FILE}, {ex.CHECKPOINT_FILE}, {ex.CONFIG_FILE}",
+    ]
+    _emit(args, human, {"experiment": str(folder), "best_epoch": result.best_epoch, "best": best, "before": first, "dataset": str(cache)})
+    return 0
+
+
+def _cmd_cross_validate(args: argparse.Namespace) -> int:
+    from dsg_ros.learn import experiment as ex
+
+    folders = ex.experiment_folders(args.experiment_paths)
+    if not folders:
+        print(f"dsg-ros cross-validate: no experiment (a folder with {ex.METRICS_FILE}) under {' '.join(args.experiment_paths)}", file=sys.stderr)
+        return 2
+    try:
+        summary = ex.cross_validate(folders, args.disaggregate)
+    except ex.ExperimentError as exc:
+        print(f"dsg-ros cross-validate: {exc}", file=sys.stderr)
+        return 2
+    human = []
+    for name, metrics in summary.items():
+        human.append(f"{name}:")
+        for metric, stat in metrics.items():
+            if metric == "folds":
+                continue
+            se = f" ± {stat['standard_error']:.4g}" if stat["standard_error"] is not None else ""
+            human.append(f"  {metric:28s} {stat['mean']:.4g}{se} (n={stat['n']})")
+        for fold, values in metrics.get("folds", {}).items():
+            human.append(f"  {fold}: " + ", ".join(f"{k} {v:.4g}" for k, v in sorted(values.items())))
+    _emit(args, human, summary)
+    return 0
+
+
 # ---------------------------------------------------------------- ROS 2 side
 
 
@@ -634,6 +767,75 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", metavar="OUT_BAG", help="write what the node would publish to this mcap rosbag2 (must not exist)")
     _common(p)
     p.set_defaults(handler=_cmd_replay)
+
+    p = sub.add_parser(
+        "learn",
+        help="learn a calibration and noise model from bags with a reference, through the solver",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=(
+            "Replay each bag once through the mapping front-end (calibration off), cache every keyframe's odometry, cell\n"
+            "observations and reference pose in <experiments-dir>/datasets/, then learn theta (odometry correction, time\n"
+            "offset, optionally the extrinsic, and the constant noise model) on subsequences of keyframes with optax,\n"
+            "validating on the held-out fold every epoch. The experiment folder gets experiment_config.yaml, checkpoint.npz\n"
+            "(after every epoch), metrics.jsonl, calibration.yaml of the best validation epoch (for replay --calibration and\n"
+            "the node's calibration_file) and learning_curves.png (with the 'plots' extra). Exit status 2 for a bag, topic,\n"
+            "fold or experiment folder that cannot be used (the message names it); 130 when interrupted (--resume continues)."
+        ),
+        epilog=(
+            "examples:\n"
+            "  dsg-ros sim --bag sim0 --seed 0 && dsg-ros sim --bag sim1 --seed 1\n"
+            "  dsg-ros learn sim0 sim1 --reference-topic /ground_truth --num-folds 2 --dataset-fold 0\n"
+            "  dsg-ros learn sim0 sim1 --reference-topic /ground_truth --num-folds 2 --dataset-fold 0 --resume --num-epochs 60\n"
+            "  dsg-ros cross-validate --experiment-paths 'experiments/**/'\n\n" + _EPILOG_CACHE
+        ),
+    )
+    p.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories, .db3 or .mcap files, or ROS 1 .bag")
+    p.add_argument("--reference-topic", required=True, metavar="TOPIC", help="reference poses (nav_msgs/Odometry or geometry_msgs/PoseStamped)")
+    p.add_argument("--odom-topic", default="/odom", metavar="TOPIC", help="nav_msgs/Odometry (default /odom; a bag without it: odom -> base on /tf)")
+    p.add_argument("--points-topic", metavar="TOPIC", help="sensor_msgs/PointCloud2 to map (default: /points if the bag has it and no sensor topic is named)")
+    p.add_argument("--scan-topic", metavar="TOPIC", help="sensor_msgs/LaserScan to map (default: /scan if the bag has it and no sensor topic is named)")
+    p.add_argument("--base-frame", default="base_link", metavar="FRAME", help="robot base frame (default base_link)")
+    p.add_argument("--odom-frame", default="odom", metavar="FRAME", help="odometry frame, for odometry from /tf (default odom)")
+    p.add_argument("--params-file", metavar="YAML", help="mapper parameters: the node's file (/**: ros__parameters: mapper: ...) or a plain 'mapper:' section")
+    p.add_argument("--start", type=float, default=0.0, metavar="S", help="skip each bag's first S seconds (default 0)")
+    p.add_argument("--duration", type=float, default=None, metavar="S", help="use S seconds of each bag (default: to the end)")
+    from dataclasses import MISSING, fields
+    from typing import get_args
+
+    from dsg_ros.learn import config as learn_config
+
+    for f in fields(learn_config.LearnConfig):
+        flag, default = "--" + f.name.replace("_", "-"), f.default
+        assert default is not MISSING
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true", help=_LEARN_HELP[f.name])
+            continue
+        choices = get_args(getattr(learn_config, str(f.type), None)) or None
+        p.add_argument(flag, type=type(default), default=default, choices=choices, help=f"{_LEARN_HELP[f.name]} (default {default})")
+    p.add_argument(
+        "--experiment-identifier", default=_DEFAULT_EXPERIMENT, metavar="ID", help=f"experiment folder under --experiments-dir (default {_DEFAULT_EXPERIMENT})"
+    )
+    p.add_argument("--experiments-dir", default="experiments", metavar="DIR", help="where experiments and the bag cache live (default experiments)")
+    p.add_argument("--resume", action="store_true", help="continue the experiment from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    _common(p)
+    p.set_defaults(handler=_cmd_learn)
+
+    p = sub.add_parser(
+        "cross-validate",
+        help="every metric of learning experiments across folds: mean ± standard error",
+        description=(
+            "For each experiment (the parent of fold_K folders), every numeric metric of each fold's best validation epoch\n"
+            "(metrics.jsonl), as mean ± standard error (sample standard deviation / sqrt(n)) over the folds."
+        ),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--experiment-paths", nargs="+", default=["experiments/**/"], metavar="GLOB", help="folders to search (recursive **; default experiments/**/)"
+    )
+    p.add_argument("--disaggregate", action="store_true", help="also every fold's values")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p.set_defaults(handler=_cmd_cross_validate)
 
     # Listed for --help; main() hands their arguments over before argparse sees them.
     sub.add_parser("node", help="run the ROS 2 mapping node (what hybrid_node and ros2 launch start); see `dsg-ros node --help`")

@@ -36,9 +36,11 @@ class ProgressBar:
         self.started = time.perf_counter()
         self._last_draw = -float("inf")
         self._fraction, self._items = 0.0, 0
+        self._note = ""
 
-    def update(self, fraction: float, items: int) -> None:
-        self._fraction, self._items = min(max(fraction, 0.0), 1.0), items
+    def update(self, fraction: float, items: int, note: str = "") -> None:
+        """``note``: shown after the ETA (the training loss, say)."""
+        self._fraction, self._items, self._note = min(max(fraction, 0.0), 1.0), items, note
         now = time.perf_counter()
         if self.enabled and now - self._last_draw >= self.interval_s:
             self._last_draw = now
@@ -65,7 +67,7 @@ class ProgressBar:
             eta = "ETA --:--"
         return (
             f"{self.label} [{'#' * filled}{'.' * (self.width - filled)}] {100.0 * self._fraction:5.1f} % "
-            f"{rate:7.0f} {self.unit}/s  {_clock(elapsed)} {eta}"
+            f"{rate:7.0f} {self.unit}/s  {_clock(elapsed)} {eta}" + (f"  {self._note}" if self._note else "")
         )
 
     def _draw(self, now: float) -> None:

@@ -14,7 +14,7 @@ CLI = [sys.executable, "-m", "dsg_ros.cli"]
 
 SUBCOMMANDS: list[list[str]] = [
     ["hero"], ["solve-g2o"], ["run-sim"], ["demo"], ["node"], ["sim-publisher"], ["bench", "core"], ["bench", "mapping"], ["bench", "node"],
-    ["convert", "carmen"], ["sim"], ["replay"], ["bench", "realdata"],
+    ["convert", "carmen"], ["sim"], ["replay"], ["bench", "realdata"], ["learn"], ["cross-validate"],
 ]
 
 

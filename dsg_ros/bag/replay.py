@@ -349,6 +349,7 @@ def replay(
     relations: np.ndarray | None = None,
     progress: bool = False,
     say: Callable[[str], None] = lambda _: None,
+    on_mapper: Callable[[Mapper], None] | None = None,
 ) -> ReplayResult:
     """Replay the bag at ``bag_path`` through a new Mapper (``mapper_config``,
     starting from calibration ``theta``) and score it.
@@ -357,7 +358,8 @@ def replay(
     only once the replay succeeded; the PNG is drawn apart, by
     :func:`dsg_ros.tools.evaluate.plot_replay`); ``record``: an mcap bag of
     what the node would publish; ``relations``: Kuemmerle relations (R, 8)
-    to score the estimate and the odometry on; ``progress``: a progress bar on stderr.
+    to score the estimate and the odometry on; ``progress``: a progress bar on stderr;
+    ``on_mapper``: sees the new Mapper before it maps (the learning cache hooks its window).
     BagError for a bag that cannot be read as asked (the text names it).
     """
     # The mapper's warnings are counted by reason in the summary; a line each
@@ -366,7 +368,7 @@ def replay(
     level = mapper_log.level
     mapper_log.setLevel(logging.ERROR)
     try:
-        return _replay(bag_path, config, mapper_config, theta, output, record, relations, progress, say)
+        return _replay(bag_path, config, mapper_config, theta, output, record, relations, progress, say, on_mapper)
     finally:
         mapper_log.setLevel(level)
 
@@ -381,6 +383,7 @@ def _replay(
     relations: np.ndarray | None,
     progress: bool,
     say: Callable[[str], None],
+    on_mapper: Callable[[Mapper], None] | None,
 ) -> ReplayResult:
     with Bag(bag_path) as bag:
         plan = _plan(bag, config, mapper_config)
@@ -393,6 +396,8 @@ def _replay(
         writer = BagWriter(record, "mcap") if record is not None else nullcontext()
         with writer as bag_out:
             mapper = Mapper(mapper_config, theta)
+            if on_mapper is not None:
+                on_mapper(mapper)
             nominal = np.asarray(mapper_config.T_base_sensor, np.float64)
             stream.frames.T_base_sensor = lambda: cal.base_sensor(mapper.theta, nominal)
             warm_up_s = mapper.warm_up()

@@ -8,7 +8,13 @@ theta is a pytree of arrays shared by every tick:
   correction subtracts ``bias · dt`` (a yaw-rate bias is ``odom_bias[5]``).
 * ``extrinsic`` (6,): a twist correcting the nominal base→sensor transform,
   ``T_base_sensor = T_nominal · Exp(extrinsic)``.
-* ``log_sigma_odom`` (), ``log_sigma_obs`` (): log-scales of the noise models.
+* ``log_sigma_odom`` (), ``log_sigma_obs`` (): log-scales of the noise models
+  (the online calibration learns these).
+* ``log_sigma_odom_axes`` (6,), ``log_sigma_obs_plane`` (): the constant noise
+  model learned from bags (``dsg-ros learn``): a log-scale per odometry axis
+  (ρ, ω) on top of ``log_sigma_odom``, and the in-plane observation sigma's
+  log-scale on top of ``log_sigma_obs`` (which alone scales the sigma along
+  a cell's normal). The mapper applies all of them; ``noise_scales`` says how.
 * ``time_offset`` () seconds: the odometry reading that belongs with a cloud
   stamped t is the one at t + time_offset (drivers and sensors stamp
   differently; on the real logs odometry leads the scans by ~0.1 s).
@@ -52,12 +58,14 @@ def zero_theta() -> Theta:
         "log_sigma_odom": jnp.zeros(()),
         "log_sigma_obs": jnp.zeros(()),
         "time_offset": jnp.zeros(()),
+        "log_sigma_odom_axes": jnp.zeros(6),
+        "log_sigma_obs_plane": jnp.zeros(()),
     }
 
 
 # Parameters added after version 1 files were first written: a file without
 # them loads with their zero (no-correction) value.
-_ADDED_LATER = frozenset({"time_offset"})
+_ADDED_LATER = frozenset({"time_offset", "log_sigma_odom_axes", "log_sigma_obs_plane"})
 
 
 @dataclass(frozen=True)
@@ -100,6 +108,8 @@ class CalibrationBounds:
             "log_sigma_odom": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
             "log_sigma_obs": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
             "time_offset": (np.asarray(-self.time_offset_s), np.asarray(self.time_offset_s)),
+            "log_sigma_odom_axes": (np.full(6, log_sigma[0]), np.full(6, log_sigma[1])),
+            "log_sigma_obs_plane": (np.asarray(log_sigma[0]), np.asarray(log_sigma[1])),
         }
 
     def clip(self, theta: AnyTheta) -> tuple[HostTheta, list[str]]:
@@ -117,6 +127,15 @@ class CalibrationBounds:
 def as_host(theta: AnyTheta) -> HostTheta:
     """theta as float64 NumPy arrays (copies)."""
     return {k: np.array(v, np.float64) for k, v in theta.items()}
+
+
+def noise_scales(theta: Mapping[str, se3.Array]) -> tuple[se3.Array, se3.Array, se3.Array]:
+    """The factors applied to the configured sigmas: odometry per axis (6,)
+    (ρ then ω), observations along a cell's normal () and in its plane ().
+    NumPy or JAX, as ``correct_odometry``."""
+    xp = se3.namespace(*theta.values())
+    odom = xp.exp(theta["log_sigma_odom"] + theta["log_sigma_odom_axes"])
+    return odom, xp.exp(theta["log_sigma_obs"]), xp.exp(theta["log_sigma_obs"] + theta["log_sigma_obs_plane"])
 
 
 def correct_odometry(theta: Mapping[str, se3.Array], raw: se3.Array, dt: se3.Array, velocity: se3.Array) -> se3.Array:
@@ -225,6 +244,8 @@ class CalibrationSummary:
     sigma_scale_odom: float
     sigma_scale_obs: float
     time_offset_s: float
+    sigma_scale_odom_axes: tuple[float, float, float, float, float, float]
+    sigma_scale_obs_plane: float
 
     @staticmethod
     def of(theta: AnyTheta) -> CalibrationSummary:
@@ -238,6 +259,8 @@ class CalibrationSummary:
             sigma_scale_odom=float(np.exp(t["log_sigma_odom"])),
             sigma_scale_obs=float(np.exp(t["log_sigma_obs"])),
             time_offset_s=float(t["time_offset"]),
+            sigma_scale_odom_axes=tuple(np.exp(t["log_sigma_odom_axes"]).tolist()),
+            sigma_scale_obs_plane=float(np.exp(t["log_sigma_obs_plane"])),
         )
 
 

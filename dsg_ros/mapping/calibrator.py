@@ -143,6 +143,9 @@ class CalibrationConfig:
             "log_sigma_odom": np.asarray(float(self.learn_noise)),
             "log_sigma_obs": np.asarray(float(self.learn_noise)),
             "time_offset": np.asarray(float(self.learn_time_offset)),
+            # The constant noise model learned from bags (dsg-ros learn): never online.
+            "log_sigma_odom_axes": np.zeros(6),
+            "log_sigma_obs_plane": np.asarray(0.0),
         }
 
 
@@ -207,7 +210,7 @@ def inject(theta: Theta, snap: Snapshot[jax.Array], T_base_sensor: jax.Array, co
 def _learned_only(theta: Theta, config: CalibrationConfig) -> Theta:
     """theta with the groups ``config`` does not learn held constant: their
     (masked, zero) gradients are then not computed at all."""
-    fixed = {"extrinsic"} if not config.learn_extrinsic else set()
+    fixed = {"log_sigma_odom_axes", "log_sigma_obs_plane"} | ({"extrinsic"} if not config.learn_extrinsic else set())
     if not config.learn_noise:
         fixed |= {"log_sigma_odom", "log_sigma_obs"}
     return {k: jax.lax.stop_gradient(v) if k in fixed else v for k, v in theta.items()}

@@ -466,11 +466,12 @@ class Mapper:
         # next marginalization, new keyframes) while a worker learns from this.
         # The per-observation sqrt-information without the learned scale.
         obs_scale = float(np.exp(self.theta["log_sigma_obs"]))
+        odom_axes = np.exp(self.theta["log_sigma_odom_axes"])  # learned offline, never online: part of the fixed sqrt-information
         return Snapshot(
             graph=jdc.replace(graph, slabs=slabs),
             x0=wm.pack_state(on_device=False),
             inputs=jax.tree.map(np.array, window.inputs),
-            odom_L=np.broadcast_to(np.diag(1.0 / np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3)), (W, 6, 6)),
+            odom_L=np.broadcast_to(np.diag(1.0 / (np.array([c.odom_sigma_m] * 3 + [c.odom_sigma_rad] * 3) * odom_axes)), (W, 6, 6)),
             obs_L=graph.slab(VOXEL_POINT_OBS).sqrt_info * obs_scale,
             anchor_L=graph.slab(VOXEL_ANCHOR_OBS).sqrt_info * obs_scale,
             prev_slot=np.asarray(wm.slot(prev.var) if prev else 0, np.int32),
@@ -633,7 +634,7 @@ class Mapper:
 
     def _odom_noise(self, increment: np.ndarray | None) -> Noise:
         """Noise of an odometry increment (7,): the configured floor plus fractions of its motion."""
-        scale = float(np.exp(self.theta["log_sigma_odom"]))
+        scale = cal.noise_scales(self.theta)[0]
         c = self.config
         distance, angle = (0.0, 0.0) if increment is None else (float(np.linalg.norm(increment[4:])), float(np.linalg.norm(se3.log(increment)[3:])))
         sigma_m = np.hypot(c.odom_sigma_m, c.odom_sigma_per_m * distance)
@@ -649,8 +650,8 @@ class Mapper:
         plane's normal ``axis_base`` (every return lies in that plane), a only
         along the line.
         """
-        scale = float(np.exp(self.theta["log_sigma_obs"]))
-        a, b = 1.0 / (scale * self.config.obs_plane_sigma_m), 1.0 / (scale * self.config.obs_sigma_m)
+        _, normal, plane = cal.noise_scales(self.theta)
+        a, b = 1.0 / (float(plane) * self.config.obs_plane_sigma_m), 1.0 / (float(normal) * self.config.obs_sigma_m)
         n = cells.n_sensor @ se3.rotation_matrix(T_base_sensor).T
         has_normal = np.any(n != 0.0, axis=1)
         iso = np.where(has_normal, a, b)[:, None, None] * np.eye(3)

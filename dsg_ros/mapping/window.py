@@ -21,6 +21,7 @@ thousands of dimensions.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple, cast
 
@@ -94,6 +95,20 @@ class OdometryRow(NamedTuple):
     dt: float
     velocity: np.ndarray
     measurement: np.ndarray
+
+
+class KeyframeInputs(NamedTuple):
+    """What a keyframe was built from, as ``Window.on_keyframe`` hands it out
+    (the learning cache, ``dsg-ros learn``, records it): its stamp, the
+    odometry row (None for the first keyframe) and its sqrt-information
+    (6, 6), every cell observation (before the window's capacity limits)
+    and their sqrt-information (M, 3, 3) in the base frame."""
+
+    stamp: float
+    odom: OdometryRow | None
+    odom_sqrt_info: np.ndarray
+    cells: CellObservations
+    obs_sqrt_info: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,8 @@ class Window:
         # What each slab row was measured from, so that ``remeasure`` can
         # rebuild the measurements when the calibration changes.
         self.inputs = cal.MeasurementInputs.empty(W, W * config.max_observations_per_keyframe, W * config.max_anchors_per_keyframe)
+        # Called with each added keyframe's inputs; None: nobody listens.
+        self.on_keyframe: Callable[[KeyframeInputs], None] | None = None
 
     # ------------------------------------------------------------------ queries
 
@@ -247,6 +264,8 @@ class Window:
         keyframe = Keyframe(self._sequence, var, float(stamp), np.asarray(T_odom_base, np.float64), np.asarray(odom_velocity, np.float64), n_obs)
         self._sequence += 1
         self.keyframes.append(keyframe)
+        if self.on_keyframe is not None:
+            self.on_keyframe(KeyframeInputs(keyframe.stamp, odom, odom_noise.sqrt_info, cells, L))
         return keyframe, report
 
     def _add_observations(
