@@ -545,8 +545,7 @@ def _write_outputs(output: Path, result: ReplayResult, bag_path: str | Path) -> 
     source = {"source": "dsg-ros replay", "bag": str(bag_path), "calibration_steps": result.mapper.calibrator.steps}
     cal.save(output / "calibration.yaml", result.mapper.theta, source)
     _, positions, counts = result.mapper.voxels()
-    with atomic_path(output / "map.ply") as tmp:
-        write_ply(tmp, positions, counts)
+    write_ply(output / "map.ply", positions, counts)
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps(result.summary, indent=2) + "\n")
 
