@@ -91,3 +91,18 @@ def test_nothing_is_loaded_in_a_way_that_runs_code(root: str):
     folder = Path(dsg_ros.__file__).resolve().parents[1] / root
     found = [f"{p}:{n}: {line.strip()}" for p in sorted(folder.rglob("*.py")) for n, line in enumerate(p.read_text().splitlines(), 1) if _UNSAFE.search(line)]
     assert found == []
+
+
+def test_a_save_onto_a_symlink_replaces_the_link_and_never_writes_through_it(tmp_path: Path):
+    """The node saves only to its ``calibration_file`` (a read-only parameter;
+    no service takes a path). Were that a link to a file elsewhere, the save
+    replaces the link in its own folder: the file it pointed to is untouched."""
+    outside, configured = tmp_path / "outside", tmp_path / "configured"
+    outside.mkdir()
+    configured.mkdir()
+    (outside / "victim.yaml").write_text("not yours\n")
+    (configured / "cal.yaml").symlink_to(outside / "victim.yaml")
+    cal.save(configured / "cal.yaml", ZERO)
+    assert (outside / "victim.yaml").read_text() == "not yours\n" and sorted(p.name for p in outside.iterdir()) == ["victim.yaml"]
+    assert not (configured / "cal.yaml").is_symlink() and sorted(p.name for p in configured.iterdir()) == ["cal.yaml"]
+    cal.load(configured / "cal.yaml")
