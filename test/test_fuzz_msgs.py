@@ -152,6 +152,7 @@ def scans(draw) -> tuple[LaserScan, bool]:
 @example((LaserScan(angle_min=0.0, angle_max=1.0, angle_increment=-0.5, range_min=0.1, range_max=10.0, ranges=[1.0] * 3), False))
 @example((LaserScan(angle_min=0.0, angle_max=1.0, angle_increment=0.5, range_min=5.0, range_max=1.0, ranges=[1.0] * 3), False))
 @example((LaserScan(angle_min=0.0, angle_max=1.0, angle_increment=0.5, range_min=0.1, range_max=10.0, ranges=[1.0] * 7), False))
+@example((LaserScan(angle_min=0.0, angle_max=0.0, angle_increment=0.5, range_min=-1.0, range_max=0.0, ranges=[-1.0]), True))  # was a point 1 m behind
 def test_a_scan_gives_finite_in_range_points_or_is_refused(case: tuple[LaserScan, bool]):
     msg, consistent = case
     try:
@@ -163,8 +164,11 @@ def test_a_scan_gives_finite_in_range_points_or_is_refused(case: tuple[LaserScan
     assert nan == int(np.isnan(ranges).sum())
     assert p.shape[1] == 3 and p.shape[0] <= ranges.size and np.isfinite(p).all()
     assert np.all(p[:, 2] == 0.0)
-    r = np.hypot(p[:, 0], p[:, 1])
-    assert np.all(r >= msg.range_min * (1 - 1e-9)) and np.all(r <= msg.range_max * (1 + 1e-9))
+    # Each point is its own beam's reading: at that beam's bearing, as far as it says.
+    bearing = msg.angle_min + msg.angle_increment * np.arange(ranges.size)
+    with np.errstate(invalid="ignore"):
+        kept = (ranges >= max(msg.range_min, 0.0)) & (ranges < msg.range_max)
+    np.testing.assert_allclose(p[:, :2], np.column_stack([ranges * np.cos(bearing), ranges * np.sin(bearing)])[kept], rtol=1e-12, atol=0.0)
 
 
 # --- Odometry and TF ------------------------------------------------------

@@ -540,8 +540,7 @@ def _write_outputs(output: Path, result: ReplayResult, bag_path: str | Path) -> 
     if reference is not None:
         tracks["reference.tum"] = (reference.stamps, reference.T)
     for name, (stamps, poses) in tracks.items():
-        with atomic_path(output / name) as tmp:
-            metrics.write_tum(tmp, stamps, poses)
+        metrics.write_tum(output / name, stamps, poses)
     source = {"source": "dsg-ros replay", "bag": str(bag_path), "calibration_steps": result.mapper.calibrator.steps}
     cal.save(output / "calibration.yaml", result.mapper.theta, source)
     _, positions, counts = result.mapper.voxels()
