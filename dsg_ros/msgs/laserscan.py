@@ -1,10 +1,10 @@
 """sensor_msgs/LaserScan → (N, 3) points in the scan's frame, per REP 117.
 
 Beam i points at bearing ``angle_min + i · angle_increment`` about the frame's
-z axis, in its z = 0 plane. A reading is a point only when it is finite and in
-``[range_min, range_max)`` and not negative; everything else is "no return": NaN (an erroneous
-reading), −inf / below ``range_min`` (too close), +inf / at or above
-``range_max`` (nothing within range).
+z axis, in its z = 0 plane. A reading is a point only when it is finite, not
+negative and in ``[range_min, range_max)``; everything else is "no return":
+NaN (an erroneous reading), −inf / below ``range_min`` (too close), +inf / at
+or above ``range_max`` (nothing within range).
 
 Counting: ``dropped`` counts only NaN readings. REP 117 makes NaN the one
 value that means "the sensor failed on this beam"; ±inf and out-of-range
