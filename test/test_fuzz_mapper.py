@@ -4,9 +4,12 @@ A robot drives 3 m through a walled room; each example corrupts any of its
 odometry samples and clouds in the ways a driver, a bag or a clock does
 (NaN, zero, non-unit and overflowing quaternions, jumps, stamps backwards,
 duplicated, a nanosecond apart or far ahead, a bag looping back; NaN, ±inf
-and 1e30 points, empty clouds, degenerate geometry). Every input must be
-taken or refused with a counted reason, and afterwards every pose the
-mapper returns is finite with a unit quaternion, and every voxel finite.
+and 1e30 points, empty clouds, degenerate geometry). Each goes out as a
+message (rosbags' classes, as a bag holds them), through the conversion,
+into the mapper, as the node and the replay feed it. Every input must be
+taken, refused by the conversion (ConversionError: the drivers count a
+skip) or refused by the mapper with a counted reason; afterwards every pose
+the mapper returns is finite with a unit quaternion, and every voxel finite.
 
 One small mapper for the module (JAX compiles once per capacity
 configuration): each example starts from ``reset()``.
@@ -18,7 +21,8 @@ import numpy as np
 import pytest
 from hypothesis import example, given, settings, strategies as st
 
-from dsg_ros import runtime, se3
+from dsg_ros import msgs, runtime, se3
+from dsg_ros.bag import build
 from dsg_ros.mapping import Mapper, MapperConfig, TickResult, WindowConfig
 from dsg_ros.mapping.calibrator import CalibrationConfig
 
@@ -125,6 +129,36 @@ def _odometry(t: float, T: np.ndarray, previous: tuple[float, np.ndarray] | None
     return t, T
 
 
+def _feed_odometry(mapper: Mapper, stamp: float, T: np.ndarray) -> tuple[str, float]:
+    """Odometry as a message, converted, to the mapper: what became of it, and its stamp as converted."""
+    try:
+        stamp, T, _ = msgs.odometry_from_msg(build.odometry(msgs.sec_to_ns(stamp), "odom", "base_link", T))
+    except msgs.ConversionError:
+        return "unconverted", stamp
+    before = mapper.stats["rejected_odometry"]
+    if mapper.add_odometry(stamp, T):
+        return "taken", stamp
+    assert mapper.stats["rejected_odometry"] == before + 1
+    return "refused", stamp
+
+
+def _feed_cloud(mapper: Mapper, stamp: float, p: np.ndarray) -> str:
+    """A cloud as a PointCloud2, converted, to the mapper (a wrong shape, which no PointCloud2 has, goes straight in)."""
+    dropped = 0
+    if p.ndim == 2 and p.shape[1] == 3:
+        try:
+            msg = build.point_cloud(msgs.sec_to_ns(stamp), "base_link", p)
+            stamp = msgs.stamp_to_sec(msg.header.stamp)
+            p, dropped = msgs.points_from_cloud(msg)
+        except msgs.ConversionError:
+            return "unconverted"
+    before = mapper.stats["rejected_clouds"]
+    if mapper.add_cloud(stamp, p, dropped):
+        return "taken"
+    assert mapper.stats["rejected_clouds"] == before + 1
+    return "refused"
+
+
 streams = st.lists(
     st.tuples(st.sampled_from(["good"] * 25 + ODOMETRY_FAULTS), st.sampled_from(["good"] * 25 + CLOUD_FAULTS)), min_size=STEPS, max_size=STEPS
 )
@@ -144,7 +178,7 @@ def test_every_input_is_taken_or_refused_with_a_counted_reason_and_the_outputs_s
     rng = np.random.default_rng(seed)
     compilations = runtime.compilation_count()
     stats = dict(mapper.stats)
-    taken = {"odometry": 0, "clouds": 0}
+    taken = 0  # clouds the mapper queued
     placed = 0
     shift, offset = 0.0, np.zeros(7)  # a looped clock, a teleported odometry frame
     last_odometry: tuple[float, np.ndarray] | None = None
@@ -157,12 +191,9 @@ def test_every_input_is_taken_or_refused_with_a_counted_reason_and_the_outputs_s
             offset[4] += 1000.0
         if odometry_fault != "missing":
             stamp, T = _odometry(t, _T_world_base(t + shift) + offset, last_odometry, odometry_fault)
-            before = mapper.stats["rejected_odometry"]
-            if mapper.add_odometry(stamp, T):
-                taken["odometry"] += 1
+            fate, stamp = _feed_odometry(mapper, stamp, T)
+            if fate == "taken":
                 last_odometry = (stamp, T)
-            else:
-                assert mapper.stats["rejected_odometry"] == before + 1
         if cloud_fault != "missing":
             stamp = t - 0.05
             if cloud_fault == "backwards":
@@ -171,19 +202,16 @@ def test_every_input_is_taken_or_refused_with_a_counted_reason_and_the_outputs_s
                 stamp = float("nan")
             elif cloud_fault == "duplicate":
                 stamp = t - DT - 0.05
-            before = mapper.stats["rejected_clouds"]
-            if mapper.add_cloud(stamp, _cloud(_T_world_base(stamp + shift) if np.isfinite(stamp) else se3.IDENTITY, cloud_fault, rng)):
-                taken["clouds"] += 1
-            else:
-                assert mapper.stats["rejected_clouds"] == before + 1
+            points = _cloud(_T_world_base(stamp + shift) if np.isfinite(stamp) else se3.IDENTITY, cloud_fault, rng)
+            taken += _feed_cloud(mapper, stamp, points) == "taken"
         placed += _check(mapper.tick())
     _, positions, counts = mapper.voxels()
     assert np.isfinite(positions).all() and np.all(counts > 0)
     delta = {k: mapper.stats[k] - stats[k] for k in stats}
-    assert delta["clouds"] == taken["clouds"]
+    assert delta["clouds"] == taken
     # Every cloud taken was placed, dropped with a count, or still waits for odometry.
-    assert taken["clouds"] == placed + delta["dropped_clouds"] + len(mapper._clouds)
+    assert taken == placed + delta["dropped_clouds"] + len(mapper._clouds)
     assert runtime.compilation_count() == compilations, "hostile input made the mapper compile"
     if all(f == ("good", "good") for f in stream):
         # All placed but the first, which predates the first odometry sample.
-        assert delta["keyframes"] >= 4 and placed == taken["clouds"] - 1 == STEPS - 1 and delta["rollbacks"] == 0
+        assert delta["keyframes"] >= 4 and placed == taken - 1 == STEPS - 1 and delta["rollbacks"] == 0
