@@ -263,8 +263,8 @@ class Mapper:
         """Queue a cloud (N, 3) in the sensor frame. Non-finite points are dropped
         and counted (with ``dropped`` more the caller already removed); an empty,
         malformed or out-of-order cloud is skipped with a warning and counted
-        in ``stats["rejected_clouds"]``. ``planar``: the points
-        come from a planar scanner (a LaserScan, in the sensor's z = 0 plane)."""
+        in ``stats["rejected_clouds"]``. ``planar``: the points come from a
+        planar scanner (a LaserScan, in the sensor's z = 0 plane)."""
         points = np.asarray(p_sensor)
         if not np.isfinite(stamp):
             return self._refuse_cloud(f"cloud stamp {stamp} is not finite")
