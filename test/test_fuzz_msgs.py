@@ -166,9 +166,10 @@ def test_a_scan_gives_finite_in_range_points_or_is_refused(case: tuple[LaserScan
     assert np.all(p[:, 2] == 0.0)
     # Each point is its own beam's reading: at that beam's bearing, as far as it says.
     bearing = msg.angle_min + msg.angle_increment * np.arange(ranges.size)
-    with np.errstate(invalid="ignore"):
+    with np.errstate(invalid="ignore"):  # NaN and ±inf readings: never kept
         kept = (ranges >= max(msg.range_min, 0.0)) & (ranges < msg.range_max)
-    np.testing.assert_allclose(p[:, :2], np.column_stack([ranges * np.cos(bearing), ranges * np.sin(bearing)])[kept], rtol=1e-12, atol=0.0)
+        expected = np.column_stack([ranges * np.cos(bearing), ranges * np.sin(bearing)])[kept]
+    np.testing.assert_allclose(p[:, :2], expected, rtol=1e-12, atol=0.0)
 
 
 # --- Odometry and TF ------------------------------------------------------
