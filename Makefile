@@ -5,7 +5,8 @@
 #                simulator publisher over DDS for 60 s, print the summary
 #   make lint    create/reuse .venv, install, run ruff and mypy (pyproject.toml)
 #   make test    create/reuse .venv, install, lint, run the test suite (what CI runs)
-#   make bench   solver, mapping and node benches (GTSAM as the solver reference)
+#   make bench   solver, mapping and node benches (GTSAM as the solver reference),
+#                and the fuzz tests with ten times the examples (HYPOTHESIS_PROFILE=long)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -51,9 +52,10 @@ bench: install
 	$(BIN)/dsg-ros bench core
 	$(BIN)/dsg-ros bench mapping
 	$(BIN)/dsg-ros bench node
+	HYPOTHESIS_PROFILE=long $(BIN)/python -m pytest -q test/test_fuzz_*.py
 
 clean:
-	rm -rf build install log *.egg-info .pytest_cache .mypy_cache .ruff_cache $(STAMP)
+	rm -rf build install log *.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis $(STAMP)
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
 
 distclean: clean

@@ -71,7 +71,7 @@ setup(
         "bench": ["gtsam", "kiss-icp", "matplotlib"],
         # The suite, and `make lint`'s linter and type checker (minor
         # versions pinned: a new release may add checks).
-        "test": ["pytest", "colcon-common-extensions", "setuptools", "ruff>=0.17.6,<0.18", "mypy>=2.4.1,<2.5", "types-PyYAML"],
+        "test": ["pytest", "hypothesis", "colcon-common-extensions", "setuptools", "ruff>=0.17.6,<0.18", "mypy>=2.4.1,<2.5", "types-PyYAML"],
     },
     zip_safe=True,
     entry_points={

@@ -221,7 +221,8 @@ def normalized(T: np.ndarray, tolerance: float = 1e-3) -> np.ndarray | None:
     T = np.asarray(T, np.float64)
     if T.shape[-1] != 7 or not np.all(np.isfinite(T)):
         return None
-    n = np.linalg.norm(T[..., :4], axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # components beyond ~1e154: the norm is inf, refused below
+        n = np.linalg.norm(T[..., :4], axis=-1, keepdims=True)
     if np.any(np.abs(n - 1.0) > tolerance):
         return None
     return np.concatenate([T[..., :4] / n, T[..., 4:]], axis=-1)

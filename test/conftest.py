@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import jaxlie
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, settings
 
 from dsg_ros.world import Capacity, Noise, WorldModel
 
 DATA = Path(__file__).parent / "data"
+
+# Property-based tests (test_fuzz_*.py). "fast", the default, is what `make
+# test` runs: fixed examples (derandomized), so a failure reproduces. "long"
+# (HYPOTHESIS_PROFILE=long) draws ten times as many, at random, for the bench.
+# No deadline: a tick's time depends on the machine's load, not on the input.
+settings.register_profile("fast", max_examples=300, derandomize=True, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("long", max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
 
 def se3(x: float = 0.0, y: float = 0.0, z: float = 0.0, roll: float = 0.0, pitch: float = 0.0, yaw: float = 0.0) -> jaxlie.SE3:

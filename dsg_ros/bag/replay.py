@@ -545,13 +545,11 @@ def _write_outputs(output: Path, result: ReplayResult, bag_path: str | Path) -> 
     if reference is not None:
         tracks["reference.tum"] = (reference.stamps, reference.T)
     for name, (stamps, poses) in tracks.items():
-        with atomic_path(output / name) as tmp:
-            metrics.write_tum(tmp, stamps, poses)
+        metrics.write_tum(output / name, stamps, poses)
     source = {"source": "dsg-ros replay", "bag": str(bag_path), "calibration_steps": result.mapper.calibrator.steps}
     cal.save(output / "calibration.yaml", result.mapper.theta, source)
     _, positions, counts = result.mapper.voxels()
-    with atomic_path(output / "map.ply") as tmp:
-        write_ply(tmp, positions, counts)
+    write_ply(output / "map.ply", positions, counts)
     with atomic_path(output / "summary.json") as tmp:
         tmp.write_text(json.dumps(result.summary, indent=2) + "\n")
 

@@ -27,8 +27,6 @@ loop, so what is learned is exactly what is used.
 from __future__ import annotations
 
 import datetime as _dt
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ import numpy as np
 import yaml
 
 from dsg_ros import se3
+from dsg_ros.files import atomic_path
 from dsg_ros.world.layout import ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS, anchor_measurement
 
 FILE_VERSION = 1
@@ -265,7 +264,7 @@ class CalibrationSummary:
 
 
 def save(path: str | Path, theta: AnyTheta, metadata: dict[str, Any] | None = None) -> Path:
-    """Write theta as versioned YAML, atomically (temp file in the same folder, then rename)."""
+    """Write theta as versioned YAML, atomically (:func:`dsg_ros.files.atomic_path`)."""
     path = Path(path)
     values = {k: v.tolist() for k, v in as_host(theta).items()}
     for k, v in values.items():
@@ -279,16 +278,8 @@ def save(path: str | Path, theta: AnyTheta, metadata: dict[str, Any] | None = No
         "metadata": metadata or {},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            yaml.safe_dump(document, handle, sort_keys=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, tmp.open("w") as handle:
+        yaml.safe_dump(document, handle, sort_keys=False)
     return path
 
 

@@ -216,8 +216,8 @@ class Mapper:
         self._track: _Track | None = None
         # Registration target: (centre, map voxels (M, 3), their KD-tree).
         self._map_tree: tuple[np.ndarray, np.ndarray, cKDTree | None] | None = None
-        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rollbacks": 0, "ticks": 0,
-                      "registrations": 0, "registration_failures": 0, "registration_screened": 0}
+        self.stats = {"clouds": 0, "keyframes": 0, "dropped_clouds": 0, "dropped_points": 0, "rejected_odometry": 0, "rejected_clouds": 0,
+                      "rollbacks": 0, "ticks": 0, "registrations": 0, "registration_failures": 0, "registration_screened": 0}
         if outside:
             self._warn(f"calibration {outside} outside the configured bounds; clipped into them")
 
@@ -261,16 +261,15 @@ class Mapper:
 
     def add_cloud(self, stamp: float, p_sensor: np.ndarray, dropped: int = 0, planar: bool = False) -> bool:
         """Queue a cloud (N, 3) in the sensor frame. Non-finite points are dropped
-        and counted (with ``dropped`` more the caller already removed); an empty
-        or malformed cloud is skipped with a warning. ``planar``: the points
-        come from a planar scanner (a LaserScan, in the sensor's z = 0 plane)."""
+        and counted (with ``dropped`` more the caller already removed); an empty,
+        malformed or out-of-order cloud is skipped with a warning and counted
+        in ``stats["rejected_clouds"]``. ``planar``: the points come from a
+        planar scanner (a LaserScan, in the sensor's z = 0 plane)."""
         points = np.asarray(p_sensor)
         if not np.isfinite(stamp):
-            self._warn(f"cloud stamp {stamp} is not finite; skipped")
-            return False
+            return self._refuse_cloud(f"cloud stamp {stamp} is not finite")
         if points.ndim != 2 or points.shape[1] != 3:
-            self._warn(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3); skipped")
-            return False
+            return self._refuse_cloud(f"cloud at {stamp:.3f} has shape {points.shape}, expected (N, 3)")
         points = points.astype(np.float64, copy=False)
         # A squared range is non-finite exactly when a coordinate is (or is
         # beyond 1e154 m), and then fails both range tests.
@@ -281,15 +280,20 @@ class Mapper:
             non_finite = int(np.count_nonzero(~np.isfinite(sq_range))) + dropped
             self.stats["dropped_points"] += non_finite
             if not np.any(keep):
-                self._warn(f"cloud at {stamp:.3f} has no valid points ({non_finite} non-finite, the rest out of range); skipped")
-                return False
+                return self._refuse_cloud(f"cloud at {stamp:.3f} has no valid points ({non_finite} non-finite, the rest out of range)")
             if self._last_cloud_stamp is not None and stamp <= self._last_cloud_stamp:
-                self._warn(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._last_cloud_stamp:.6f}); skipped")
-                return False
+                return self._refuse_cloud(f"cloud stamp {stamp:.6f} is not after the previous cloud ({self._last_cloud_stamp:.6f})")
             self._last_cloud_stamp = float(stamp)
             self._clouds.append((float(stamp), points[keep], bool(planar)))
             self.stats["clouds"] += 1
         return True
+
+    def _refuse_cloud(self, why: str) -> bool:
+        """Count and report a cloud ``add_cloud`` does not queue; returns False."""
+        with self._inputs:
+            self.stats["rejected_clouds"] += 1
+        self._warn(why + "; skipped")
+        return False
 
     def cloud_ready(self) -> bool:
         """Whether the oldest queued cloud is covered by odometry, i.e. the next

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from dsg_ros import se3
+from dsg_ros.files import atomic_path
 
 
 def umeyama(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -151,10 +152,11 @@ def _rmse(values: np.ndarray) -> float | None:
 
 
 def write_tum(path: str | Path, stamps: np.ndarray, poses: np.ndarray) -> Path:
-    """TUM format: ``stamp tx ty tz qx qy qz qw`` per line (for ``evo_ape tum …``)."""
+    """TUM format: ``stamp tx ty tz qx qy qz qw`` per line (for ``evo_ape tum …``),
+    written atomically (:func:`dsg_ros.files.atomic_path`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
+    with atomic_path(path) as tmp, tmp.open("w") as handle:
         for t, p in zip(stamps, poses):
             handle.write(f"{t:.6f} {p[4]:.6f} {p[5]:.6f} {p[6]:.6f} {p[1]:.9f} {p[2]:.9f} {p[3]:.9f} {p[0]:.9f}\n")
     return path

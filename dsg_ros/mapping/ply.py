@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 
+from dsg_ros.files import atomic_path
+
 _VERTEX = np.dtype([("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("observations", "<u4")])
 
 
 def write_ply(path: str | Path, positions: np.ndarray, counts: np.ndarray) -> Path:
-    """Write voxel ``positions`` (N, 3) with their observation ``counts`` (N,) to ``path``."""
+    """Write voxel ``positions`` (N, 3) with their observation ``counts`` (N,) to
+    ``path``, atomically (:func:`dsg_ros.files.atomic_path`)."""
     positions = np.asarray(positions, np.float64).reshape(-1, 3)
     counts = np.asarray(counts).reshape(-1)
     if counts.shape[0] != positions.shape[0]:
@@ -36,7 +39,7 @@ def write_ply(path: str | Path, positions: np.ndarray, counts: np.ndarray) -> Pa
         "end_header\n"
     )
     path = Path(path)
-    with path.open("wb") as handle:
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
         handle.write(header.encode("ascii"))
         handle.write(vertices.tobytes())
     return path

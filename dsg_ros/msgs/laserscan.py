@@ -1,10 +1,10 @@
 """sensor_msgs/LaserScan → (N, 3) points in the scan's frame, per REP 117.
 
 Beam i points at bearing ``angle_min + i · angle_increment`` about the frame's
-z axis, in its z = 0 plane. A reading is a point only when it is finite and in
-``[range_min, range_max)``; everything else is "no return": NaN (an erroneous
-reading), −inf / below ``range_min`` (too close), +inf / at or above
-``range_max`` (nothing within range).
+z axis, in its z = 0 plane. A reading is a point only when it is finite, not
+negative and in ``[range_min, range_max)``; everything else is "no return":
+NaN (an erroneous reading), −inf / below ``range_min`` (too close), +inf / at
+or above ``range_max`` (nothing within range).
 
 Counting: ``dropped`` counts only NaN readings. REP 117 makes NaN the one
 value that means "the sensor failed on this beam"; ±inf and out-of-range
@@ -36,8 +36,10 @@ def scan_points(ranges: np.ndarray, angle_min: float, angle_increment: float, ra
     r = np.asarray(ranges, np.float64).reshape(-1)
     nan = int(np.count_nonzero(np.isnan(r)))
     bearing = angle_min + angle_increment * np.arange(r.size)
+    # A negative reading is no distance at all, whatever range_min a driver
+    # sets (-1 under range_min -5 would land 1 m behind the beam).
     with np.errstate(invalid="ignore"):  # NaN compares False: not a point
-        valid = (r >= range_min) & (r < range_max)
+        valid = (r >= max(range_min, 0.0)) & (r < range_max)
     r, bearing = r[valid], bearing[valid]
     p = np.stack([r * np.cos(bearing), r * np.sin(bearing), np.zeros_like(r)], axis=-1)
     return p, nan

@@ -40,13 +40,15 @@ def _raw(q: Any, t: Any, what: str) -> tuple[np.ndarray, float]:
     if not np.isfinite(T).all():
         part = "orientation" if not np.isfinite(T[:4]).all() else "position"
         raise ConversionError(f"non-finite {part} in {what}: {T.tolist()}")
-    norm = float(np.linalg.norm(T[:4]))
-    if math.isinf(norm):
-        # Finite components above ~1e154 overflow the norm (normalizing would
-        # give an all-zero quaternion): scaled by the largest, the rotation is the same.
-        largest = float(np.abs(T[:4]).max())
+    # Finite components above ~1e154 overflow the norm (normalizing would
+    # give an all-zero quaternion): scaled by the largest, the rotation is the
+    # same. (Python floats: the product may overflow to inf, without a warning.)
+    largest = float(np.abs(T[:4]).max())
+    if largest > 1e150:
         T[:4] /= largest
         norm = largest * float(np.linalg.norm(T[:4]))
+    else:
+        norm = float(np.linalg.norm(T[:4]))
     if norm < 1e-6:
         raise ConversionError(f"zero quaternion (norm {norm:.3g}) in {what}: no rotation can be recovered")
     return T, norm

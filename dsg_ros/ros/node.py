@@ -412,6 +412,7 @@ class MapperNode(Node):
             "dropped_clouds": self.mapper.stats["dropped_clouds"],
             "dropped_observations": None if d is None else d.dropped_observations,
             "rejected_odometry": self.mapper.stats["rejected_odometry"],
+            "rejected_clouds": self.mapper.stats["rejected_clouds"],
             "registration_failures": self.mapper.stats["registration_failures"],
             "registration_screened": self.mapper.stats["registration_screened"],
             **{f"received_{k}": v for k, v in self.counts.items()},

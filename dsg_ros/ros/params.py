@@ -72,7 +72,10 @@ _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "scan_depth": ("QoS history depth of the scan subscription", (1, 1000)),
     "odom_reliability": ("QoS reliability of the odom and ground_truth subscriptions", _RELIABILITY),
     "odom_depth": ("QoS history depth of the odom and ground_truth subscriptions", (1, 10000)),
-    "calibration_file": ("calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none)", None),
+    "calibration_file": (
+        "calibration YAML: loaded at start if it exists, written by ~/save_calibration (empty: none); '~' expands, relative to the working directory",
+        None,
+    ),
     "calibrate_online": ("learn the calibration while mapping (a worker thread; ticks never wait for it)", None),
     "calibration_period_s": (
         "least wall-clock time between two online calibration steps (a step due sooner is skipped): caps the CPU learning takes from ticks",
@@ -152,6 +155,12 @@ def declare(node: Node) -> tuple[NodeSettings, MapperConfig]:
     for name, (_, constraint) in _NODE_DOCS.items():
         if isinstance(constraint, tuple) and isinstance(constraint[0], str) and values[name] not in constraint:
             raise ValueError(f"parameter {name}: {values[name]!r} is not one of {constraint}")
+    if values["calibration_file"]:
+        # Absolute once, at start: every log line and save names the same file
+        # (a ROS parameter is not shell-expanded: "~/cal.yaml" would make a
+        # folder named "~"). Symlinks are kept, not resolved: a save replaces
+        # the link in this folder, and never writes through it elsewhere.
+        values["calibration_file"] = str(Path(values["calibration_file"]).expanduser().absolute())
     settings = NodeSettings(**values)
     if settings.scan_topic:  # else create_subscription fails later, with a traceback instead of the parameter's name
         try:
