@@ -829,6 +829,27 @@ def test_base_frame_scans_go_through_the_calibrated_extrinsic(live, room):
     room.map(1.5, z=0.0, frame_id=BASE_FRAME)
 
 
+def test_odometry_going_back_in_time_restarts_mapping(live, room):
+    """The room's bag played again: odometry and scans start over 100 s
+    earlier. The node refuses the first few samples, then restarts mapping as
+    ~/reset does (DELETEALL, counted), and maps the new time line."""
+    w = live.watcher
+    room.publish(1.0)
+    live.settle()
+    base = live.fresh_diag().values
+    called = time.monotonic()
+    room.start -= 100.0 + room.t
+    room.t = 0.0
+    first, last = room.publish(2.0)
+    d = live.settle()
+    v = d.values
+    assert int(v["time_jump_resets"]) == int(base["time_jump_resets"]) + 1, (base, v)
+    assert any(m.markers and m.markers[0].action == Marker.DELETEALL for m in w.messages("voxels", called)), "no DELETEALL on ~/voxels"
+    stamps = _stamps(w.messages("path")[-1])
+    assert len(stamps) >= 2 and first - 1e-6 <= stamps[0] and stamps[-1] <= last + 1e-6, (first, stamps, last)
+    assert v["compilations_after_warmup"] == "0" and d.level != 2, d.message
+
+
 def test_empty_scan_topic_subscribes_no_scan(live, tmp_path):
     """A second node (its own domain: not seen by the first's tests) with
     ``scan_topic: ""``: its subscriptions are made before it compiles, so the

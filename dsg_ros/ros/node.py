@@ -49,6 +49,7 @@ from dsg_ros.ros.params import declare
 from dsg_ros.ros.pointcloud import cloud_to_xyz
 
 LATENCY_WINDOW = 2000  # recent cloud→publication latencies kept for percentiles
+TIME_JUMP_SAMPLES = 3  # refused odometry samples far in the past, in a row, that restart mapping
 
 
 def _qos(reliability: str, depth: int, latched: bool = False) -> QoSProfile:
@@ -84,6 +85,8 @@ class MapperNode(Node):
         self._wake = threading.Event()
         self._reset_requested = threading.Event()
         self._reset_done = threading.Event()
+        self._behind = 0  # refused odometry samples in a row that lie far in the past
+        self.time_jump_resets = 0
         self._map_lock = threading.Lock()  # a reset's DELETEALL and a map publication never interleave
 
         self.create_subscription(Odometry, "odom", self._on_odom, _qos(s.odom_reliability, s.odom_depth))
@@ -171,8 +174,28 @@ class MapperNode(Node):
             self.get_logger().warning(warning, throttle_duration_sec=2.0)
         if not self.mapper.add_odometry(stamp, T_odom_base):
             self.counts["skipped_messages"] += 1
-        elif self.settings.tick_on_cloud and self.mapper.cloud_ready():
+            self._check_time_jump(stamp)
+            return
+        self._behind = 0
+        if self.settings.tick_on_cloud and self.mapper.cloud_ready():
             self._wake.set()  # a cloud was waiting for this odometry
+
+    def _check_time_jump(self, stamp: float) -> None:
+        """Restart mapping once ``TIME_JUMP_SAMPLES`` refused odometry samples in a
+        row lie ``time_jump_reset_s`` behind the newest one: the stream started
+        over (a looping bag). In a row, so that one stray stamp far ahead of
+        the clock (which the odometry buffer drops by itself) never costs the map."""
+        latest, jump = self.mapper.odometry.latest_stamp, self.settings.time_jump_reset_s
+        if jump <= 0.0 or latest is None or stamp >= latest - jump or self._reset_requested.is_set():
+            self._behind = 0
+            return
+        self._behind += 1
+        if self._behind == TIME_JUMP_SAMPLES:
+            self._behind = 0
+            self.time_jump_resets += 1
+            self.get_logger().warning(f"odometry went back {latest - stamp:.1f} s in time (a bag played again?): mapping restarts")
+            self._reset_requested.set()
+            self._wake.set()
 
     def _on_ground_truth(self, msg: Odometry) -> None:
         self.counts["ground_truth"] += 1
@@ -415,6 +438,7 @@ class MapperNode(Node):
             "rejected_clouds": self.mapper.stats["rejected_clouds"],
             "registration_failures": self.mapper.stats["registration_failures"],
             "registration_screened": self.mapper.stats["registration_screened"],
+            "time_jump_resets": self.time_jump_resets,
             **{f"received_{k}": v for k, v in self.counts.items()},
             **{f"skipped {k}": v for k, v in sorted(self._skipped.items())},
         }

@@ -49,6 +49,7 @@ class NodeSettings:
     graph_max_observations: int = 2000
     diagnostics_rate_hz: float = 1.0
     broadcast_tf: bool = True
+    time_jump_reset_s: float = 1.0
 
 
 _RELIABILITY = ("best_effort", "reliable")
@@ -86,6 +87,10 @@ _NODE_DOCS: dict[str, tuple[str, Any]] = {
     "graph_max_observations": ("observation edges drawn on ~/graph at most (evenly thinned)", (0, 1_000_000)),
     "diagnostics_rate_hz": ("how often /diagnostics is published", (0.1, 50.0)),
     "broadcast_tf": ("broadcast map → odom on /tf when tf2_ros is installed", None),
+    "time_jump_reset_s": (
+        "odometry stamps going back by more than this (s) in a row restart mapping as ~/reset does (a bag played again, a simulator restarted); 0: never",
+        (0.0, 1e9),
+    ),
 }
 
 _MAPPER_DOCS: dict[str, tuple[str, Any]] = {
