@@ -24,7 +24,7 @@ from dsg_ros.cli import main
 from dsg_ros.learn import calibration as cal, experiment as ex
 from dsg_ros.learn.config import LearnConfig, LossConfig
 from dsg_ros.learn.dataset import DatasetError, KeyframeLog, split, subsequence, windows
-from dsg_ros.learn.losses import joint_nll, surrogate
+from dsg_ros.learn.losses import _adjugate3, _det3, joint_nll, surrogate
 from dsg_ros.learn.train import train
 from dsg_ros.mapping import metrics
 from dsg_ros.tools.sim.scenario import SimConfig, simulate
@@ -304,3 +304,11 @@ def test_the_mapper_applies_the_learned_noise_model_as_the_losses_do():
         expected = calibrated._obs_sqrt_info(cells, se3.IDENTITY, axis)
         sigma = jnp.array([config.obs_sigma_m, config.obs_plane_sigma_m])
         np.testing.assert_allclose(obs_sqrt_info(_theta(**learned), jnp.asarray(L0), sigma), expected, rtol=1e-12)
+
+
+def test_closed_form_3x3_determinant_and_adjugate_match_lapack():
+    """The losses' 3 × 3 algebra avoids XLA's LAPACK kernels (they deadlocked a
+    2-thread pool on large batches); it must agree with them."""
+    A = np.random.default_rng(3).normal(size=(64, 3, 3))
+    np.testing.assert_allclose(_det3(jnp.asarray(A)), np.linalg.det(A), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(np.asarray(_adjugate3(jnp.asarray(A))), np.linalg.inv(A) * np.linalg.det(A)[:, None, None], rtol=1e-9, atol=1e-9)

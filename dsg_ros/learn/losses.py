@@ -87,8 +87,23 @@ def _voxels_given_poses(T_world_base: jax.Array, p_base: jax.Array, S: jax.Array
     g = jax.ops.segment_sum((seq.obs_valid[..., None] * jnp.einsum("kmji,kmj->kmi", A, c)).reshape(V, 3), seq.voxel.reshape(-1), V)
     seen = jax.ops.segment_sum(seq.obs_valid.reshape(-1).astype(H.dtype), seq.voxel.reshape(-1), V) > 0
     H_safe = jnp.where(seen[:, None, None], H, jnp.eye(3, dtype=H.dtype))
-    v = jnp.linalg.solve(H_safe, g[:, :, None])[:, :, 0]
+    v = jnp.einsum("vij,vj->vi", _adjugate3(H_safe), g) / _det3(H_safe)[:, None]
     return v, H_safe, seen
+
+
+# 3 × 3 determinants and solves in closed form, not LAPACK: XLA's CPU LAPACK
+# kernels split a large batch over the intra-op thread pool and wait for it,
+# and two of them running at once on a 2-thread pool deadlocked (batches of
+# 16-32 real-log subsequences hung in every thread's futex).
+def _det3(A: jax.Array) -> jax.Array:
+    """Determinants (...,) of 3 × 3 matrices (..., 3, 3)."""
+    return jnp.einsum("...i,...i->...", A[..., 0, :], jnp.cross(A[..., 1, :], A[..., 2, :]))
+
+
+def _adjugate3(A: jax.Array) -> jax.Array:
+    """Adjugates (..., 3, 3) of 3 × 3 matrices: ``adj(A) A = det(A) I``."""
+    r0, r1, r2 = A[..., 0, :], A[..., 1, :], A[..., 2, :]
+    return jnp.stack([jnp.cross(r1, r2), jnp.cross(r2, r0), jnp.cross(r0, r1)], axis=-1)
 
 
 def joint_nll(theta: cal.Theta, seq: Subsequence[jax.Array]) -> jax.Array:
@@ -104,9 +119,9 @@ def joint_nll(theta: cal.Theta, seq: Subsequence[jax.Array]) -> jax.Array:
     v_obs = v[seq.voxel]  # (L, M, 3)
     r = jnp.einsum("kji,kmj->kmi", se3.rotation_matrix(T), v_obs - T[:, None, 4:]) - p_base
     e = jnp.einsum("kmij,kmj->kmi", S, r)
-    log_det_S = jnp.linalg.slogdet(S)[1]
+    log_det_S = jnp.log(jnp.abs(_det3(S)))
     obs = jnp.sum(jnp.where(seq.obs_valid, 0.5 * jnp.sum(e * e, axis=-1) - log_det_S, 0.0))
-    obs = obs + 0.5 * jnp.sum(jnp.where(seen, jnp.linalg.slogdet(H)[1], 0.0))
+    obs = obs + 0.5 * jnp.sum(jnp.where(seen, jnp.log(jnp.abs(_det3(H))), 0.0))
     return (odom + obs) / L
 
 
