@@ -13,13 +13,28 @@ import importlib.util
 import json
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the commands import their modules lazily, so that --help stays instant
+    from dsg_ros.bag.replay import ReplayConfig
+    from dsg_ros.mapping import MapperConfig
 
 _EPILOG_CACHE = (
     "Compiled XLA programs are cached in ~/.cache/dsg_ros/xla (override with "
     "--compile-cache DIR or $DSG_ROS_COMPILE_CACHE; 'off' disables), so a second "
     "run starts without recompiling."
 )
+
+
+def _bag_input_flags(p: argparse.ArgumentParser) -> None:
+    """The flags that say how to read a bag's odometry and sensors (``replay`` and ``learn``)."""
+    p.add_argument("--odom-topic", default="/odom", metavar="TOPIC", help="nav_msgs/Odometry (default /odom; a bag without it: odom -> base on /tf)")
+    p.add_argument("--points-topic", metavar="TOPIC", help="sensor_msgs/PointCloud2 to map (default: /points if the bag has it and no sensor topic is named)")
+    p.add_argument("--scan-topic", metavar="TOPIC", help="sensor_msgs/LaserScan to map (default: /scan if the bag has it and no sensor topic is named)")
+    p.add_argument("--base-frame", default="base_link", metavar="FRAME", help="robot base frame (default base_link)")
+    p.add_argument("--odom-frame", default="odom", metavar="FRAME", help="odometry frame, for odometry from /tf (default odom)")
+    p.add_argument("--params-file", metavar="YAML", help="mapper parameters: the node's file (/**: ros__parameters: mapper: ...) or a plain 'mapper:' section")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -148,7 +163,6 @@ def _cmd_run_sim(args: argparse.Namespace) -> int:
     if not _require("run-sim", "matplotlib"):
         return 2
     _setup_runtime(args)
-    from dataclasses import replace
     from pathlib import Path
 
     from dsg_ros.config import from_mapping, load_yaml
@@ -221,8 +235,6 @@ def _cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _cmd_sim(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from dsg_ros.bag import BagError
     from dsg_ros.tools.sim.scenario import SimConfig, simulate
     from dsg_ros.tools.sim_bag import SimBagConfig, write_sim_bag
@@ -249,6 +261,32 @@ def _cmd_sim(args: argparse.Namespace) -> int:
 # ------------------------------------------------------------------- replay
 
 
+def _replay_config(args: argparse.Namespace) -> ReplayConfig:
+    """What ``replay`` and ``learn`` read from a bag (``_bag_input_flags``, the
+    reference topic, ``--start``/``--duration``), with the other settings at
+    their defaults."""
+    from dsg_ros.bag.replay import ReplayConfig
+
+    return ReplayConfig(
+        odom_topic=args.odom_topic,
+        points_topic=args.points_topic,
+        scan_topic=args.scan_topic,
+        reference_topic=args.reference_topic,
+        base_frame=args.base_frame,
+        odom_frame=args.odom_frame,
+        start_s=args.start,
+        duration_s=args.duration,
+    )
+
+
+def _params_file_mapper_config(path: str | None) -> MapperConfig:
+    """The mapper settings of a parameters file (the node's, or a plain 'mapper:' section); defaults without one."""
+    from dsg_ros.config import from_mapping, load_yaml, section
+    from dsg_ros.mapping import MapperConfig
+
+    return MapperConfig() if not path else from_mapping(MapperConfig, section(load_yaml(path), "mapper", path), "mapper")
+
+
 def _cmd_replay(args: argparse.Namespace) -> int:
     if args.output and not _require("replay --output", "matplotlib"):  # for map.png
         return 2
@@ -257,32 +295,15 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from dsg_ros.bag import BagError
-    from dsg_ros.bag.replay import ReplayConfig, replay
-    from dsg_ros.config import from_mapping, load_yaml, section
+    from dsg_ros.bag.replay import replay
     from dsg_ros.learn import calibration as cal
-    from dsg_ros.mapping import MapperConfig
     from dsg_ros.tools.carmen import read_relations
     from dsg_ros.tools.evaluate import plot_replay
 
     say = _progress(not args.json)
     try:
-        config = ReplayConfig(
-            odom_topic=args.odom_topic,
-            points_topic=args.points_topic,
-            scan_topic=args.scan_topic,
-            reference_topic=args.reference_topic,
-            base_frame=args.base_frame,
-            odom_frame=args.odom_frame,
-            start_s=args.start,
-            duration_s=args.duration,
-            rate=args.rate,
-            calibrate=not args.no_calibration,
-            supervise=not args.self_supervised,
-        )
-        mapper_config = MapperConfig()
-        if args.params_file:
-            mapper_section = section(load_yaml(args.params_file), "mapper", args.params_file)
-            mapper_config = from_mapping(MapperConfig, mapper_section, "mapper")
+        config = replace(_replay_config(args), rate=args.rate, calibrate=not args.no_calibration, supervise=not args.self_supervised)
+        mapper_config = _params_file_mapper_config(args.params_file)
         theta = cal.load(args.calibration) if args.calibration else None
         relations = read_relations(args.relations) if args.relations else None
         if args.output and os.path.exists(args.output) and not os.path.isdir(args.output):
@@ -370,23 +391,16 @@ def _cmd_learn(args: argparse.Namespace) -> int:
 
     from dsg_ros.bag import BagError
     from dsg_ros.bag.learning import extract, fingerprint
-    from dsg_ros.bag.replay import ReplayConfig
-    from dsg_ros.config import from_mapping, load_yaml, section
     from dsg_ros.learn import calibration as cal, experiment as ex
     from dsg_ros.learn.dataset import DatasetError, KeyframeLog, describe
     from dsg_ros.learn.train import train
-    from dsg_ros.mapping import MapperConfig, metrics
+    from dsg_ros.mapping import metrics
 
     say = _progress(not args.quiet)
     try:
         config = _learn_config(args)
-        replay_config = ReplayConfig(
-            odom_topic=args.odom_topic, points_topic=args.points_topic, scan_topic=args.scan_topic, reference_topic=args.reference_topic,
-            base_frame=args.base_frame, odom_frame=args.odom_frame, start_s=args.start, duration_s=args.duration,
-        )
-        mapper_config = MapperConfig()
-        if args.params_file:
-            mapper_config = from_mapping(MapperConfig, section(load_yaml(args.params_file), "mapper", args.params_file), "mapper")
+        replay_config = _replay_config(args)
+        mapper_config = _params_file_mapper_config(args.params_file)
         identifier = args.experiment_identifier.format(noise_model=config.noise_model, loss=config.loss, dataset_fold=config.dataset_fold)
     except (ValueError, KeyError) as exc:  # a bad flag value or parameters file; an unknown {field} in the identifier
         print(f"dsg-ros learn: {exc}", file=sys.stderr)
@@ -743,18 +757,13 @@ def _build_parser() -> argparse.ArgumentParser:
         ),
     )
     p.add_argument("bag", help="rosbag2 directory, .db3 or .mcap file, or ROS 1 .bag")
-    p.add_argument("--odom-topic", default="/odom", metavar="TOPIC", help="nav_msgs/Odometry (default /odom; a bag without it: odom -> base on /tf)")
-    p.add_argument("--points-topic", metavar="TOPIC", help="sensor_msgs/PointCloud2 to map (default: /points if the bag has it and no sensor topic is named)")
-    p.add_argument("--scan-topic", metavar="TOPIC", help="sensor_msgs/LaserScan to map (default: /scan if the bag has it and no sensor topic is named)")
+    _bag_input_flags(p)
     p.add_argument(
         "--reference-topic",
         metavar="TOPIC",
         help="reference poses (nav_msgs/Odometry or geometry_msgs/PoseStamped): scored against, and given to supervised calibration",
     )
     p.add_argument("--relations", metavar="FILE", help="Kuemmerle relations 't1 t2 x y z roll pitch yaw' per line (e.g. aces.relations): score on them too")
-    p.add_argument("--base-frame", default="base_link", metavar="FRAME", help="robot base frame (default base_link)")
-    p.add_argument("--odom-frame", default="odom", metavar="FRAME", help="odometry frame, for odometry from /tf (default odom)")
-    p.add_argument("--params-file", metavar="YAML", help="mapper parameters: the node's file (/**: ros__parameters: mapper: ...) or a plain 'mapper:' section")
     p.add_argument("--calibration", metavar="FILE", help="calibration YAML to start from (as the node's calibration_file)")
     p.add_argument("--no-calibration", action="store_true", help="never update the calibration while replaying")
     p.add_argument(
@@ -791,12 +800,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("bags", nargs="+", metavar="BAG", help="rosbag2 directories, .db3 or .mcap files, or ROS 1 .bag")
     p.add_argument("--reference-topic", required=True, metavar="TOPIC", help="reference poses (nav_msgs/Odometry or geometry_msgs/PoseStamped)")
-    p.add_argument("--odom-topic", default="/odom", metavar="TOPIC", help="nav_msgs/Odometry (default /odom; a bag without it: odom -> base on /tf)")
-    p.add_argument("--points-topic", metavar="TOPIC", help="sensor_msgs/PointCloud2 to map (default: /points if the bag has it and no sensor topic is named)")
-    p.add_argument("--scan-topic", metavar="TOPIC", help="sensor_msgs/LaserScan to map (default: /scan if the bag has it and no sensor topic is named)")
-    p.add_argument("--base-frame", default="base_link", metavar="FRAME", help="robot base frame (default base_link)")
-    p.add_argument("--odom-frame", default="odom", metavar="FRAME", help="odometry frame, for odometry from /tf (default odom)")
-    p.add_argument("--params-file", metavar="YAML", help="mapper parameters: the node's file (/**: ros__parameters: mapper: ...) or a plain 'mapper:' section")
+    _bag_input_flags(p)
     p.add_argument("--start", type=float, default=0.0, metavar="S", help="skip each bag's first S seconds (default 0)")
     p.add_argument("--duration", type=float, default=None, metavar="S", help="use S seconds of each bag (default: to the end)")
     from dataclasses import MISSING, fields
