@@ -62,17 +62,37 @@ def to_mapping(config: Any) -> dict[str, Any]:
     return out
 
 
+# What reading a YAML file can raise besides a parse error: RecursionError for
+# deeply nested flow collections, TypeError for unhashable (sequence) keys.
+_UNREADABLE = (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, TypeError)
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except _UNREADABLE as exc:
         raise ValueError(f"{path}: cannot read: {exc}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def load_versioned_yaml(path: Path, key: str, version: int, what: str, error: type[Exception], hint: str = "") -> dict[str, Any]:
+    """The mapping in ``path`` whose ``key`` holds ``version`` (safe load only),
+    else ``error`` naming the file and the problem; ``hint`` ends a version mismatch's message."""
+    try:
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except _UNREADABLE as exc:
+        raise error(f"{path}: cannot read {what}: {type(exc).__name__}: {exc}") from None
+    if not isinstance(document, dict) or key not in document:
+        raise error(f"{path}: not a dsg_ros {what} (no '{key}' version key)")
+    found = document[key]
+    if isinstance(found, bool) or found != version:
+        raise error(f"{path}: {what} version {found!r} is not supported (expected {version}){hint}")
+    return document
 
 
 def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

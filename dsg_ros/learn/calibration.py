@@ -39,6 +39,7 @@ import numpy as np
 import yaml
 
 from dsg_ros import se3
+from dsg_ros.config import load_versioned_yaml
 from dsg_ros.files import atomic_path
 from dsg_ros.world.layout import ODOM_SE3, VOXEL_ANCHOR_OBS, VOXEL_POINT_OBS, anchor_measurement
 
@@ -290,16 +291,7 @@ class CalibrationFileError(ValueError):
 def load(path: str | Path) -> Theta:
     """Read a calibration file; any problem raises ``CalibrationFileError`` naming the file."""
     path = Path(path)
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    # RecursionError: deeply nested flow collections; TypeError: unhashable (sequence) keys.
-    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError, TypeError) as exc:
-        raise CalibrationFileError(f"{path}: cannot read calibration: {type(exc).__name__}: {exc}") from None
-    if not isinstance(document, dict) or "dsg_ros_calibration" not in document:
-        raise CalibrationFileError(f"{path}: not a dsg_ros calibration file (no 'dsg_ros_calibration' version key)")
-    version = document["dsg_ros_calibration"]
-    if isinstance(version, bool) or version != FILE_VERSION:
-        raise CalibrationFileError(f"{path}: calibration file version {version!r} is not supported (expected {FILE_VERSION})")
+    document = load_versioned_yaml(path, "dsg_ros_calibration", FILE_VERSION, "calibration file", CalibrationFileError)
     theta = zero_theta()
     given = document.get("theta")
     if not isinstance(given, dict):

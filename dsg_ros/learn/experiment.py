@@ -26,6 +26,7 @@ import jax
 import numpy as np
 import yaml
 
+from dsg_ros.config import load_versioned_yaml
 from dsg_ros.files import atomic_path
 from dsg_ros.learn import calibration as cal
 
@@ -45,17 +46,7 @@ class ExperimentError(ValueError):
 
 def read_config(folder: Path) -> dict[str, Any]:
     """The experiment's config document; ExperimentError naming the file if unusable."""
-    path = folder / CONFIG_FILE
-    try:
-        document = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
-        raise ExperimentError(f"{path}: cannot read: {type(exc).__name__}: {exc}") from None
-    if not isinstance(document, dict) or "dsg_ros_experiment" not in document:
-        raise ExperimentError(f"{path}: not a dsg_ros experiment config (no 'dsg_ros_experiment' version key)")
-    version = document["dsg_ros_experiment"]
-    if isinstance(version, bool) or version != EXPERIMENT_VERSION:
-        raise ExperimentError(f"{path}: experiment version {version!r} is not supported (expected {EXPERIMENT_VERSION}); start a new experiment")
-    return document
+    return load_versioned_yaml(folder / CONFIG_FILE, "dsg_ros_experiment", EXPERIMENT_VERSION, "experiment", ExperimentError, "; start a new experiment")
 
 
 def write_config(folder: Path, document: dict[str, Any]) -> None:
